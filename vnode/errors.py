@@ -1,0 +1,86 @@
+"""The one exception tree of vnode.
+
+Every layer raises these, never a third-party type: gRPC, LMDB, aiohttp and YAML errors are
+translated where they enter (``raise ... from exc``), so callers catch by meaning::
+
+    VnodeError
+     +-- ConfigError          bad settings; the CLI exits 2 with ``path: reason``
+     +-- InvalidInput         a bad request or a bad object (pod spec, manifest, query)   -> 400
+     |    +-- Unprocessable   well-formed but failing validation (kubelet's 422 cases)    -> 422
+     +-- NotFound             no such pod, container, sandbox, image, log file             -> 404
+     +-- Conflict             a stale or duplicate write                                  -> 409
+     +-- Unavailable          a dependency is down (containerd, the API server)           -> 503
+     +-- RuntimeFailure       the runtime refused or failed an operation                  -> 500
+     +-- StoreError           the LMDB store can't be opened or written
+          +-- StoreFull        the map is full: callers degrade instead of crashing
+
+``HTTP_STATUS`` maps each class to the status code the kubelet API answers with; the HTTP layer
+looks codes up there and nowhere else.
+"""
+
+from __future__ import annotations
+
+
+class VnodeError(Exception):
+    """Base of every error vnode raises on purpose."""
+
+
+class ConfigError(VnodeError):
+    """A setting is wrong; ``path`` names the field (``kubelet.port``), ``reason`` the problem."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class InvalidInput(VnodeError):
+    """The caller sent something we cannot act on."""
+
+
+class Unprocessable(InvalidInput):
+    """Parsed, but fails validation (the kubelet answers 422 for these)."""
+
+
+class NotFound(VnodeError):
+    """The named object does not exist."""
+
+
+class Conflict(VnodeError):
+    """The write is stale or duplicates an existing object."""
+
+
+class Unavailable(VnodeError):
+    """A dependency is out of reach; retrying later may succeed."""
+
+
+class RuntimeFailure(VnodeError):
+    """The container runtime failed or refused an operation."""
+
+
+class StoreError(VnodeError):
+    """The local store cannot be opened, read or written."""
+
+
+class StoreFull(StoreError):
+    """The LMDB map is full; writes fail until space is reclaimed or the map grows."""
+
+
+HTTP_STATUS: dict[type[VnodeError], int] = {
+    Unprocessable: 422,
+    InvalidInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+    RuntimeFailure: 500,
+    StoreError: 500,
+    ConfigError: 500,
+}
+
+
+def http_status(exc: VnodeError) -> int:
+    """The HTTP status for ``exc``: the entry of its nearest class in ``HTTP_STATUS``."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500

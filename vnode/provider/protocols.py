@@ -1,0 +1,42 @@
+"""The narrow protocols between the HTTP layer and whatever runs pods.
+
+The kubelet API (``vnode.api``) is built from these callables and nothing else, so that a fake
+in-process runtime (scale benchmarks), the CRI runtime and, later, other providers serve the same
+endpoints. Optional capabilities (exec, attach, port-forward, stats) are separate protocols; an
+endpoint whose capability is absent is not registered at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class LogTarget:
+    """Where a container's log lives, and how to tell when following it should end."""
+
+    path: str
+    # True while the container may still write to ``path``; ``follow`` stops once it is False.
+    is_running: Callable[[], Awaitable[bool]]
+
+
+class PodLister(Protocol):
+    """Serves ``/pods``: the pods bound to this node, as v1 Pod dicts with their status."""
+
+    def list_pods(self) -> list[dict[str, Any]]: ...
+
+
+class LogLocator(Protocol):
+    """Serves ``/containerLogs``: finds the log file of a container instance.
+
+    Raises ``NotFound`` for an unknown pod or container (404) and ``InvalidInput`` when the
+    container has no log to read yet or no previous instance (400, as kubelet answers).
+    """
+
+    async def locate_log(self, namespace: str, pod: str, container: str, previous: bool) -> LogTarget: ...
+
+
+# A health check: returns None when healthy, raises any exception with a reason when not.
+HealthCheck = Callable[[], Awaitable[None]]
