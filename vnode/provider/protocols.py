@@ -40,3 +40,15 @@ class LogLocator(Protocol):
 
 # A health check: returns None when healthy, raises any exception with a reason when not.
 HealthCheck = Callable[[], Awaitable[None]]
+
+
+class EventSink(Protocol):
+    """Where pod Events go (kubelet's EventRecorder).
+
+    ``obj`` is the involved object (a v1 Pod dict), ``type_`` ``Normal`` or ``Warning``, ``reason``
+    one of kubelet's event reasons (Pulling, Pulled, Failed, Created, Started, Killing, BackOff,
+    FailedMount, ...). Recording never blocks and never raises: standalone it is a bounded log, with
+    a control plane it is posted (rate-limited and aggregated) by the controllers.
+    """
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None: ...

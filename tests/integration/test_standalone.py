@@ -1,0 +1,342 @@
+"""A standalone node on a real containerd: static pods, lifecycle, status, logs, restart.
+
+Each test runs ``vnode run`` as a subprocess against the session's containerd (see conftest) and
+observes it only from outside: the kubelet API, the log files, and CRI calls of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.node import VnodeProcess, busybox_pod, container_status, is_running, wait_for
+from vnode.provider.types import ContainerState
+from vnode.runtime import labels
+from vnode.runtime.cri import CriClient
+
+
+@pytest.fixture
+async def node(containerd: Any, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
+    proc = VnodeProcess(tmp_path, containerd.endpoint)
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.returncode is None:
+            await proc.terminate()
+
+
+@pytest.fixture
+async def cri(containerd: Any) -> AsyncIterator[CriClient]:
+    client = CriClient(containerd.endpoint, timeout=30)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def container_ids(cri: CriClient, node: VnodeProcess) -> dict[tuple[str, str], tuple[str, str]]:
+    """(pod name, container name) -> (container id, state) of every container the node manages."""
+    result = {}
+    for c in await cri.list_containers({labels.NODE_LABEL: node.node_name}):
+        key = (c.labels[labels.POD_NAME], c.labels[labels.CONTAINER_NAME])
+        result[key] = (c.id, ContainerState.RUNNING.name if c.state == 1 else str(c.state))
+    return result
+
+
+async def test_static_pod_runs_and_its_log_is_served(node: VnodeProcess) -> None:
+    node.write_manifest("hello.yaml", busybox_pod("hello", "echo hello from vnode; sleep 3600"))
+    pod = await node.wait_pod("hello", lambda p: is_running(p, "main"), what="hello running")
+
+    status = pod["status"]
+    assert pod["metadata"]["namespace"] == "default"
+    assert pod["spec"]["nodeName"] == node.node_name
+    assert pod["metadata"]["annotations"]["kubernetes.io/config.source"] == "file"
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "PodReadyToStartContainers": "True",
+        "Initialized": "True",
+        "Ready": "True",
+        "ContainersReady": "True",
+        "PodScheduled": "True",
+    }
+    main = container_status(pod, "main")
+    assert main["containerID"].startswith("containerd://")
+    assert main["imageID"].startswith("sha256:")
+    assert main["restartCount"] == 0 and main["ready"] is True
+    assert status["podIP"] == status["hostIP"] == "127.0.0.1"
+
+    async def logged() -> bytes | None:
+        code, body = await node.get(f"/containerLogs/default/{node.static_name('hello')}/main")
+        return body if code == 200 and b"hello from vnode" in body else None
+
+    assert await wait_for(logged, what="the log line") == b"hello from vnode\n"
+
+
+async def test_init_containers_gate_app_containers_and_share_an_empty_dir(node: VnodeProcess) -> None:
+    pod = busybox_pod("gated", "cat /data/ready; cat /data/second; sleep 3600")
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    mount = [{"name": "data", "mountPath": "/data"}]
+    pod["spec"]["containers"][0]["volumeMounts"] = mount
+    pod["spec"]["initContainers"] = [
+        {"name": "first", "image": "docker.io/library/busybox:1.35", "volumeMounts": mount,
+         "command": ["sh", "-c", "echo first-done > /data/ready"]},
+        {"name": "second", "image": "docker.io/library/busybox:1.35", "volumeMounts": mount,
+         "command": ["sh", "-c", "test -f /data/ready && echo second-done > /data/second"]},
+    ]  # fmt: skip
+    node.write_manifest("gated.yaml", pod)
+    running = await node.wait_pod("gated", lambda p: is_running(p, "main"), what="gated running")
+
+    first = container_status(running, "first")["state"]["terminated"]
+    second = container_status(running, "second")["state"]["terminated"]
+    main = container_status(running, "main")["state"]["running"]
+    assert first["exitCode"] == 0 and first["reason"] == "Completed"
+    assert second["exitCode"] == 0
+    assert first["finishedAt"] <= second["startedAt"] and second["finishedAt"] <= main["startedAt"]
+
+    async def logged() -> bytes | None:
+        code, body = await node.get(f"/containerLogs/default/{node.static_name('gated')}/main")
+        return body if code == 200 and b"second-done" in body else None
+
+    assert await wait_for(logged, what="main's log") == b"first-done\nsecond-done\n"
+
+
+async def test_two_containers_share_an_empty_dir(node: VnodeProcess) -> None:
+    pod = busybox_pod("shared", "i=0; while true; do echo $i > /shared/counter; i=$((i+1)); sleep 0.2; done")
+    pod["spec"]["volumes"] = [{"name": "shared", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "shared", "mountPath": "/shared"}]
+    pod["spec"]["containers"].append(
+        {"name": "reader", "image": "docker.io/library/busybox:1.35",
+         "command": ["sh", "-c", "until [ -s /in/counter ]; do sleep 0.1; done; echo got $(cat /in/counter); "
+                                 "df -k /in | tail -1; sleep 3600"],
+         "volumeMounts": [{"name": "shared", "mountPath": "/in", "readOnly": True}]}
+    )  # fmt: skip
+    node.write_manifest("shared.yaml", pod)
+    await node.wait_pod("shared", lambda p: is_running(p, "main", "reader"))
+
+    async def logged() -> bytes | None:
+        code, body = await node.get(f"/containerLogs/default/{node.static_name('shared')}/reader")
+        return body if code == 200 and body.startswith(b"got ") and b"tmpfs" in body else None
+
+    body = await wait_for(logged, what="reader's log")
+    assert body.split(b"\n")[1].split()[1] == b"1024"  # a 1 MiB tmpfs: medium Memory with its sizeLimit
+
+
+async def test_crash_loop_back_off_grows(node: VnodeProcess) -> None:
+    node.write_manifest("crash.yaml", busybox_pod("crash", "echo crashing; exit 3"))
+
+    def backing_off(delay: str) -> Any:
+        def check(pod: dict[str, Any]) -> bool:
+            s = container_status(pod, "main")
+            waiting = s["state"].get("waiting", {})
+            return waiting.get("reason") == "CrashLoopBackOff" and f"back-off {delay} " in waiting["message"]
+
+        return check
+
+    first = await node.wait_pod("crash", backing_off("10s"), timeout=60, what="back-off 10s")
+    s = container_status(first, "main")
+    assert s["lastState"]["terminated"]["exitCode"] == 3
+    assert s["lastState"]["terminated"]["reason"] == "Error"
+    assert s["restartCount"] >= 1
+    assert first["status"]["phase"] == "Running"  # restartPolicy Always: kubelet keeps it Running
+    assert {c["type"]: c.get("reason") for c in first["status"]["conditions"]}["Ready"] == "ContainersNotReady"
+    second = await node.wait_pod("crash", backing_off("20s"), timeout=60, what="back-off 20s")
+    assert container_status(second, "main")["restartCount"] > s["restartCount"]
+
+    code, body = await node.get(f"/containerLogs/default/{node.static_name('crash')}/main", previous="true")
+    assert code == 200 and body == b"crashing\n"
+
+
+async def test_missing_image_backs_off_and_the_node_stays_healthy(node: VnodeProcess) -> None:
+    pod = busybox_pod("noimage", "true", container={"image": "registry.invalid/nothing/here:1.0"})
+    node.write_manifest("noimage.yaml", pod)
+
+    def reason(pod: dict[str, Any]) -> str:
+        return str(container_status(pod, "main")["state"].get("waiting", {}).get("reason"))
+
+    await node.wait_pod("noimage", lambda p: reason(p) == "ErrImagePull", what="ErrImagePull")
+    backing = await node.wait_pod("noimage", lambda p: reason(p) == "ImagePullBackOff", what="ImagePullBackOff")
+    assert backing["status"]["phase"] == "Pending"
+    code, body = await node.get("/healthz")
+    assert (code, body) == (200, b"ok")
+
+
+async def test_env_from_field_refs(node: VnodeProcess) -> None:
+    pod = busybox_pod("envs", "env | sort; sleep 3600", container={"env": [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+        {"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}},
+        {"name": "GREETING", "value": "hi $(POD_NAME)"},
+    ]})  # fmt: skip
+    pod["metadata"]["labels"] = {"tier": "edge"}
+    node.write_manifest("envs.yaml", pod)
+    running = await node.wait_pod("envs", lambda p: is_running(p, "main"))
+
+    async def env() -> dict[str, str] | None:
+        code, body = await node.get(f"/containerLogs/default/{node.static_name('envs')}/main")
+        lines = dict(line.split("=", 1) for line in body.decode().splitlines() if "=" in line)
+        return lines if code == 200 and "TIER" in lines else None
+
+    values = await wait_for(env, what="the env dump")
+    name = node.static_name("envs")
+    assert values["POD_NAME"] == name
+    assert values["POD_NS"] == "default"
+    assert values["POD_UID"] == running["metadata"]["uid"]
+    assert values["NODE"] == node.node_name
+    assert values["POD_IP"] == values["HOST_IP"] == "127.0.0.1"
+    assert values["TIER"] == "edge"
+    assert values["GREETING"] == f"hi {name}"
+
+
+async def test_sigkill_and_restart_keep_every_container(node: VnodeProcess, cri: CriClient) -> None:
+    for i in range(3):
+        node.write_manifest(f"keep{i}.yaml", busybox_pod(f"keep{i}", "sleep 3600"))
+    for i in range(3):
+        await node.wait_pod(f"keep{i}", lambda p: is_running(p, "main"))
+    before = await container_ids(cri, node)
+    assert len(before) == 3
+
+    await node.kill()
+    await node.start()
+    for i in range(3):
+        pod = await node.wait_pod(f"keep{i}", lambda p: is_running(p, "main"))
+        assert container_status(pod, "main")["restartCount"] == 0
+    assert await container_ids(cri, node) == before
+
+
+async def test_removing_a_manifest_removes_the_pod(node: VnodeProcess, cri: CriClient) -> None:
+    path = node.write_manifest("gone.yaml", busybox_pod("gone", "trap 'exit 0' TERM; sleep 3600 & wait"))
+    await node.wait_pod("gone", lambda p: is_running(p, "main"))
+    assert await container_ids(cri, node)
+    path.unlink()
+
+    async def removed() -> bool:
+        return not await container_ids(cri, node) and not await cri.list_pod_sandboxes(
+            {labels.NODE_LABEL: node.node_name}
+        ) and node.static_name("gone") not in await node.pods()
+
+    await wait_for(removed, what="the pod's containers and sandbox to be removed")
+
+
+async def test_bad_manifests_never_crash_the_node(node: VnodeProcess) -> None:
+    (node.manifests / "garbage.yaml").write_text("kind: Pod\nmetadata: [unclosed\n")
+    (node.manifests / "notapod.yaml").write_text("kind: ConfigMap\nmetadata: {name: x}\n")
+    node.write_manifest("invalid.yaml", busybox_pod("Bad_Name", "true"))
+    node.write_manifest("nocmd.yaml", busybox_pod("nocmd", "", container={"command": ["/no/such/binary"]}))
+    node.write_manifest("dup1.yaml", busybox_pod("dup", "sleep 3600"))
+    node.write_manifest("dup2.yaml", busybox_pod("dup", "echo second; sleep 3600"))
+    node.write_manifest("ok.yaml", {**busybox_pod("ok", "sleep 3600"), "unknownField": 1})
+
+    await node.wait_pod("ok", lambda p: is_running(p, "main"))
+    await node.wait_pod("dup", lambda p: is_running(p, "main"))
+    rejected = await node.wait_pod("Bad_Name", lambda p: p["status"].get("phase") == "Failed")
+    assert rejected["status"]["reason"] == "InvalidPod"
+    assert "metadata.name" in rejected["status"]["message"]
+
+    def start_failed(pod: dict[str, Any]) -> bool:
+        s = container_status(pod, "main")
+        last = s.get("lastState", {}).get("terminated", {})
+        waiting = s["state"].get("waiting", {})
+        return bool(last) and waiting.get("reason") in ("CrashLoopBackOff", "RunContainerError")
+
+    failed = await node.wait_pod("nocmd", start_failed, what="nocmd to fail starting")
+    assert "no/such/binary" in json.dumps(failed["status"])
+    code, _ = await node.get("/healthz")
+    assert code == 200
+    log = node.log_tail(400)
+    assert "garbage.yaml" in log and "can't be parsed" in log
+    assert "already defined" in log
+    assert "unknown field 'unknownField'" in log
+
+
+async def test_container_logs_options(node: VnodeProcess) -> None:
+    node.write_manifest(
+        "talk.yaml",
+        busybox_pod("talk", "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2; sleep 3600"),
+    )
+    await node.wait_pod("talk", lambda p: is_running(p, "main"))
+    path = f"/containerLogs/default/{node.static_name('talk')}/main"
+
+    async def full() -> bytes | None:
+        code, body = await node.get(path)
+        return body if code == 200 and b"oops" in body else None
+
+    assert await wait_for(full) == b"line1\nline2\nline3\nline4\nline5\noops\n"
+    assert await node.get(path, tailLines="2") == (200, b"line5\noops\n")
+    assert await node.get(path, limitBytes="8") == (200, b"line1\nli")
+    assert await node.get(path, stream="Stderr") == (200, b"oops\n")
+    assert (await node.get(path, sinceSeconds="3600"))[1].count(b"\n") == 6
+    code, body = await node.get(path, timestamps="true", tailLines="1")
+    stamp, text = body.split(b" ", 1)
+    assert code == 200 and text == b"oops\n" and len(stamp) == len(b"2026-01-01T00:00:00.000000000Z")
+
+    assert (await node.get(path, tailLines="abc"))[0] == 400
+    assert (await node.get(path, sinceSeconds="1", sinceTime="2026-01-01T00:00:00Z"))[0] == 422
+    assert (await node.get(path, previous="true"))[0] == 400
+    assert (await node.get(f"/containerLogs/default/{node.static_name('talk')}/nope"))[0] == 404
+    assert (await node.get("/containerLogs/default/nopod/main"))[0] == 404
+
+
+async def test_container_logs_follow_streams_until_the_container_ends(node: VnodeProcess) -> None:
+    node.write_manifest(
+        "ticker.yaml",
+        busybox_pod("ticker", "echo start; read x < /tmp/go 2>/dev/null; while [ ! -f /tmp/stop ]; do "
+                              "if [ -f /tmp/more ]; then echo more; rm /tmp/more; fi; sleep 0.1; done; echo bye",
+                    restartPolicy="Never"),
+    )  # fmt: skip
+    pod = await node.wait_pod("ticker", lambda p: is_running(p, "main"))
+    cid = container_status(pod, "main")["containerID"].split("://")[1]
+    url = f"{node.url}/containerLogs/default/{node.static_name('ticker')}/main"
+    client = CriClient(node.endpoint, timeout=30)
+    try:
+        async with node.session().get(url, params={"follow": "true"}) as resp:
+            assert resp.status == 200
+            assert await resp.content.readline() == b"start\n"
+            await client.exec_sync(cid, ["touch", "/tmp/more"])
+            assert await asyncio.wait_for(resp.content.readline(), 30) == b"more\n"
+            await client.exec_sync(cid, ["touch", "/tmp/stop"])
+            assert await asyncio.wait_for(resp.content.readline(), 30) == b"bye\n"
+            # The container has ended: the stream ends too.
+            assert await asyncio.wait_for(resp.content.read(), 30) == b""
+    finally:
+        await client.close()
+    done = await node.wait_pod("ticker", lambda p: p["status"]["phase"] == "Succeeded")
+    assert container_status(done, "main")["state"]["terminated"]["reason"] == "Completed"
+
+
+async def test_a_socket_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:
+    not_a_socket = tmp_path / "plain-file"
+    not_a_socket.write_text("")
+    proc = VnodeProcess(tmp_path, f"unix://{not_a_socket}")
+    await proc.start(wait=False)
+    assert proc.proc is not None
+    assert await proc.proc.wait() == 2
+    assert "is not a socket" in proc.log_tail()
+
+
+async def test_missing_runtime_socket_keeps_serving_healthz(tmp_path: Path) -> None:
+    proc = VnodeProcess(tmp_path, f"unix://{tmp_path}/absent.sock")
+    await proc.start()
+    try:
+        async def unhealthy() -> bytes | None:
+            code, body = await proc.get("/healthz", verbose="1")
+            return body if code == 500 else None
+
+        body = await wait_for(unhealthy, what="/healthz to report the runtime")
+        assert b"[-]runtime failed" in body
+        assert (await proc.get("/healthz/ping"))[0] == 200
+    finally:
+        assert await proc.terminate() == 0
+
+
+def test_harness_runs_as_root() -> None:
+    assert os.geteuid() == 0, "integration tests start containerd and need root"

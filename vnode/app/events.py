@@ -1,0 +1,52 @@
+"""The standalone event recorder: Events go to the log and to a bounded in-memory ring.
+
+With no control plane there is nowhere to post Events, but they are still what tells an operator
+why a pod is not running, so each one is logged with its object and kept (newest last) for the
+local API and ``vnode status``. The controllers of the control-plane mode wrap this recorder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("vnode.events")
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    time: datetime
+    namespace: str
+    name: str
+    uid: str
+    type: str
+    reason: str
+    message: str
+
+
+class EventLog:
+    """An ``EventSink`` that logs and remembers the last ``capacity`` events."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.events: deque[RecordedEvent] = deque(maxlen=capacity)
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = obj.get("metadata") or {}
+        recorded = RecordedEvent(
+            time=datetime.now(tz=UTC),
+            namespace=str(meta.get("namespace", "default")),
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            type=type_,
+            reason=reason,
+            message=message,
+        )
+        self.events.append(recorded)
+        level = logging.WARNING if type_ == "Warning" else logging.INFO
+        log.log(level, "%s pod/%s/%s %s: %s", type_, recorded.namespace, recorded.name, reason, message)
+
+    def for_pod(self, uid: str) -> list[RecordedEvent]:
+        return [e for e in self.events if e.uid == uid]

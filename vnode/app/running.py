@@ -1,0 +1,104 @@
+"""The composition root's lifecycle: start-up order, signals, bounded graceful shutdown.
+
+Start-up never waits for anything remote: the store is opened, pods recorded in it get their
+workers at once (they re-adopt running containers), the HTTPS API starts serving, and only then
+do the relist and the pod sources run. Nothing here waits for containerd either: a missing
+socket shows as an unhealthy ``runtime`` check on ``/healthz`` until containerd appears.
+
+Every long-lived task is created in one ``asyncio.TaskGroup`` here; SIGTERM or SIGINT cancels it,
+then the listeners close, the workers are cancelled (their containers keep running: restarting the
+agent must never kill workloads) and the store is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from vnode import errors
+from vnode.api.server import KubeletServer
+from vnode.app.wiring import Components, build
+from vnode.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 10.0
+
+
+@dataclass
+class Node:
+    """A running node: the components and the listeners serving them."""
+
+    components: Components
+    server: KubeletServer
+    healthz: KubeletServer | None
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run every long-lived task until ``stop`` is set (or one of them fails)."""
+        c = self.components
+        async with asyncio.TaskGroup() as group:
+            group.create_task(c.pods.run(), name="relist")
+            if c.manifests is not None:
+                group.create_task(c.manifests.run(), name="static-pods")
+            await stop.wait()
+            raise _Stop()
+
+
+class _Stop(Exception):
+    """Raised inside the task group to cancel its tasks on a requested stop."""
+
+
+async def start(settings: Settings) -> Node:
+    """Build the components and open the listeners (HTTPS first, as the design orders it)."""
+    components = await build(settings)
+    server = KubeletServer(components.kubelet_handlers, name="kubelet")
+    await server.start(settings.server.address, settings.server.port, components.ssl_context)
+    log.info("kubelet API serving on https://%s:%d", settings.server.address, server.bound_port)
+    healthz = None
+    if settings.server.healthz_port:
+        healthz = KubeletServer(components.healthz_handlers, name="healthz")
+        await healthz.start(settings.server.healthz_bind_address, settings.server.healthz_port, None)
+    return Node(components, server, healthz)
+
+
+async def shutdown(node: Node) -> None:
+    """Close listeners, cancel workers, flush the store; bounded by SHUTDOWN_TIMEOUT."""
+    async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+        await node.server.stop(timeout=2.0)
+        if node.healthz is not None:
+            await node.healthz.stop(timeout=1.0)
+        await node.components.close()
+
+
+async def main(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        node = await start(settings)
+    except errors.ConfigError as exc:
+        log.error("config error: %s", exc)
+        return 2
+    except (errors.StoreError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    log.info("node %s started", settings.node.name)
+    try:
+        with contextlib.suppress(_Stop):
+            try:
+                await node.serve(stop)
+            except* _Stop:
+                pass
+    finally:
+        log.info("stopping: containers keep running")
+        await shutdown(node)
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """The ``vnode run`` entry point."""
+    return asyncio.run(main(settings))

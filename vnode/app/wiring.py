@@ -1,0 +1,162 @@
+"""Builds the concrete objects from Settings: the only module that knows every adapter.
+
+The HTTP layer gets callables (``KubeletHandlers``), the pod manager gets the CRI client, the
+store and the volume manager; nothing else constructs any of them. Imports of optional, heavy
+packages (the API client, the MQTT broker) will happen here, and only for the modes that use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from vnode import errors
+from vnode.aiokits.hostinfo import primary_ipv4
+from vnode.api.server import KubeletHandlers
+from vnode.app.events import EventLog
+from vnode.config.settings import Settings
+from vnode.provider.protocols import HealthCheck
+from vnode.runtime import specs
+from vnode.runtime.backoff import Backoff
+from vnode.runtime.cri import CriClient
+from vnode.runtime.pods import PodManager
+from vnode.runtime.volumes import VolumeManager
+from vnode.runtime.worker import WorkerContext
+from vnode.security.tls import ensure_self_signed, server_ssl_context
+from vnode.sources.manifests import SOURCE as FILE_SOURCE
+from vnode.sources.manifests import ManifestSource
+from vnode.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """Everything a running node is made of; ``close`` releases it in reverse order."""
+
+    settings: Settings
+    store: Store
+    cri: CriClient
+    events: EventLog
+    pods: PodManager
+    manifests: ManifestSource | None
+    ssl_context: ssl.SSLContext
+    kubelet_handlers: KubeletHandlers
+    healthz_handlers: KubeletHandlers
+
+    async def close(self) -> None:
+        await self.pods.stop()
+        await self.cri.close()
+        await self.store.close()
+
+
+def check_runtime_endpoint(endpoint: str) -> None:
+    """Refuse an endpoint path that exists but is not a socket; a missing one may appear later."""
+    path = Path(endpoint.removeprefix("unix://"))
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        log.warning("container runtime socket %s does not exist yet; waiting for it", path)
+        return
+    except OSError as exc:
+        raise errors.ConfigError("runtime.containerRuntimeEndpoint", f"{path}: {exc}") from exc
+    if not stat.S_ISSOCK(mode):
+        raise errors.ConfigError("runtime.containerRuntimeEndpoint", f"{path} exists but is not a socket")
+
+
+async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
+    """The configured serving pair, or a self-signed one kept under the root dir."""
+    server = settings.server
+    cert, key = server.tls_cert_file, server.tls_private_key_file
+    if cert is None or key is None:
+        cert = settings.pki_dir / "kubelet.crt"
+        key = settings.pki_dir / "kubelet.key"
+        ips = sorted({host_ip, "127.0.0.1", *([server.address] if server.address != "0.0.0.0" else [])})
+        await asyncio.to_thread(ensure_self_signed, cert, key, hostnames=[settings.node.name], ips=ips)
+    return await asyncio.to_thread(server_ssl_context, cert, key)
+
+
+async def build(settings: Settings) -> Components:
+    check_runtime_endpoint(settings.runtime.endpoint)
+    host_ip = settings.node.node_ip or primary_ipv4()
+    ssl_context = await tls_context(settings, host_ip)
+    store = await Store.open(settings.store_path, map_size=settings.store.map_size)
+    try:
+        return await _build_with_store(settings, store, host_ip, ssl_context)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _build_with_store(
+    settings: Settings, store: Store, host_ip: str, ssl_context: ssl.SSLContext
+) -> Components:
+    cri = CriClient(settings.runtime.endpoint, timeout=settings.runtime.request_timeout)
+    events = EventLog()
+    servers, searches, options = await asyncio.to_thread(
+        specs.read_resolv_conf, settings.pods.resolv_conf
+    )
+    dns = specs.DNSSettings(
+        cluster_domain=settings.pods.cluster_domain,
+        cluster_dns=list(settings.pods.cluster_dns),
+        host_servers=servers,
+        host_searches=searches,
+        host_options=options,
+    )
+    ctx = WorkerContext(
+        cri=cri,
+        volumes=VolumeManager(settings.root_dir / "pods"),
+        events=events,
+        node_name=settings.node.name,
+        host_ip=host_ip,
+        logs_dir=settings.pods.logs_dir,
+        dns=dns,
+        crash_backoff=Backoff(10.0, settings.pods.crash_loop_backoff_max),
+        image_backoff=Backoff(10.0, 300.0),
+        persist=_unset_persist,
+        status_changed=lambda uid: None,
+    )
+    sources = [FILE_SOURCE] if settings.pods.manifest_path is not None else []
+    pods = PodManager(ctx, store, sources=sources, relist_period=settings.runtime.relist_period)
+    restored = pods.restore()
+    if restored:
+        log.info("restored %d pod(s) from the store", restored)
+    manifests = None
+    if settings.pods.manifest_path is not None:
+        manifests = ManifestSource(
+            settings.pods.manifest_path,
+            settings.node.name,
+            pods.set_source_pods,
+            check_frequency=settings.pods.file_check_frequency,
+        )
+
+    async def check_ping() -> None:
+        return None
+
+    checks: dict[str, HealthCheck] = {
+        "ping": check_ping,
+        "log": check_ping,
+        "runtime": pods.check_runtime,
+        "syncloop": pods.check_runtime,
+    }
+    handlers = KubeletHandlers(pods=pods, logs=pods, health_checks=checks)
+    healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)
+    return Components(
+        settings=settings,
+        store=store,
+        cri=cri,
+        events=events,
+        pods=pods,
+        manifests=manifests,
+        ssl_context=ssl_context,
+        kubelet_handlers=handlers,
+        healthz_handlers=healthz_handlers,
+    )
+
+
+async def _unset_persist(uid: str, state: dict[str, object]) -> None:
+    raise AssertionError("the pod manager sets the persist callback")

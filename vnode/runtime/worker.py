@@ -1,0 +1,628 @@
+"""One pod's worker: makes the runtime match the pod spec, serially, and computes the pod's status.
+
+A worker is level-triggered, like kubelet's syncPod: every sync observes the pod's sandboxes and
+containers afresh through CRI (by the ``io.kubernetes.pod.uid`` label), decides the next actions
+from that observation and the spec, carries them out, and observes again for the status. Nothing
+it decides depends on memory of earlier syncs except what is also persisted (restart attempts and
+back-off, in the store), so a restarted vnode re-adopts running containers by their labels and
+does nothing to them.
+
+Workers for different pods run in parallel; one worker never runs two syncs at once. The pod
+manager (``vnode.runtime.pods``) owns the workers, feeds them spec changes and wakes them when the
+relist sees their containers change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vnode import errors
+from vnode.provider.protocols import EventSink
+from vnode.provider.types import (
+    ContainerObservation,
+    ContainerState,
+    PodObservation,
+    SandboxObservation,
+    Waiting,
+)
+from vnode.runtime import labels, specs
+from vnode.runtime.backoff import Backoff
+from vnode.runtime.cri import CriClient
+from vnode.runtime.status import compute_pod_status
+from vnode.runtime.validation import validate_pod
+from vnode.runtime.volumes import VolumeManager
+
+log = logging.getLogger(__name__)
+
+MIN_GRACE_SECONDS = 2  # kubelet's minimumGracePeriodInSeconds
+DEFAULT_GRACE_SECONDS = 30
+KEEP_INSTANCES = 2  # per container name: the current one and the one lastState reports
+RESYNC_SECONDS = 60.0  # kubelet's syncFrequency: a worker re-checks its pod at least this often
+RETRY_SECONDS = 5.0  # after a runtime error that has no back-off of its own
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+@dataclass
+class WorkerContext:
+    """What every worker shares: the runtime, the node's identity and the collaborators."""
+
+    cri: CriClient
+    volumes: VolumeManager
+    events: EventSink
+    node_name: str
+    host_ip: str
+    logs_dir: Path
+    dns: specs.DNSSettings
+    crash_backoff: Backoff
+    image_backoff: Backoff
+    # Called with (uid, persisted state) whenever that state changes; the manager writes the store.
+    persist: Callable[[str, dict[str, Any]], Awaitable[None]]
+    # Called with the uid whenever the computed status changes.
+    status_changed: Callable[[str], None]
+    now: Callable[[], datetime] = utcnow
+
+
+@dataclass
+class Observed:
+    """The runtime's view of one pod, fresh from CRI at the start of a sync."""
+
+    sandboxes: list[SandboxObservation] = field(default_factory=list)  # newest first
+    containers: dict[str, list[ContainerObservation]] = field(default_factory=dict)  # newest first
+    sandbox_of: dict[str, str] = field(default_factory=dict)  # container id -> sandbox id
+
+    @property
+    def sandbox(self) -> SandboxObservation | None:
+        return self.sandboxes[0] if self.sandboxes else None
+
+    def current(self, name: str) -> ContainerObservation | None:
+        """The newest instance of ``name`` if it belongs to the current sandbox."""
+        instances = self.containers.get(name)
+        sandbox = self.sandbox
+        if not instances or sandbox is None or self.sandbox_of.get(instances[0].id) != sandbox.id:
+            return None
+        return instances[0]
+
+    def all_containers(self) -> list[ContainerObservation]:
+        return [c for instances in self.containers.values() for c in instances]
+
+
+class PodWorker:
+    """Drives one pod towards its spec; see the module docstring."""
+
+    def __init__(self, ctx: WorkerContext, pod: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        self.ctx = ctx
+        self.pod = pod
+        self.uid: str = pod["metadata"]["uid"]
+        state = state or {}
+        self.attempts: dict[str, int] = dict(state.get("attempts", {}))
+        self.sandbox_attempt: int = int(state.get("sandboxAttempt", -1))
+        self.status: dict[str, Any] | None = state.get("status")
+        self.terminal: bool = bool(state.get("terminal", False))
+        self.deleting = False
+        self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
+        self.synced = asyncio.Event()  # set after the first completed sync
+        self._waiting: dict[str, Waiting] = {}
+        self._rejection: str | None = None
+        self._known: dict[str, ContainerObservation] = {}
+        self._wake = asyncio.Event()
+        self._next_wake: float | None = None
+        self._fingerprint: frozenset[tuple[str, str]] = frozenset()
+        self.last_observed = Observed()
+
+    # -- inputs from the manager -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"{self.pod['metadata'].get('namespace', 'default')}/{self.pod['metadata']['name']}"
+
+    def update(self, pod: dict[str, Any]) -> None:
+        """A new version of the same pod (same UID)."""
+        self.pod = pod
+        self.wake()
+
+    def delete(self) -> None:
+        """The pod is gone from its source: stop and remove everything it has on this node."""
+        self.deleting = True
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def observe_listing(self, fingerprint: frozenset[tuple[str, str]]) -> None:
+        """The relist saw this pod's runtime objects; wake the worker if anything changed."""
+        if fingerprint != self._fingerprint:
+            self._fingerprint = fingerprint
+            self.wake()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sync whenever woken, on timers (back-off expiry) and every RESYNC_SECONDS."""
+        while True:
+            self._wake.clear()
+            self._next_wake = None
+            try:
+                await self.sync()
+            except errors.Unavailable as exc:
+                log.warning("pod %s: runtime unavailable: %s", self.name, exc)
+                self._schedule(RETRY_SECONDS)
+            except errors.VnodeError as exc:
+                log.warning("pod %s: sync failed: %s", self.name, exc)
+                self._schedule(RETRY_SECONDS)
+            except Exception:
+                log.exception("pod %s: sync failed unexpectedly", self.name)
+                self._schedule(RETRY_SECONDS)
+            finally:
+                self.synced.set()
+            if self.deleting and self.done.is_set():
+                return
+            timeout = self._next_wake if self._next_wake is not None else RESYNC_SECONDS
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    def _schedule(self, seconds: float) -> None:
+        seconds = max(seconds, 0.05)
+        if self._next_wake is None or seconds < self._next_wake:
+            self._next_wake = seconds
+
+    async def sync(self) -> None:
+        """One pass: observe, act, observe again, publish the status."""
+        observed = await self.observe()
+        if self.deleting:
+            await self._kill_pod(observed, remove=True)
+            await asyncio.to_thread(self.ctx.volumes.cleanup, self.uid)
+            self._forget_backoff()
+            self.last_observed = Observed()
+            self.done.set()
+            return
+        problems = validate_pod(self.pod)
+        if problems:
+            self._reject("; ".join(problems))
+        elif not self.terminal:
+            acted = await self._converge(observed)
+            if acted:
+                observed = await self.observe()
+        if self.terminal and observed.sandbox is not None and observed.sandbox.ready:
+            await self._kill_pod(observed, remove=False)
+            observed = await self.observe()
+        self.last_observed = observed
+        await self._publish(observed)
+
+    # -- observing ---------------------------------------------------------------------------
+
+    async def observe(self) -> Observed:
+        """Sandboxes and containers of this pod, with full status only for what changed."""
+        cri = self.ctx.cri
+        selector = {labels.POD_UID: self.uid, labels.NODE_LABEL: self.ctx.node_name}
+        raw_sandboxes = await cri.list_pod_sandboxes(selector)
+        raw_containers = await cri.list_containers(selector)
+        sandboxes = []
+        for sb in raw_sandboxes:
+            try:
+                sandboxes.append(await cri.pod_sandbox_status(sb.id))
+            except errors.NotFound:
+                continue
+        sandboxes.sort(key=lambda s: (s.created_at or datetime.min.replace(tzinfo=UTC), s.id), reverse=True)
+        observed = Observed(sandboxes=sandboxes)
+        known: dict[str, ContainerObservation] = {}
+        for raw in raw_containers:
+            cached = self._known.get(raw.id)
+            listed_state = _list_state(raw.state)
+            if cached is not None and cached.state == listed_state and listed_state != ContainerState.CREATED:
+                obs = cached
+            else:
+                try:
+                    obs = await cri.container_status(raw.id)
+                except errors.NotFound:
+                    continue
+            known[obs.id] = obs
+            observed.sandbox_of[obs.id] = raw.pod_sandbox_id
+            observed.containers.setdefault(obs.name, []).append(obs)
+        for instances in observed.containers.values():
+            instances.sort(
+                key=lambda c: (c.attempt, c.created_at or datetime.min.replace(tzinfo=UTC)), reverse=True
+            )
+        self._known = known
+        self._fingerprint = fingerprint(raw_sandboxes, raw_containers)
+        return observed
+
+    # -- deciding and acting -----------------------------------------------------------------
+
+    def _reject(self, message: str) -> None:
+        if self._rejection != message:
+            self._rejection = message
+            log.error("pod %s rejected: %s", self.name, message)
+            self.ctx.events.event(self.pod, "Warning", "FailedValidation", message)
+        self.terminal = True
+
+    async def _converge(self, observed: Observed) -> bool:
+        """Take the actions the spec asks for; True if anything was done to the runtime."""
+        spec = self.pod.get("spec", {})
+        sandbox = observed.sandbox
+        if sandbox is None or not sandbox.ready:
+            if sandbox is not None:
+                log.info("pod %s: sandbox %s is not ready; recreating the pod", self.name, sandbox.id[:12])
+                await self._kill_pod(observed, remove=False)
+            return await self._create_sandbox()
+
+        policy = spec.get("restartPolicy", "Always")
+        acted = False
+        # Init containers, one after another; a sidecar (restartPolicy Always) only has to start.
+        for container in spec.get("initContainers") or []:
+            name = container["name"]
+            current = observed.current(name)
+            sidecar = container.get("restartPolicy") == "Always"
+            if current is not None and current.state == ContainerState.RUNNING:
+                if sidecar:
+                    continue
+                return acted
+            if current is not None and current.state == ContainerState.EXITED:
+                if current.exit_code == 0 and not sidecar:
+                    continue
+                if policy == "Never" and not sidecar:
+                    self.terminal = True
+                    return acted
+            return await self._start_or_back_off(container, labels.TYPE_INIT, observed, sandbox) or acted
+
+        for container in spec.get("containers") or []:
+            name = container["name"]
+            current = observed.current(name)
+            if current is not None and current.state == ContainerState.RUNNING:
+                if current.spec_hash and current.spec_hash != specs.container_hash(container):
+                    log.info("pod %s: container %s spec changed; restarting it", self.name, name)
+                    await self._stop_container(current)
+                    acted = True
+                    self._waiting.pop(name, None)
+                continue
+            if current is not None and current.state == ContainerState.EXITED:
+                if not _should_restart(policy, current.exit_code):
+                    self._waiting.pop(name, None)
+                    continue
+            acted = await self._start_or_back_off(container, labels.TYPE_CONTAINER, observed, sandbox) or acted
+
+        if self._all_done(observed):
+            self.terminal = True
+        return acted
+
+    def _all_done(self, observed: Observed) -> bool:
+        spec = self.pod.get("spec", {})
+        policy = spec.get("restartPolicy", "Always")
+        if policy == "Always":
+            return False
+        for container in spec.get("containers") or []:
+            current = observed.current(container["name"])
+            if current is None or current.state != ContainerState.EXITED:
+                return False
+            if _should_restart(policy, current.exit_code):
+                return False
+        return True
+
+    async def _create_sandbox(self) -> bool:
+        ctx = self.ctx
+        key = f"{self.uid}/<sandbox>"
+        remaining = ctx.crash_backoff.remaining(key, ctx.now(), ctx.now())
+        if remaining > 0 and self.sandbox_attempt >= 0:
+            self._schedule(remaining)
+            return False
+        attempt = self.sandbox_attempt + 1
+        try:
+            await asyncio.to_thread(ctx.volumes.prepare, self.pod)
+        except errors.VnodeError as exc:
+            self._set_all_waiting("ContainerCreating", str(exc))
+            ctx.events.event(self.pod, "Warning", "FailedMount", str(exc))
+            self._schedule(ctx.crash_backoff.next_delay(key, ctx.now()))
+            return False
+        log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
+        await asyncio.to_thread(_make_dirs, log_dir)
+        config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
+        config.labels[labels.NODE_LABEL] = ctx.node_name
+        try:
+            sandbox_id = await ctx.cri.run_pod_sandbox(config)
+        except (errors.RuntimeFailure, errors.NotFound) as exc:
+            message = f"Failed to create pod sandbox: {exc}"
+            self._set_all_waiting("ContainerCreating", message)
+            ctx.events.event(self.pod, "Warning", "FailedCreatePodSandBox", message)
+            self._schedule(ctx.crash_backoff.next_delay(key, ctx.now()))
+            return False
+        log.info("pod %s: sandbox %s started (attempt %d)", self.name, sandbox_id[:12], attempt)
+        self.sandbox_attempt = attempt
+        self._waiting.clear()
+        await self._persist()
+        self.wake()  # start the containers in the next pass, against a fresh observation
+        return True
+
+    async def _start_or_back_off(
+        self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
+    ) -> bool:
+        """Start a new instance of ``container`` unless its crash-loop back-off says wait."""
+        ctx = self.ctx
+        name = container["name"]
+        key = f"{self.uid}/{name}"
+        instances = observed.containers.get(name, [])
+        previous = instances[0] if instances else None
+        if previous is not None and previous.state == ContainerState.EXITED and previous.finished_at:
+            remaining = ctx.crash_backoff.remaining(key, previous.finished_at, ctx.now())
+            if remaining > 0:
+                delay = ctx.crash_backoff.current_delay(key)
+                message = (
+                    f"back-off {_go_duration(delay)} restarting failed container={name} "
+                    f"pod={self.pod['metadata']['name']}_{self.pod['metadata'].get('namespace', 'default')}"
+                    f"({self.uid})"
+                )
+                if self._waiting.get(name) != Waiting("CrashLoopBackOff", message):
+                    ctx.events.event(self.pod, "Warning", "BackOff", f"Back-off restarting failed container {name}")
+                self._waiting[name] = Waiting("CrashLoopBackOff", message)
+                self._schedule(remaining)
+                return False
+        if previous is not None and previous.state == ContainerState.CREATED and previous is observed.current(name):
+            # Created but never started (vnode stopped in between): start that instance.
+            try:
+                await ctx.cri.start_container(previous.id)
+                return True
+            except errors.VnodeError:
+                await _ignore_missing(ctx.cri.remove_container(previous.id))
+        started = await self._start_container(container, kind, observed, sandbox)
+        if previous is not None:
+            ctx.crash_backoff.next_delay(key, ctx.now())
+            await self._persist()
+        await self._prune(name, observed)
+        return started
+
+    async def _start_container(
+        self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
+    ) -> bool:
+        ctx = self.ctx
+        name = container["name"]
+        image_ref = await self._ensure_image(container)
+        if image_ref is None:
+            return False
+        pod_ip = sandbox.ip or ctx.host_ip
+        env_ctx = specs.EnvContext(
+            pod=self.pod,
+            node_name=ctx.node_name,
+            pod_ip=pod_ip,
+            host_ip=ctx.host_ip,
+            pod_ips=[pod_ip, *sandbox.additional_ips],
+        )
+        try:
+            env = specs.resolve_env(container, env_ctx)
+            volume_paths = await asyncio.to_thread(ctx.volumes.prepare, self.pod)
+            mounts = specs.volume_mounts(container, volume_paths)
+            term_log = await asyncio.to_thread(ctx.volumes.termination_log_path, self.pod, container)
+        except errors.VnodeError as exc:
+            self._fail_waiting(container, "CreateContainerConfigError", str(exc), "Failed")
+            return False
+        attempt = self._next_attempt(name, observed)
+        config = specs.container_config(
+            self.pod,
+            container,
+            kind=kind,  # type: ignore[arg-type]
+            restart_count=attempt,
+            image_ref=image_ref,
+            env=env,
+            mounts=mounts,
+            termination_log_host_path=term_log,
+        )
+        config.labels[labels.NODE_LABEL] = ctx.node_name
+        await asyncio.to_thread(_make_dirs, specs.pod_log_dir(ctx.logs_dir, self.pod) / name)
+        sandbox_config = specs.sandbox_config(
+            self.pod,
+            log_dir=specs.pod_log_dir(ctx.logs_dir, self.pod),
+            attempt=sandbox.attempt,
+            dns=ctx.dns,
+        )
+        try:
+            container_id = await ctx.cri.create_container(sandbox.id, config, sandbox_config)
+        except (errors.RuntimeFailure, errors.NotFound) as exc:
+            self._fail_waiting(container, "CreateContainerError", str(exc), "Failed")
+            return False
+        self.attempts[name] = attempt
+        await self._persist()
+        ctx.events.event(self.pod, "Normal", "Created", f"Created container {name}")
+        try:
+            await ctx.cri.start_container(container_id)
+        except (errors.RuntimeFailure, errors.NotFound) as exc:
+            # containerd records the instance as exited (StartError); the back-off takes over.
+            self._waiting[name] = Waiting("RunContainerError", str(exc))
+            ctx.events.event(self.pod, "Warning", "Failed", f"Error: {exc}")
+            self._schedule(1.0)
+            return True
+        self._waiting.pop(name, None)
+        ctx.events.event(self.pod, "Normal", "Started", f"Started container {name}")
+        log.info("pod %s: container %s started (%s, attempt %d)", self.name, name, container_id[:12], attempt)
+        return True
+
+    def _next_attempt(self, name: str, observed: Observed) -> int:
+        instances = observed.containers.get(name, [])
+        last = max([self.attempts.get(name, -1), *(c.attempt for c in instances)])
+        return last + 1
+
+    async def _ensure_image(self, container: dict[str, Any]) -> str | None:
+        """The image ID to run, pulling per imagePullPolicy; None (and a waiting reason) if not."""
+        ctx = self.ctx
+        name = container["name"]
+        try:
+            image = specs.normalize_image(container.get("image", ""))
+        except errors.InvalidInput as exc:
+            self._fail_waiting(container, "InvalidImageName", str(exc), "InspectFailed")
+            return None
+        present = await ctx.cri.image_ref(image)
+        decision = specs.image_pull_needed(container, present is not None)
+        if decision is None:
+            message = f'Container image "{image}" is not present with pull policy of Never'
+            self._fail_waiting(container, "ErrImageNeverPull", message, "ErrImageNeverPull")
+            return None
+        if not decision:
+            return present
+        key = f"{self.uid}/image:{image}"
+        remaining = ctx.image_backoff.remaining(key, ctx.now(), ctx.now())
+        if remaining > 0 and name in self._waiting and self._waiting[name].reason in (
+            "ErrImagePull",
+            "ImagePullBackOff",
+        ):
+            message = f'Back-off pulling image "{image}"'
+            self._waiting[name] = Waiting("ImagePullBackOff", message)
+            self._schedule(remaining)
+            return None
+        ctx.events.event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
+        try:
+            ref = await ctx.cri.pull_image(image)
+        except (errors.RuntimeFailure, errors.NotFound) as exc:
+            message = f'Failed to pull image "{image}": {exc}'
+            self._waiting[name] = Waiting("ErrImagePull", message)
+            ctx.events.event(self.pod, "Warning", "Failed", message)
+            self._schedule(ctx.image_backoff.next_delay(key, ctx.now()))
+            return None
+        ctx.image_backoff.reset(key)
+        ctx.events.event(self.pod, "Normal", "Pulled", f'Successfully pulled image "{image}"')
+        return ref
+
+    def _fail_waiting(self, container: dict[str, Any], reason: str, message: str, event_reason: str) -> None:
+        name = container["name"]
+        if self._waiting.get(name) != Waiting(reason, message):
+            self.ctx.events.event(self.pod, "Warning", event_reason, f"Error: {message}")
+            log.warning("pod %s: container %s: %s: %s", self.name, name, reason, message)
+        self._waiting[name] = Waiting(reason, message)
+        key = f"{self.uid}/{name}"
+        self._schedule(self.ctx.crash_backoff.next_delay(key, self.ctx.now()))
+
+    def _set_all_waiting(self, reason: str, message: str) -> None:
+        spec = self.pod.get("spec", {})
+        for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+            self._waiting[c["name"]] = Waiting(reason, message)
+
+    async def _stop_container(self, container: ContainerObservation) -> None:
+        try:
+            await self.ctx.cri.stop_container(container.id, self.grace_seconds())
+        except errors.NotFound:
+            pass
+        self.ctx.events.event(self.pod, "Normal", "Killing", f"Stopping container {container.name}")
+
+    async def _prune(self, name: str, observed: Observed) -> None:
+        """Remove exited instances beyond the ones status and ``previous`` logs still need."""
+        for old in observed.containers.get(name, [])[KEEP_INSTANCES - 1 :]:
+            if old.state == ContainerState.EXITED:
+                await _ignore_missing(self.ctx.cri.remove_container(old.id))
+
+    async def _kill_pod(self, observed: Observed, *, remove: bool) -> None:
+        """Stop every running container (in parallel, with the grace period), then the sandboxes."""
+        running = [c for c in observed.all_containers() if c.state in (ContainerState.RUNNING, ContainerState.CREATED)]
+        if running:
+            await asyncio.gather(*(self._stop_container(c) for c in running))
+        for sandbox in observed.sandboxes:
+            await _ignore_missing(self.ctx.cri.stop_pod_sandbox(sandbox.id))
+        if remove:
+            for c in observed.all_containers():
+                await _ignore_missing(self.ctx.cri.remove_container(c.id))
+            for sandbox in observed.sandboxes:
+                await _ignore_missing(self.ctx.cri.remove_pod_sandbox(sandbox.id))
+
+    def grace_seconds(self) -> int:
+        meta, spec = self.pod.get("metadata", {}), self.pod.get("spec", {})
+        grace = meta.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        try:
+            return max(MIN_GRACE_SECONDS, int(grace))
+        except (TypeError, ValueError):
+            return DEFAULT_GRACE_SECONDS
+
+    def _forget_backoff(self) -> None:
+        self.ctx.crash_backoff.forget(f"{self.uid}/")
+        self.ctx.image_backoff.forget(f"{self.uid}/")
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def _publish(self, observed: Observed) -> None:
+        ctx = self.ctx
+        sandbox = observed.sandbox
+        if sandbox is not None and not sandbox.ip and self.pod.get("spec", {}).get("hostNetwork"):
+            sandbox = replace(sandbox, ip=ctx.host_ip)
+        if self._rejection is not None:
+            status = self._rejected_status()
+        else:
+            obs = PodObservation(
+                sandbox=sandbox,
+                containers=observed.containers,
+                waiting=dict(self._waiting),
+                host_ip=ctx.host_ip,
+                terminal=self.terminal,
+            )
+            status = compute_pod_status(self.pod, obs, self.status, ctx.now())
+        if status != self.status:
+            self.status = status
+            await self._persist()
+            ctx.status_changed(self.uid)
+
+    def _rejected_status(self) -> dict[str, Any]:
+        previous = self.status or {}
+        return {
+            "phase": "Failed",
+            "reason": "InvalidPod",
+            "message": f"Pod was rejected: {self._rejection}",
+            "hostIP": self.ctx.host_ip,
+            "startTime": previous.get("startTime") or self.ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def state(self) -> dict[str, Any]:
+        """What survives a restart of vnode (kept in the store's ``podstate`` table)."""
+        backoff = {}
+        for name in self.attempts:
+            key = f"{self.uid}/{name}"
+            entry = self.ctx.crash_backoff.to_state(key)
+            if entry is not None:
+                backoff[name] = entry
+        return {
+            "attempts": self.attempts,
+            "sandboxAttempt": self.sandbox_attempt,
+            "status": self.status,
+            "terminal": self.terminal,
+            "backoff": backoff,
+        }
+
+    async def _persist(self) -> None:
+        await self.ctx.persist(self.uid, self.state())
+
+
+def fingerprint(raw_sandboxes: list[Any], raw_containers: list[Any]) -> frozenset[tuple[str, str]]:
+    """What the relist compares: the IDs and states of a pod's runtime objects."""
+    return frozenset(
+        [(s.id, str(s.state)) for s in raw_sandboxes] + [(c.id, str(c.state)) for c in raw_containers]
+    )
+
+
+def _list_state(value: int) -> ContainerState:
+    return [ContainerState.CREATED, ContainerState.RUNNING, ContainerState.EXITED, ContainerState.UNKNOWN][
+        value if 0 <= value <= 3 else 3
+    ]
+
+
+def _should_restart(policy: str, exit_code: int) -> bool:
+    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+
+
+def _make_dirs(path: Path) -> None:
+    path.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+async def _ignore_missing(call: Awaitable[None]) -> None:
+    with contextlib.suppress(errors.NotFound):
+        await call
+
+
+def _go_duration(seconds: float) -> str:
+    """Seconds as Go prints a time.Duration (``10s``, ``2m40s``, ``5m0s``), as kubelet's messages do."""
+    total = int(seconds)
+    minutes, secs = divmod(total, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
