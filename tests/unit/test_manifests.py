@@ -48,8 +48,9 @@ def source(tmp_path: Path, collector: Collector) -> ManifestSource:
     return ManifestSource(tmp_path, "edge1", collector, now=lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
 
 
-async def test_static_pod_is_named_and_defaulted_as_kubelet_does(tmp_path: Path, source: ManifestSource,
-                                                                 collector: Collector) -> None:
+async def test_static_pod_is_named_and_defaulted_as_kubelet_does(
+    tmp_path: Path, source: ManifestSource, collector: Collector
+) -> None:
     (tmp_path / "web.yaml").write_text(POD)
     await source.scan()
     pod = collector.last["web-edge1"]
@@ -78,16 +79,18 @@ async def test_same_manifest_same_uid_changed_manifest_new_uid(tmp_path: Path, c
     assert collector.last["web-edge1"]["metadata"]["uid"] != uid
 
 
-async def test_unchanged_directory_is_not_delivered_again(tmp_path: Path, source: ManifestSource,
-                                                          collector: Collector) -> None:
+async def test_unchanged_directory_is_not_delivered_again(
+    tmp_path: Path, source: ManifestSource, collector: Collector
+) -> None:
     (tmp_path / "web.yaml").write_text(POD)
     await source.scan()
     await source.scan()
     assert len(collector.deliveries) == 1
 
 
-async def test_several_documents_json_and_hidden_files(tmp_path: Path, source: ManifestSource,
-                                                       collector: Collector) -> None:
+async def test_several_documents_json_and_hidden_files(
+    tmp_path: Path, source: ManifestSource, collector: Collector
+) -> None:
     (tmp_path / "two.yaml").write_text(POD + "---\n" + POD.replace("name: web", "name: api"))
     doc: dict[str, Any] = {"kind": "Pod", "metadata": {"name": "js"}, "spec": {"containers": []}}
     (tmp_path / "j.json").write_text(json.dumps(doc))
@@ -96,8 +99,9 @@ async def test_several_documents_json_and_hidden_files(tmp_path: Path, source: M
     assert sorted(collector.last) == ["api-edge1", "js-edge1", "web-edge1"]
 
 
-async def test_half_written_file_keeps_its_pods(tmp_path: Path, source: ManifestSource, collector: Collector,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_half_written_file_keeps_its_pods(
+    tmp_path: Path, source: ManifestSource, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "web.yaml"
     path.write_text(POD)
     await source.scan()
@@ -109,7 +113,9 @@ async def test_half_written_file_keeps_its_pods(tmp_path: Path, source: Manifest
     assert len(collector.deliveries) == 1  # nothing changed for the manager
 
 
-async def test_removed_file_removes_its_pods(tmp_path: Path, source: ManifestSource, collector: Collector) -> None:
+async def test_removed_file_removes_its_pods(
+    tmp_path: Path, source: ManifestSource, collector: Collector
+) -> None:
     path = tmp_path / "web.yaml"
     path.write_text(POD)
     await source.scan()
@@ -118,9 +124,9 @@ async def test_removed_file_removes_its_pods(tmp_path: Path, source: ManifestSou
     assert collector.last == {}
 
 
-async def test_duplicates_not_pods_and_nameless_are_skipped(tmp_path: Path, source: ManifestSource,
-                                                            collector: Collector,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_duplicates_not_pods_and_nameless_are_skipped(
+    tmp_path: Path, source: ManifestSource, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "a.yaml").write_text(POD)
     (tmp_path / "b.yaml").write_text(POD.replace("busybox:1.35", "busybox:9"))
     (tmp_path / "c.yaml").write_text("kind: ConfigMap\nmetadata: {name: x}\n")
@@ -136,8 +142,9 @@ async def test_duplicates_not_pods_and_nameless_are_skipped(tmp_path: Path, sour
     assert "expected a mapping" in caplog.text
 
 
-async def test_unknown_fields_are_warned_about(tmp_path: Path, source: ManifestSource, collector: Collector,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_unknown_fields_are_warned_about(
+    tmp_path: Path, source: ManifestSource, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "web.yaml").write_text(POD + "extra: 1\n")
     with caplog.at_level(logging.WARNING):
         await source.scan()

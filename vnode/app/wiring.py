@@ -97,9 +97,7 @@ async def _build_with_store(
 ) -> Components:
     cri = CriClient(settings.runtime.endpoint, timeout=settings.runtime.request_timeout)
     events = EventLog()
-    servers, searches, options = await asyncio.to_thread(
-        specs.read_resolv_conf, settings.pods.resolv_conf
-    )
+    servers, searches, options = await asyncio.to_thread(specs.read_resolv_conf, settings.pods.resolv_conf)
     dns = specs.DNSSettings(
         cluster_domain=settings.pods.cluster_domain,
         cluster_dns=list(settings.pods.cluster_dns),

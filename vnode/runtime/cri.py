@@ -193,7 +193,9 @@ class CriClient:
         resp = await self._call(self._runtime.ContainerStatus, req, f"ContainerStatus {container_id[:12]}")
         return observe_container(resp.status)
 
-    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int = 0) -> tuple[bytes, bytes, int]:
+    async def exec_sync(
+        self, container_id: str, cmd: list[str], timeout: int = 0
+    ) -> tuple[bytes, bytes, int]:
         req = api_pb2.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout)
         resp = await self._call(
             self._runtime.ExecSync, req, "ExecSync", (self.timeout + timeout) if timeout else None
@@ -222,5 +224,7 @@ class CriClient:
         return str(resp.image_ref)
 
     async def list_image_refs(self) -> list[str]:
-        resp = await self._call(self._images.ListImages, api_pb2.ListImagesRequest(), "ListImages", timeout=30)
+        resp = await self._call(
+            self._images.ListImages, api_pb2.ListImagesRequest(), "ListImages", timeout=30
+        )
         return [str(i.id) for i in resp.images]

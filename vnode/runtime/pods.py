@@ -254,7 +254,9 @@ def _log_container_id(status: dict[str, Any], container: str, pod: str, previous
     statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
     entry = next((s for s in statuses if s.get("name") == container), None)
     if entry is None:
-        raise errors.InvalidInput(f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating')
+        raise errors.InvalidInput(
+            f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating'
+        )
     state, last = entry.get("state") or {}, (entry.get("lastState") or {}).get("terminated")
     if previous:
         if not last or not last.get("containerID"):

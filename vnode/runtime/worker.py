@@ -118,6 +118,8 @@ class PodWorker:
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
         self.last_observed = Observed()
+        for name, entry in (state.get("backoff") or {}).items():
+            ctx.crash_backoff.restore(f"{self.uid}/{name}", entry)
 
     # -- inputs from the manager -------------------------------------------------------------
 
@@ -226,6 +228,12 @@ class PodWorker:
                     obs = await cri.container_status(raw.id)
                 except errors.NotFound:
                     continue
+                if obs.state == ContainerState.EXITED and not obs.message:
+                    message = await asyncio.to_thread(
+                        self.ctx.volumes.termination_message, self.uid, obs.name, obs.attempt
+                    )
+                    if message:
+                        obs = replace(obs, message=message)
             known[obs.id] = obs
             observed.sandbox_of[obs.id] = raw.pod_sandbox_id
             observed.containers.setdefault(obs.name, []).append(obs)
@@ -285,11 +293,16 @@ class PodWorker:
                     acted = True
                     self._waiting.pop(name, None)
                 continue
-            if current is not None and current.state == ContainerState.EXITED:
-                if not _should_restart(policy, current.exit_code):
-                    self._waiting.pop(name, None)
-                    continue
-            acted = await self._start_or_back_off(container, labels.TYPE_CONTAINER, observed, sandbox) or acted
+            if (
+                current is not None
+                and current.state == ContainerState.EXITED
+                and not _should_restart(policy, current.exit_code)
+            ):
+                self._waiting.pop(name, None)
+                continue
+            acted = (
+                await self._start_or_back_off(container, labels.TYPE_CONTAINER, observed, sandbox) or acted
+            )
 
         if self._all_done(observed):
             self.terminal = True
@@ -311,7 +324,7 @@ class PodWorker:
     async def _create_sandbox(self) -> bool:
         ctx = self.ctx
         key = f"{self.uid}/<sandbox>"
-        remaining = ctx.crash_backoff.remaining(key, ctx.now(), ctx.now())
+        remaining = ctx.crash_backoff.remaining(key, None, ctx.now())
         if remaining > 0 and self.sandbox_attempt >= 0:
             self._schedule(remaining)
             return False
@@ -337,6 +350,7 @@ class PodWorker:
             return False
         log.info("pod %s: sandbox %s started (attempt %d)", self.name, sandbox_id[:12], attempt)
         self.sandbox_attempt = attempt
+        ctx.crash_backoff.reset(key)
         self._waiting.clear()
         await self._persist()
         self.wake()  # start the containers in the next pass, against a fresh observation
@@ -361,11 +375,17 @@ class PodWorker:
                     f"({self.uid})"
                 )
                 if self._waiting.get(name) != Waiting("CrashLoopBackOff", message):
-                    ctx.events.event(self.pod, "Warning", "BackOff", f"Back-off restarting failed container {name}")
+                    ctx.events.event(
+                        self.pod, "Warning", "BackOff", f"Back-off restarting failed container {name}"
+                    )
                 self._waiting[name] = Waiting("CrashLoopBackOff", message)
                 self._schedule(remaining)
                 return False
-        if previous is not None and previous.state == ContainerState.CREATED and previous is observed.current(name):
+        if (
+            previous is not None
+            and previous.state == ContainerState.CREATED
+            and previous is observed.current(name)
+        ):
             # Created but never started (vnode stopped in between): start that instance.
             try:
                 await ctx.cri.start_container(previous.id)
@@ -395,15 +415,15 @@ class PodWorker:
             host_ip=ctx.host_ip,
             pod_ips=[pod_ip, *sandbox.additional_ips],
         )
+        attempt = self._next_attempt(name, observed)
         try:
             env = specs.resolve_env(container, env_ctx)
             volume_paths = await asyncio.to_thread(ctx.volumes.prepare, self.pod)
             mounts = specs.volume_mounts(container, volume_paths)
-            term_log = await asyncio.to_thread(ctx.volumes.termination_log_path, self.pod, container)
+            term_log = await asyncio.to_thread(ctx.volumes.termination_log_path, self.pod, container, attempt)
         except errors.VnodeError as exc:
             self._fail_waiting(container, "CreateContainerConfigError", str(exc), "Failed")
             return False
-        attempt = self._next_attempt(name, observed)
         config = specs.container_config(
             self.pod,
             container,
@@ -466,10 +486,15 @@ class PodWorker:
         if not decision:
             return present
         key = f"{self.uid}/image:{image}"
-        remaining = ctx.image_backoff.remaining(key, ctx.now(), ctx.now())
-        if remaining > 0 and name in self._waiting and self._waiting[name].reason in (
-            "ErrImagePull",
-            "ImagePullBackOff",
+        remaining = ctx.image_backoff.remaining(key, None, ctx.now())
+        if (
+            remaining > 0
+            and name in self._waiting
+            and self._waiting[name].reason
+            in (
+                "ErrImagePull",
+                "ImagePullBackOff",
+            )
         ):
             message = f'Back-off pulling image "{image}"'
             self._waiting[name] = Waiting("ImagePullBackOff", message)
@@ -503,10 +528,8 @@ class PodWorker:
             self._waiting[c["name"]] = Waiting(reason, message)
 
     async def _stop_container(self, container: ContainerObservation) -> None:
-        try:
+        with contextlib.suppress(errors.NotFound):
             await self.ctx.cri.stop_container(container.id, self.grace_seconds())
-        except errors.NotFound:
-            pass
         self.ctx.events.event(self.pod, "Normal", "Killing", f"Stopping container {container.name}")
 
     async def _prune(self, name: str, observed: Observed) -> None:
@@ -517,7 +540,11 @@ class PodWorker:
 
     async def _kill_pod(self, observed: Observed, *, remove: bool) -> None:
         """Stop every running container (in parallel, with the grace period), then the sandboxes."""
-        running = [c for c in observed.all_containers() if c.state in (ContainerState.RUNNING, ContainerState.CREATED)]
+        running = [
+            c
+            for c in observed.all_containers()
+            if c.state in (ContainerState.RUNNING, ContainerState.CREATED)
+        ]
         if running:
             await asyncio.gather(*(self._stop_container(c) for c in running))
         for sandbox in observed.sandboxes:

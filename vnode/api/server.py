@@ -1,0 +1,196 @@
+"""The kubelet HTTP API (aiohttp): health checks, ``/pods`` and ``/containerLogs``.
+
+The handlers see only the narrow protocols of ``vnode.provider.protocols``, so any pod provider
+serves the same API. Errors are vnode errors mapped through ``errors.http_status``; the body is
+the plain-text reason, as kubelet writes it. Every method but GET (and HEAD) gets 405 with
+``Allow``. Streaming endpoints (exec, attach, port-forward) will register here as optional
+capabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from vnode import errors
+from vnode.logs.options import parse_log_query
+from vnode.logs.reader import read_log
+from vnode.provider.protocols import HealthCheck, LogLocator, PodLister
+
+log = logging.getLogger(__name__)
+
+ALLOWED = "GET, HEAD"
+
+
+@dataclass
+class KubeletHandlers:
+    """What the API serves from; ``logs=None`` leaves ``/containerLogs`` out (the healthz port)."""
+
+    pods: PodLister | None
+    logs: LogLocator | None
+    health_checks: dict[str, HealthCheck] = field(default_factory=dict)
+
+
+def _text(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=text if text.endswith("\n") else text + "\n", headers=headers)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """vnode errors become their status code with the reason; bugs become a logged 500."""
+    if request.method not in ("GET", "HEAD"):
+        return _text(405, f"method {request.method} is not allowed", Allow=ALLOWED)
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException:
+        raise
+    except errors.VnodeError as exc:
+        return _text(errors.http_status(exc), str(exc))
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _text(500, "internal error")
+
+
+class KubeletApp:
+    """The route table over ``KubeletHandlers``."""
+
+    def __init__(self, handlers: KubeletHandlers) -> None:
+        self.handlers = handlers
+        self.app = web.Application(middlewares=[_errors], handler_args={"max_field_size": 16384})
+        routes = [
+            web.route("*", "/healthz", self.healthz),
+            web.route("*", "/healthz/{check}", self.healthz_one),
+        ]
+        if handlers.pods is not None:
+            routes.append(web.route("*", "/pods", self.pods))
+        if handlers.logs is not None:
+            routes.append(web.route("*", "/containerLogs/{namespace}/{pod}/{container}", self.container_logs))
+        self.app.add_routes(routes)
+
+    async def _run_checks(self, names: list[str]) -> list[tuple[str, str | None]]:
+        results: list[tuple[str, str | None]] = []
+        for name in names:
+            try:
+                await self.handlers.health_checks[name]()
+                results.append((name, None))
+            except Exception as exc:  # a check reports any failure as unhealthy, with its reason
+                results.append((name, str(exc) or type(exc).__name__))
+        return results
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """All checks; ``?verbose`` lists them, as Kubernetes' healthz handler does."""
+        results = await self._run_checks(list(self.handlers.health_checks))
+        failed = [r for r in results if r[1] is not None]
+        verbose = "verbose" in request.query
+        if not failed and not verbose:
+            return _text(200, "ok")
+        lines = []
+        for name, problem in results:
+            if problem is None:
+                lines.append(f"[+]{name} ok")
+            else:
+                lines.append(f"[-]{name} failed: {problem if verbose else 'reason withheld'}")
+                log.info("healthz check %s failed: %s", name, problem)
+        lines.append("healthz check failed" if failed else "healthz check passed")
+        return _text(500 if failed else 200, "\n".join(lines))
+
+    async def healthz_one(self, request: web.Request) -> web.Response:
+        name = request.match_info["check"]
+        if name not in self.handlers.health_checks:
+            raise errors.NotFound(f"no health check named {name!r}")
+        ((_, problem),) = await self._run_checks([name])
+        if problem is None:
+            return _text(200, "ok")
+        return _text(500, f"internal server error: {problem}")
+
+    async def pods(self, request: web.Request) -> web.Response:
+        assert self.handlers.pods is not None
+        body = {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {},
+            "items": self.handlers.pods.list_pods(),
+        }
+        return web.json_response(body)
+
+    async def container_logs(self, request: web.Request) -> web.StreamResponse:
+        """kubelet's getContainerLogs: validate the query, find the file, stream it."""
+        assert self.handlers.logs is not None
+        info = request.match_info
+        options = parse_log_query(request.query, datetime.now(tz=UTC))
+        target = await self.handlers.logs.locate_log(
+            info["namespace"], info["pod"], info["container"], options.previous
+        )
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        prepared = False
+
+        async def write(data: bytes) -> None:
+            nonlocal prepared
+            if not prepared:
+                await response.prepare(request)
+                prepared = True
+            await response.write(data)
+
+        try:
+            await read_log(target, options, write)
+        except errors.VnodeError:
+            if prepared:  # headers are gone: end the stream where it is
+                log.warning(
+                    "log stream of %s/%s/%s ended early", info["namespace"], info["pod"], info["container"]
+                )
+                return response
+            raise
+        except ConnectionResetError:
+            return response
+        if not prepared:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
+
+
+class KubeletServer:
+    """One listener (the HTTPS API, or the plain healthz port) serving a ``KubeletApp``."""
+
+    def __init__(self, handlers: KubeletHandlers, *, name: str) -> None:
+        self.name = name
+        # Open streams (``follow``) get one second to end when the listener closes.
+        self.runner = web.AppRunner(
+            KubeletApp(handlers).app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        self._site: web.TCPSite | None = None
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        await self.runner.setup()
+        self._site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            raise errors.ConfigError(
+                "server.port", f"{self.name}: cannot listen on {host}:{port}: {exc}"
+            ) from exc
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (the configured one, or the kernel's pick for port 0)."""
+        server = self._site._server if self._site is not None else None
+        sockets = getattr(server, "sockets", None)
+        if not sockets:
+            return 0
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.runner.cleanup()
+        except TimeoutError:
+            log.warning("%s listener did not close within %.1fs", self.name, timeout)
