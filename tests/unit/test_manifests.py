@@ -159,7 +159,7 @@ async def test_missing_directory_means_no_pods(tmp_path: Path, collector: Collec
 
 
 def test_parse_documents_reports_where_yaml_breaks() -> None:
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ValueError, match="invalid YAML at line 3 column 1"):
         parse_documents("a: 1\nb: [\n")
     with pytest.raises(ValueError, match="invalid JSON"):
         parse_documents('{"a": ')

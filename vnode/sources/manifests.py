@@ -211,6 +211,9 @@ def parse_documents(text: str) -> list[Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            problem += f" ({context} at line {start.line + 1} column {start.column + 1})"
         raise ValueError(f"invalid YAML{where}: {problem}") from exc
 
 
