@@ -47,14 +47,18 @@ async def wait_for(
         except (aiohttp.ClientError, OSError, KeyError, IndexError) as exc:
             last_exc = exc
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last error {last_exc!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or probe}: last error {last_exc!r}"
+            )
         await asyncio.sleep(interval)
 
 
 class VnodeProcess:
     """A ``vnode run`` subprocess with its directories, and an HTTPS client for its kubelet API."""
 
-    def __init__(self, base: Path, endpoint: str, *, node_name: str = "testnode", extra_args: list[str] | None = None):
+    def __init__(
+        self, base: Path, endpoint: str, *, node_name: str = "testnode", extra_args: list[str] | None = None
+    ) -> None:
         self.base = base
         self.endpoint = endpoint
         self.node_name = node_name
@@ -174,8 +178,8 @@ class VnodeProcess:
             return await wait_for(probe, timeout=timeout, what=what or f"pod {name}")
         except AssertionError as exc:
             pod = await self.pod(self.static_name(name))
-            raise AssertionError(f"{exc}\nlast pod status: {json.dumps((pod or {}).get('status'), indent=1)}\n"
-                                 f"vnode log:\n{self.log_tail()}") from None
+            status = json.dumps((pod or {}).get("status"), indent=1)
+            raise AssertionError(f"{exc}\nlast pod status: {status}\nvnode log:\n{self.log_tail()}") from None
 
 
 def container_status(pod: dict[str, Any], name: str) -> dict[str, Any]:

@@ -144,7 +144,9 @@ async def test_crash_loop_back_off_grows(node: VnodeProcess) -> None:
     assert s["lastState"]["terminated"]["reason"] == "Error"
     assert s["restartCount"] >= 1
     assert first["status"]["phase"] == "Running"  # restartPolicy Always: kubelet keeps it Running
-    assert {c["type"]: c.get("reason") for c in first["status"]["conditions"]}["Ready"] == "ContainersNotReady"
+    assert {c["type"]: c.get("reason") for c in first["status"]["conditions"]}[
+        "Ready"
+    ] == "ContainersNotReady"
     second = await node.wait_pod("crash", backing_off("20s"), timeout=60, what="back-off 20s")
     assert container_status(second, "main")["restartCount"] > s["restartCount"]
 
@@ -160,7 +162,9 @@ async def test_missing_image_backs_off_and_the_node_stays_healthy(node: VnodePro
         return str(container_status(pod, "main")["state"].get("waiting", {}).get("reason"))
 
     await node.wait_pod("noimage", lambda p: reason(p) == "ErrImagePull", what="ErrImagePull")
-    backing = await node.wait_pod("noimage", lambda p: reason(p) == "ImagePullBackOff", what="ImagePullBackOff")
+    backing = await node.wait_pod(
+        "noimage", lambda p: reason(p) == "ImagePullBackOff", what="ImagePullBackOff"
+    )
     assert backing["status"]["phase"] == "Pending"
     code, body = await node.get("/healthz")
     assert (code, body) == (200, b"ok")
@@ -220,9 +224,11 @@ async def test_removing_a_manifest_removes_the_pod(node: VnodeProcess, cri: CriC
     path.unlink()
 
     async def removed() -> bool:
-        return not await container_ids(cri, node) and not await cri.list_pod_sandboxes(
-            {labels.NODE_LABEL: node.node_name}
-        ) and node.static_name("gone") not in await node.pods()
+        return (
+            not await container_ids(cri, node)
+            and not await cri.list_pod_sandboxes({labels.NODE_LABEL: node.node_name})
+            and node.static_name("gone") not in await node.pods()
+        )
 
     await wait_for(removed, what="the pod's containers and sandbox to be removed")
 
@@ -289,10 +295,13 @@ async def test_container_logs_options(node: VnodeProcess) -> None:
 async def test_container_logs_follow_streams_until_the_container_ends(node: VnodeProcess) -> None:
     node.write_manifest(
         "ticker.yaml",
-        busybox_pod("ticker", "echo start; read x < /tmp/go 2>/dev/null; while [ ! -f /tmp/stop ]; do "
-                              "if [ -f /tmp/more ]; then echo more; rm /tmp/more; fi; sleep 0.1; done; echo bye",
-                    restartPolicy="Never"),
-    )  # fmt: skip
+        busybox_pod(
+            "ticker",
+            "echo start; read x < /tmp/go 2>/dev/null; while [ ! -f /tmp/stop ]; do "
+            "if [ -f /tmp/more ]; then echo more; rm /tmp/more; fi; sleep 0.1; done; echo bye",
+            restartPolicy="Never",
+        ),
+    )
     pod = await node.wait_pod("ticker", lambda p: is_running(p, "main"))
     cid = container_status(pod, "main")["containerID"].split("://")[1]
     url = f"{node.url}/containerLogs/default/{node.static_name('ticker')}/main"
@@ -327,6 +336,7 @@ async def test_missing_runtime_socket_keeps_serving_healthz(tmp_path: Path) -> N
     proc = VnodeProcess(tmp_path, f"unix://{tmp_path}/absent.sock")
     await proc.start()
     try:
+
         async def unhealthy() -> bytes | None:
             code, body = await proc.get("/healthz", verbose="1")
             return body if code == 500 else None

@@ -50,7 +50,7 @@ async def test_garbage_file_is_refused_not_wiped(tmp_path: Path) -> None:
     path = tmp_path / "s"
     path.mkdir()
     (path / "data.mdb").write_bytes(b"not an lmdb file" * 512)
-    with pytest.raises(errors.StoreError, match="data.mdb"):
+    with pytest.raises(errors.StoreError, match=r"data\.mdb"):
         await Store.open(path)
     assert (path / "data.mdb").read_bytes().startswith(b"not an lmdb file")
 

@@ -1,0 +1,114 @@
+"""Config loading: defaults, file and flags, and refusals that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vnode import errors
+from vnode.cli import main
+from vnode.config.loader import load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "vnode.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_kubelets() -> None:
+    s = load_settings(None, {"--hostname-override": "edge1"})
+    assert s.node.name == "edge1"
+    assert s.server.port == 10250 and s.server.address == "127.0.0.1"
+    assert s.runtime.endpoint == "unix:///run/containerd/containerd.sock"
+    assert s.root_dir == Path("/var/lib/vnode") and s.store_path == Path("/var/lib/vnode/store")
+    assert s.pods.max_pods == 110 and s.pods.manifest_path is None
+
+
+def test_file_values_with_relative_paths_and_flag_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+node: {name: Edge-1, labels: {site: lab, example.com/tier: edge}}
+server: {port: 10251}
+runtime: {containerRuntimeEndpoint: /run/c.sock, runtimeRequestTimeout: 1m30s}
+pods: {staticPodPath: manifests, fileCheckFrequency: 500ms, clusterDNS: [10.96.0.10]}
+store: {mapSize: 512Mi}
+rootDir: /srv/vnode
+""",
+    )
+    s = load_settings(path, {"--port": "10252", "--node-ip": "192.0.2.7"})
+    assert s.node.name == "edge-1" and s.node.labels == {"site": "lab", "example.com/tier": "edge"}
+    assert s.server.port == 10252 and s.node.node_ip == "192.0.2.7"
+    assert s.runtime.endpoint == "unix:///run/c.sock" and s.runtime.request_timeout == 90
+    assert s.pods.manifest_path == tmp_path.resolve() / "manifests"
+    assert s.pods.file_check_frequency == 0.5 and s.pods.cluster_dns == ("10.96.0.10",)
+    assert s.store.map_size == 512 << 20 and s.root_dir == Path("/srv/vnode")
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, ""), {"--hostname-override": "a"}).server.port == 10250
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "message"),
+    [
+        ("pods: {staticPodPth: /x}", {}, "pods.staticPodPth: unknown field (did you mean staticPodPath?)"),
+        ("sever: {port: 1}", {}, "sever: unknown field (did you mean server?)"),
+        ("server: {port: abc}", {}, "server.port: expected an integer, got 'abc'"),
+        ("server: {port: true}", {}, "server.port: expected an integer"),
+        ("server: {port: 70000}", {}, "server.port: must be between 0 and 65535"),
+        ("server: {address: localhost}", {}, "server.address: expected an IP address"),
+        ("pods: {fileCheckFrequency: soon}", {}, "pods.fileCheckFrequency: expected a duration"),
+        ("pods: {fileCheckFrequency: 0s}", {}, "pods.fileCheckFrequency: must be a positive duration"),
+        ("store: {mapSize: 12MB}", {}, "store.mapSize: expected a size"),
+        ("store: {mapSize: 1Ki}", {}, "store.mapSize: must be at least 1Mi"),
+        (
+            "runtime: {containerRuntimeEndpoint: tcp://x:1}",
+            {},
+            "runtime.containerRuntimeEndpoint: expected unix://",
+        ),
+        ("node: {labels: {'bad key!': x}}", {}, "node.labels: invalid label key"),
+        ("", {"--hostname-override": "under_score"}, "--hostname-override: 'under_score' is not a valid"),
+        ("logging: {level: loud}", {}, "logging.level: must be one of"),
+        ("server: [1, 2]", {}, "server: expected a mapping"),
+        ("", {"--port": "-1"}, "--port: must be between 0 and 65535"),
+        ("", {"--node-labels": "a"}, "--node-labels: expected key=value pairs"),
+    ],
+)
+def test_refusals_name_the_field(tmp_path: Path, text: str, flags: dict[str, str], message: str) -> None:
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings(write(tmp_path, text), {"--hostname-override": "a", **flags})
+    assert message in str(info.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: [1\n")
+    with pytest.raises(errors.ConfigError, match=r"vnode.yaml line 3"):
+        load_settings(path, {})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.yaml", {})
+
+
+def test_cli_exits_2_on_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "server: {port: abc}")
+    assert main(["run", "--config", str(path)]) == 2
+    assert "vnode: config error: server.port: expected an integer" in capsys.readouterr().err
+    assert main(["run", "--port", "99999"]) == 2
+    assert "--port: must be between" in capsys.readouterr().err
+
+
+def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == "vnode 0.1.0"
+
+
+def test_shipped_sample_config_loads() -> None:
+    sample = Path(__file__).resolve().parents[2] / "conf" / "vnode.yaml"
+    s = load_settings(sample, {})
+    assert s.pods.manifest_path == sample.parent / "manifests"
+    assert (s.pods.manifest_path / "hello.yaml").exists()

@@ -1,0 +1,84 @@
+"""The ``vnode`` command: ``run`` (kubelet's flag names), ``status`` and ``version``.
+
+Config errors print ``vnode: config error: <field or flag>: <reason>`` and exit 2, before
+anything is started. The application modules are imported only by ``run``, so ``version`` and
+argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vnode import __version__, errors
+from vnode.config.loader import FIELDS, load_settings
+from vnode.config.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnode", description="A Kubernetes node for the edge.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the node in the foreground")
+    run.add_argument("--config", type=Path, help="YAML config file (see conf/vnode.yaml); flags override it")
+    for field in FIELDS:
+        names = [field.flag, "--v"] if field.flag == "-v" else [field.flag]
+        run.add_argument(*names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}")
+    status = commands.add_parser("status", help="show what the node's store holds")
+    status.add_argument("--root-dir", type=Path, default=Settings().root_dir)
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def configure_logging(settings: Settings) -> None:
+    level = "debug" if settings.logging.verbosity >= 4 else settings.logging.level
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"vnode {__version__}")
+        return 0
+    if args.command == "status":
+        return _status(args.root_dir)
+    flags = {f.flag: getattr(args, f.flag) for f in FIELDS}
+    try:
+        settings = load_settings(args.config, flags)
+    except errors.ConfigError as exc:
+        print(f"vnode: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    from vnode.app.running import run  # the application itself, only when running it
+
+    return run(settings)
+
+
+def _status(root_dir: Path) -> int:
+    """Pods and their phases from the store (``vnode status`` grows with the offline issue)."""
+    from vnode.store import Store
+
+    path = root_dir / "store"
+    if not (path / "data.mdb").exists():
+        print(f"no store at {path}")
+        return 1
+    try:
+        store = Store.open_sync(path)
+    except errors.StoreError as exc:
+        print(f"vnode: {exc}", file=sys.stderr)
+        return 1
+    try:
+        states = dict(store.items("podstate"))
+        info = store.info()
+        print(f"store {path}: {info['used']} of {info['map_size']} bytes used")
+        for uid, record in store.items("pods"):
+            meta = record["pod"]["metadata"]
+            phase = ((states.get(uid) or {}).get("status") or {}).get("phase", "Pending")
+            print(f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}")
+    finally:
+        store.close_sync()
+    return 0

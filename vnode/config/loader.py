@@ -1,0 +1,278 @@
+"""Loads ``Settings`` from a YAML file and command-line flags, refusing anything doubtful.
+
+One table (``FIELDS``) says, for every setting, its YAML path, its kubelet flag name, and how its
+value is parsed and checked. The file is read first, flags override it, then every value goes
+through the same parser, so an error names where the value came from: ``server.port: must be
+between 0 and 65535`` for the file, ``--port: ...`` for a flag. Unknown keys are refused with a
+suggestion; relative paths in the file are relative to the file's directory (so ``conf/vnode.yaml``
+can say ``staticPodPath: manifests``); relative paths in flags are relative to the working dir.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vnode import errors
+from vnode.config.settings import Settings
+from vnode.runtime.quantity import to_bytes
+
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Bad(Exception):
+    """A value's problem, without its location (the loader adds the path or flag)."""
+
+
+# -- value parsers: each takes (value, base dir for relative paths) ---------------------------
+
+
+def _int(lo: int, hi: int) -> Callable[[Any, Path], int]:
+    def parse(value: Any, base: Path) -> int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"expected an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise _Bad(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_duration(value: Any, base: Path = Path()) -> float:
+    """Go duration text (``1m30s``, ``500ms``) or a number of seconds; must be positive."""
+    if isinstance(value, bool):
+        raise _Bad(f"expected a duration like 20s or 1m30s, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        if not text or DURATION.sub("", text) != "":
+            raise _Bad(f"expected a duration like 20s or 1m30s, got {value!r}")
+        seconds = sum(float(n) * UNITS[u] for n, u in DURATION.findall(text))
+    if seconds <= 0:
+        raise _Bad(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _map_size(value: Any, base: Path) -> int:
+    try:
+        size = to_bytes(value)
+    except errors.InvalidInput:
+        raise _Bad(f"expected a size like 1Gi or 512Mi, got {value!r}") from None
+    if size < 1 << 20:
+        raise _Bad(f"must be at least 1Mi, got {value!r}")
+    return size
+
+
+def _ip(value: Any, base: Path) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise _Bad(f"expected an IP address, got {value!r}") from None
+
+
+def _ip_list(value: Any, base: Path) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise _Bad(f"expected a list of IP addresses, got {value!r}")
+    return tuple(_ip(v, base) for v in items if str(v).strip())
+
+
+def _path(value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected a path, got {value!r}")
+    return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+
+
+def _endpoint(value: Any, base: Path) -> str:
+    text = str(value).strip()
+    path = text.removeprefix("unix://")
+    if "://" in path or not path.startswith("/"):
+        raise _Bad(f"expected unix:///absolute/path/to/socket, got {value!r}")
+    return "unix://" + path
+
+
+def _node_name(value: Any, base: Path) -> str:
+    text = str(value).strip().lower()
+    if not text or len(text) > 253 or not DNS_SUBDOMAIN.match(text):
+        raise _Bad(f"{value!r} is not a valid node name (a DNS-1123 subdomain)")
+    return text
+
+
+def _labels(value: Any, base: Path) -> dict[str, str]:
+    if isinstance(value, str):
+        pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise _Bad(f"expected key=value pairs separated by commas, got {value!r}")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise _Bad(f"expected a mapping of labels, got {value!r}")
+    result = {}
+    for key, val in value.items():
+        key, val = str(key), "" if val is None else str(val)
+        prefix, _, name = key.rpartition("/")
+        if (prefix and not DNS_SUBDOMAIN.match(prefix)) or len(name) > 63 or not LABEL_NAME.match(name):
+            raise _Bad(f"invalid label key {key!r}")
+        if len(val) > 63 or not LABEL_VALUE.match(val):
+            raise _Bad(f"invalid value {val!r} for label {key!r}")
+        result[key] = val
+    return result
+
+
+def _choice(*choices: str) -> Callable[[Any, Path], str]:
+    def parse(value: Any, base: Path) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise _Bad(f"must be one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _domain(value: Any, base: Path) -> str:
+    text = str(value).strip().rstrip(".")
+    if not DNS_SUBDOMAIN.match(text):
+        raise _Bad(f"{value!r} is not a valid DNS domain")
+    return text
+
+
+@dataclass(frozen=True)
+class Field:
+    path: str  # YAML path, e.g. "server.port"
+    flag: str  # kubelet's flag name
+    target: tuple[str, str]  # (settings group or "", attribute)
+    parse: Callable[[Any, Path], Any]
+
+
+FIELDS = [
+    Field("node.name", "--hostname-override", ("node", "name"), _node_name),
+    Field("node.nodeIP", "--node-ip", ("node", "node_ip"), _ip),
+    Field("node.labels", "--node-labels", ("node", "labels"), _labels),
+    Field("server.address", "--address", ("server", "address"), _ip),
+    Field("server.port", "--port", ("server", "port"), _int(0, 65535)),
+    Field("server.tlsCertFile", "--tls-cert-file", ("server", "tls_cert_file"), _path),
+    Field("server.tlsPrivateKeyFile", "--tls-private-key-file", ("server", "tls_private_key_file"), _path),
+    Field("server.healthzPort", "--healthz-port", ("server", "healthz_port"), _int(0, 65535)),
+    Field("server.healthzBindAddress", "--healthz-bind-address", ("server", "healthz_bind_address"), _ip),
+    Field(
+        "runtime.containerRuntimeEndpoint", "--container-runtime-endpoint", ("runtime", "endpoint"), _endpoint
+    ),
+    Field(
+        "runtime.runtimeRequestTimeout",
+        "--runtime-request-timeout",
+        ("runtime", "request_timeout"),
+        parse_duration,
+    ),
+    Field("runtime.relistPeriod", "--relist-period", ("runtime", "relist_period"), parse_duration),
+    Field("pods.staticPodPath", "--pod-manifest-path", ("pods", "manifest_path"), _path),
+    Field(
+        "pods.fileCheckFrequency", "--file-check-frequency", ("pods", "file_check_frequency"), parse_duration
+    ),
+    Field("pods.podLogsDir", "--pod-logs-dir", ("pods", "logs_dir"), _path),
+    Field("pods.maxPods", "--max-pods", ("pods", "max_pods"), _int(1, 100000)),
+    Field("pods.clusterDomain", "--cluster-domain", ("pods", "cluster_domain"), _domain),
+    Field("pods.clusterDNS", "--cluster-dns", ("pods", "cluster_dns"), _ip_list),
+    Field("pods.resolvConf", "--resolv-conf", ("pods", "resolv_conf"), _path),
+    Field(
+        "pods.crashLoopBackOffMax",
+        "--crash-loop-backoff-max",
+        ("pods", "crash_loop_backoff_max"),
+        parse_duration,
+    ),
+    Field("store.mapSize", "--store-map-size", ("store", "map_size"), _map_size),
+    Field("logging.level", "--log-level", ("logging", "level"), _choice(*LEVELS)),
+    Field("logging.verbosity", "-v", ("logging", "verbosity"), _int(0, 10)),
+    Field("rootDir", "--root-dir", ("", "root_dir"), _path),
+]
+BY_PATH = {f.path: f for f in FIELDS}
+BY_FLAG = {f.flag: f for f in FIELDS}
+
+
+def _flatten(data: Any, prefix: str, out: dict[str, Any]) -> None:
+    """Dotted paths of the file's leaves; unknown keys and non-mapping groups are errors."""
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "config"
+        raise errors.ConfigError(where, f"expected a mapping, got {type(data).__name__}")
+    groups = {p.split(".", 1)[0] for p in BY_PATH if "." in p}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if path in BY_PATH:
+            out[path] = value
+        elif not prefix and key in groups:
+            if value is not None:
+                _flatten(value, f"{key}.", out)
+        else:
+            siblings = [p.removeprefix(prefix) for p in BY_PATH if p.startswith(prefix)]
+            if not prefix:
+                siblings = [s.split(".", 1)[0] for s in siblings]
+            close = difflib.get_close_matches(str(key), sorted(set(siblings)), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise errors.ConfigError(path, f"unknown field{hint}")
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The file's settings as {yaml path: raw value}."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise errors.ConfigError("config", f"{path}: no such file") from None
+    except OSError as exc:
+        raise errors.ConfigError("config", f"{path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise errors.ConfigError(f"{path}{where}", getattr(exc, "problem", None) or "invalid YAML") from exc
+    out: dict[str, Any] = {}
+    if data is not None:
+        _flatten(data, "", out)
+    return out
+
+
+def load_settings(config_file: Path | None, flags: Mapping[str, Any]) -> Settings:
+    """Settings from ``config_file`` (optional) overridden by ``flags`` ({flag name: raw value})."""
+    values: dict[str, tuple[str, Any, Path]] = {}  # yaml path -> (where, raw value, base dir)
+    if config_file is not None:
+        base = config_file.resolve().parent
+        for path, raw in read_file(config_file).items():
+            values[path] = (path, raw, base)
+    for flag, raw in flags.items():
+        if raw is None:
+            continue
+        if flag not in BY_FLAG:
+            raise errors.ConfigError(flag, "unknown flag")
+        values[BY_FLAG[flag].path] = (flag, raw, Path.cwd())
+    groups: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for path, (where, raw, base) in values.items():
+        f = BY_PATH[path]
+        try:
+            parsed = f.parse(raw, base)
+        except _Bad as exc:
+            raise errors.ConfigError(where, str(exc)) from None
+        group, attr = f.target
+        (groups.setdefault(group, {}) if group else top)[attr] = parsed
+    settings = Settings()
+    for group, attrs in groups.items():
+        top[group] = replace(getattr(settings, group), **attrs)
+    settings = replace(settings, **top)
+    try:
+        _node_name(settings.node.name, Path())
+    except _Bad as exc:
+        raise errors.ConfigError("node.name", f"{exc}; set --hostname-override") from None
+    return settings

@@ -1,0 +1,83 @@
+"""The node's settings: one frozen tree, built and validated by ``vnode.config.loader``.
+
+Attribute names are Python's; the YAML keys and flags that set them are listed in the loader's
+field table and documented in ``conf/vnode.yaml``. Defaults follow kubelet's.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_node_name() -> str:
+    return socket.gethostname().lower()
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str = field(default_factory=default_node_name)
+    node_ip: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    address: str = "127.0.0.1"
+    port: int = 10250
+    tls_cert_file: Path | None = None
+    tls_private_key_file: Path | None = None
+    healthz_port: int = 10248
+    healthz_bind_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    endpoint: str = "unix:///run/containerd/containerd.sock"
+    request_timeout: float = 120.0
+    relist_period: float = 1.0
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    manifest_path: Path | None = None
+    file_check_frequency: float = 20.0
+    logs_dir: Path = Path("/var/log/pods")
+    max_pods: int = 110
+    cluster_domain: str = "cluster.local"
+    cluster_dns: tuple[str, ...] = ()
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    crash_loop_backoff_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    map_size: int = 1 << 30
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    verbosity: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    pods: PodSettings = field(default_factory=PodSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    root_dir: Path = Path("/var/lib/vnode")
+
+    @property
+    def store_path(self) -> Path:
+        """The LMDB environment directory."""
+        return self.root_dir / "store"
+
+    @property
+    def pki_dir(self) -> Path:
+        """Where a self-signed serving pair is generated when none is configured."""
+        return self.root_dir / "pki"
