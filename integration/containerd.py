@@ -1,0 +1,243 @@
+"""A private containerd + runc for the integration tests, under a temporary directory.
+
+Root, state, sockets, CNI config and shim state all live under the temp dir, so the harness never
+touches a containerd the machine may already run. The CRI plugin is configured as a kubelet node
+would have it (``restrict_oom_score_adj``, the pause image vnode's images module builds, a bridge
+CNI network for pods without hostNetwork) and the images are imported before tests start. Missing
+OS packages are installed (a missing component is installed, never skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from integration.images import PAUSE, import_images
+
+PACKAGES = {"containerd": "containerd", "runc": "runc", "busybox": "busybox-static", "gcc": "gcc"}
+CNI_DIR = Path("/usr/lib/cni")
+SUBNET = "10.89.0.0/16"
+
+
+def ensure_packages() -> None:
+    """Install the OS packages the harness needs when they are missing (Debian, as root)."""
+    missing = [pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None]
+    if not (CNI_DIR / "bridge").exists():
+        missing.append("containernetworking-plugins")
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env
+    )
+
+
+def overlay_supported(base: Path) -> bool:
+    """Whether an overlay mount works on ``base``'s filesystem (not on overlay-on-overlay, say)."""
+    probe = Path(tempfile.mkdtemp(dir=base))
+    dirs = [probe / d for d in ("l", "u", "w", "m")]
+    for d in dirs:
+        d.mkdir()
+    try:
+        result = subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={dirs[0]},upperdir={dirs[1]},workdir={dirs[2]}",
+                str(dirs[3]),
+            ],
+            capture_output=True,
+        )
+        if result.returncode != 0:
+            return False
+        subprocess.run(["umount", str(dirs[3])], check=False)
+        return True
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+class Containerd:
+    """Start with ``start()``, stop (removing every sandbox) with ``stop()``."""
+
+    def __init__(self, base: Path | None = None) -> None:
+        self.base = Path(base or tempfile.mkdtemp(prefix="vnode-containerd-"))
+        self.address = str(self.base / "containerd.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.snapshotter = "overlayfs"
+        self.log_file = self.base / "containerd.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.address}"
+
+    def config(self) -> str:
+        b = self.base
+        return f"""version = 2
+root = "{b}/root"
+state = "{b}/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.tracing.processor.v1.otlp",
+]
+
+[grpc]
+  address = "{self.address}"
+
+[ttrpc]
+  address = "{self.address}.ttrpc"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{b}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  max_container_log_line_size = 16384
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{self.snapshotter}"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_DIR}"
+    conf_dir = "{b}/cni"
+"""
+
+    def cni_config(self) -> str:
+        return f"""{{
+  "cniVersion": "0.4.0",
+  "name": "vnode-test",
+  "plugins": [
+    {{
+      "type": "bridge",
+      "bridge": "vnodetest0",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{SUBNET}"}}]], "dataDir": "{self.base}/ipam"}}
+    }},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
+    {{"type": "loopback"}}
+  ]
+}}
+"""
+
+    def start(self, timeout: float = 60.0) -> None:
+        ensure_packages()
+        self.snapshotter = "overlayfs" if overlay_supported(self.base) else "native"
+        (self.base / "cni").mkdir(parents=True, exist_ok=True)
+        (self.base / "cni" / "10-vnode-test.conflist").write_text(self.cni_config())
+        config = self.base / "config.toml"
+        config.write_text(self.config())
+        log = self.log_file.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                ["containerd", "--config", str(config), "--log-level", "info"],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._wait_ready(timeout)
+        import_images(self.address, self.snapshotter)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll CRI Version until it answers: containerd is another process, no event to await."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"containerd exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with grpc.insecure_channel(self.endpoint) as channel:
+                    api_pb2_grpc.RuntimeServiceStub(channel).Version(api_pb2.VersionRequest(), timeout=2)
+                return
+            except grpc.RpcError as exc:
+                last = exc
+                time.sleep(0.1)
+        raise RuntimeError(f"containerd did not answer within {timeout}s: {last}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def remove_sandboxes(self) -> int:
+        """Stop and remove every pod sandbox (and so their containers); returns how many."""
+        with grpc.insecure_channel(self.endpoint) as channel:
+            runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+            sandboxes = runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items
+            for sb in sandboxes:
+                with contextlib.suppress(grpc.RpcError):
+                    runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sb.id), timeout=60)
+                with contextlib.suppress(grpc.RpcError):
+                    runtime.RemovePodSandbox(
+                        api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sb.id), timeout=60
+                    )
+            return len(sandboxes)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.remove_sandboxes()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._kill_shims()
+        self._unmount_all()
+        with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
+            subprocess.run(["ip", "link", "del", "vnodetest0"], capture_output=True, check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _kill_shims(self) -> None:
+        """Shims of this instance carry its socket address on their command line."""
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                cmdline
+                and cmdline[0].endswith(b"containerd-shim-runc-v2")
+                and self.address.encode() in cmdline
+            ):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+
+    def _unmount_all(self) -> None:
+        prefix = str(self.base) + "/"
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
