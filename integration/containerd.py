@@ -213,7 +213,7 @@ disabled_plugins = [
                 self.proc.kill()
                 self.proc.wait()
         self._kill_shims()
-        self._unmount_all()
+        unmount_under(self.base)
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
             subprocess.run(["ip", "link", "del", "vnodetest0"], capture_output=True, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
@@ -235,9 +235,11 @@ disabled_plugins = [
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid_dir.name), signal.SIGKILL)
 
-    def _unmount_all(self) -> None:
-        prefix = str(self.base) + "/"
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-        for point in sorted(points, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+def unmount_under(base: Path) -> None:
+    """Lazily unmount every mount point below ``base``, deepest first."""
+    prefix = str(base) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 def configure_logging(settings: Settings) -> None:
     level = "debug" if settings.logging.verbosity >= 4 else settings.logging.level
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for noisy in ("aiohttp.access", "grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def main(argv: list[str] | None = None) -> int:

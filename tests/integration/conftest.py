@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.containerd import Containerd
+from integration.containerd import Containerd, unmount_under
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,9 +32,18 @@ def containerd() -> Iterator[Containerd]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test that used containerd, remove whatever sandboxes it left."""
-    yield
+def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test: remove the sandboxes it left, then unmount what its pods mounted.
+
+    vnode leaves pods running when it stops (by design), so their sandboxes and the tmpfs of
+    ``medium: Memory`` emptyDirs under the test's temp dir outlive the test's node process.
+    """
+    instance: Containerd | None = None
     if "containerd" in request.fixturenames:
-        instance: Containerd = request.getfixturevalue("containerd")
+        instance = request.getfixturevalue("containerd")
+    tmp: Path | None = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if instance is not None:
         instance.remove_sandboxes()
+    if tmp is not None:
+        unmount_under(tmp)

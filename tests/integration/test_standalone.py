@@ -297,7 +297,7 @@ async def test_container_logs_follow_streams_until_the_container_ends(node: Vnod
         "ticker.yaml",
         busybox_pod(
             "ticker",
-            "echo start; read x < /tmp/go 2>/dev/null; while [ ! -f /tmp/stop ]; do "
+            "echo start; while [ ! -f /tmp/stop ]; do "
             "if [ -f /tmp/more ]; then echo more; rm /tmp/more; fi; sleep 0.1; done; echo bye",
             restartPolicy="Never",
         ),

@@ -92,7 +92,7 @@ class KubeletApp:
         failed = [r for r in results if r[1] is not None]
         verbose = "verbose" in request.query
         if not failed and not verbose:
-            return _text(200, "ok")
+            return web.Response(text="ok")  # exactly kubelet's body
         lines = []
         for name, problem in results:
             if problem is None:
@@ -109,7 +109,7 @@ class KubeletApp:
             raise errors.NotFound(f"no health check named {name!r}")
         ((_, problem),) = await self._run_checks([name])
         if problem is None:
-            return _text(200, "ok")
+            return web.Response(text="ok")
         return _text(500, f"internal server error: {problem}")
 
     async def pods(self, request: web.Request) -> web.Response:

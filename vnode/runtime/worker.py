@@ -507,7 +507,9 @@ class PodWorker:
             message = f'Failed to pull image "{image}": {exc}'
             self._waiting[name] = Waiting("ErrImagePull", message)
             ctx.events.event(self.pod, "Warning", "Failed", message)
-            self._schedule(ctx.image_backoff.next_delay(key, ctx.now()))
+            ctx.image_backoff.next_delay(key, ctx.now())
+            # Sync again soon: that pass reports ImagePullBackOff and waits out the delay.
+            self._schedule(1.0)
             return None
         ctx.image_backoff.reset(key)
         ctx.events.event(self.pod, "Normal", "Pulled", f'Successfully pulled image "{image}"')
