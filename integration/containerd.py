@@ -23,9 +23,14 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from integration.images import PAUSE, import_images
 
-PACKAGES = {"containerd": "containerd", "runc": "runc", "busybox": "busybox-static", "gcc": "gcc"}
+PACKAGES = {
+    "containerd": "containerd",
+    "runc": "runc",
+    "busybox": "busybox-static",
+    "gcc": "gcc",
+    "iptables": "iptables",  # the portmap CNI plugin programs hostPort rules with it
+}
 CNI_DIR = Path("/usr/lib/cni")
-SUBNET = "10.89.0.0/16"
 
 
 def ensure_packages() -> None:
@@ -70,9 +75,19 @@ def overlay_supported(base: Path) -> bool:
 
 
 class Containerd:
-    """Start with ``start()``, stop (removing every sandbox) with ``stop()``."""
+    """Start with ``start()``, stop (removing every sandbox) with ``stop()``.
+
+    Each instance of a process gets its own bridge and subnet (``10.89.<n>.0/24``), so a test
+    can run a second containerd beside the session's without either disturbing the other.
+    """
+
+    _instances = 0
 
     def __init__(self, base: Path | None = None) -> None:
+        n = Containerd._instances
+        Containerd._instances += 1
+        self.bridge = f"vnodetest{n}"
+        self.subnet = f"10.89.{n}.0/24"
         self.base = Path(base or tempfile.mkdtemp(prefix="vnode-containerd-"))
         self.address = str(self.base / "containerd.sock")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -135,11 +150,11 @@ disabled_plugins = [
   "plugins": [
     {{
       "type": "bridge",
-      "bridge": "vnodetest0",
+      "bridge": "{self.bridge}",
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
-      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{SUBNET}"}}]], "dataDir": "{self.base}/ipam"}}
+      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{self.subnet}"}}]], "dataDir": "{self.base}/ipam"}}
     }},
     {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
     {{"type": "loopback"}}
@@ -149,6 +164,7 @@ disabled_plugins = [
 
     def start(self, timeout: float = 60.0) -> None:
         ensure_packages()
+        self.base.mkdir(parents=True, exist_ok=True)
         self.snapshotter = "overlayfs" if overlay_supported(self.base) else "native"
         (self.base / "cni").mkdir(parents=True, exist_ok=True)
         (self.base / "cni" / "10-vnode-test.conflist").write_text(self.cni_config())
@@ -215,7 +231,7 @@ disabled_plugins = [
         self._kill_shims()
         unmount_under(self.base)
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
-            subprocess.run(["ip", "link", "del", "vnodetest0"], capture_output=True, check=False)
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _kill_shims(self) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from integration.node import VnodeProcess, busybox_pod, container_status, is_running, wait_for
+from integration.containerd import Containerd
+from integration.node import VnodeProcess, busybox_pod, container_status, free_port, is_running, wait_for
 from vnode.provider.types import ContainerState
 from vnode.runtime import labels
 from vnode.runtime.cri import CriClient
@@ -350,3 +352,70 @@ async def test_missing_runtime_socket_keeps_serving_healthz(tmp_path: Path) -> N
 
 def test_harness_runs_as_root() -> None:
     assert os.geteuid() == 0, "integration tests start containerd and need root"
+
+
+async def test_host_port_maps_to_a_pod_network_container(node: VnodeProcess) -> None:
+    port = free_port()
+    pod = busybox_pod(
+        "web",
+        "mkdir -p /www && echo served-by-vnode > /www/index.html && httpd -f -p 80 -h /www",
+        container={"ports": [{"containerPort": 80, "hostPort": port, "protocol": "TCP"}]},
+    )
+    pod["spec"]["hostNetwork"] = False
+    node.write_manifest("web.yaml", pod)
+    running = await node.wait_pod("web", lambda p: is_running(p, "main"))
+    assert running["status"]["podIP"].startswith("10.89.")  # the harness's bridge network
+    assert running["status"]["hostIP"] == "127.0.0.1"
+
+    async def page() -> bytes | None:
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as resp:
+                return await resp.read() if resp.status == 200 else None
+        except aiohttp.ClientError:
+            return None
+
+    assert await wait_for(page, what=f"the page on hostPort {port}") == b"served-by-vnode\n"
+
+
+async def test_pods_removed_while_vnode_was_down_are_cleaned_up(node: VnodeProcess, cri: CriClient) -> None:
+    stay = node.write_manifest("stay.yaml", busybox_pod("stay", "sleep 3600"))
+    leave = node.write_manifest("leave.yaml", busybox_pod("leave", "sleep 3600"))
+    for name in ("stay", "leave"):
+        await node.wait_pod(name, lambda p: is_running(p, "main"))
+    before = await container_ids(cri, node)
+    await node.kill()
+    leave.unlink()
+    await node.start()
+
+    async def only_stay_left() -> bool:
+        ids = await container_ids(cri, node)
+        return set(ids) == {(node.static_name("stay"), "main")}
+
+    await wait_for(only_stay_left, what="the removed pod's containers to go")
+    assert (await container_ids(cri, node))[(node.static_name("stay"), "main")] == before[
+        (node.static_name("stay"), "main")
+    ]
+    assert stay.exists()
+
+
+async def test_runtime_that_appears_later_is_used(tmp_path: Path) -> None:
+    late = Containerd(tmp_path / "late-containerd")
+    proc = VnodeProcess(tmp_path, late.endpoint)
+    await proc.start()
+    try:
+
+        async def status() -> int:
+            return (await proc.get("/healthz"))[0]
+
+        assert await wait_for(lambda: _equals(status(), 500), what="runtime reported unhealthy")
+        await asyncio.to_thread(late.start)
+        assert await wait_for(lambda: _equals(status(), 200), what="runtime reported healthy")
+        proc.write_manifest("late.yaml", busybox_pod("late", "sleep 3600"))
+        await proc.wait_pod("late", lambda p: is_running(p, "main"))
+    finally:
+        await proc.terminate()
+        await asyncio.to_thread(late.stop)
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
