@@ -154,7 +154,11 @@ disabled_plugins = [
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
-      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{self.subnet}"}}]], "dataDir": "{self.base}/ipam"}}
+      "ipam": {{
+        "type": "host-local",
+        "ranges": [[{{"subnet": "{self.subnet}"}}]],
+        "dataDir": "{self.base}/ipam"
+      }}
     }},
     {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
     {{"type": "loopback"}}

@@ -26,7 +26,7 @@ from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
 from vnode.runtime.worker import WorkerContext
-from vnode.security.tls import ensure_self_signed, server_ssl_context
+from vnode.security.tls import ensure_serving_pair, server_ssl_context
 from vnode.sources.manifests import SOURCE as FILE_SOURCE
 from vnode.sources.manifests import ManifestSource
 from vnode.store import Store
@@ -76,7 +76,7 @@ async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
         cert = settings.pki_dir / "kubelet.crt"
         key = settings.pki_dir / "kubelet.key"
         ips = sorted({host_ip, "127.0.0.1", *([server.address] if server.address != "0.0.0.0" else [])})
-        await asyncio.to_thread(ensure_self_signed, cert, key, hostnames=[settings.node.name], ips=ips)
+        await asyncio.to_thread(ensure_serving_pair, cert, key, hostnames=[settings.node.name], ips=ips)
     return await asyncio.to_thread(server_ssl_context, cert, key)
 
 
@@ -139,7 +139,7 @@ async def _build_with_store(
         "ping": check_ping,
         "log": check_ping,
         "runtime": pods.check_runtime,
-        "syncloop": pods.check_runtime,
+        "syncloop": pods.check_sync,
     }
     handlers = KubeletHandlers(pods=pods, logs=pods, health_checks=checks)
     healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)

@@ -52,6 +52,7 @@ class PodManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._source_of: dict[str, str] = {}
         self._listeners: list[Callable[[str], None]] = []
+        self._restored: list[PodWorker] = []
         self.runtime_error: str | None = "runtime not contacted yet"
         self.relisted = asyncio.Event()
         ctx.status_changed = self._status_changed
@@ -65,6 +66,7 @@ class PodManager:
         for uid, record in self.store.items(PODS):
             self._source_of[uid] = record["source"]
             self._start_worker(record["pod"], states.get(uid))
+        self._restored = list(self._workers.values())
         return len(self._workers)
 
     async def set_source_pods(self, source: str, pods: list[dict[str, Any]]) -> None:
@@ -239,6 +241,15 @@ class PodManager:
         """A health check: raises while the runtime can't be listed."""
         if self.runtime_error is not None:
             raise errors.Unavailable(self.runtime_error)
+
+    async def check_sync(self) -> None:
+        """A health check: the runtime is reachable and every pod restored from the store has been
+        synced against it once (its running containers re-adopted) since vnode started."""
+        await self.check_runtime()
+        pending = [w for w in self._restored if not w.synced.is_set()]
+        if pending:
+            raise errors.Unavailable(f"{len(pending)} restored pod(s) not re-adopted yet")
+        self._restored = []
 
     async def stop(self) -> None:
         """Cancel every worker; the containers keep running (restarting vnode never kills pods)."""

@@ -258,14 +258,20 @@ class PodWorker:
         """Take the actions the spec asks for; True if anything was done to the runtime."""
         spec = self.pod.get("spec", {})
         sandbox = observed.sandbox
+        acted = False
         if sandbox is None or not sandbox.ready:
+            acted = True
             if sandbox is not None:
                 log.info("pod %s: sandbox %s is not ready; recreating the pod", self.name, sandbox.id[:12])
                 await self._kill_pod(observed, remove=False)
-            return await self._create_sandbox()
+            sandbox = await self._create_sandbox()
+            if sandbox is None:
+                return False
+            # Go on in this pass: the new sandbox has no containers, the older instances still
+            # count for restart numbering.
+            observed = replace(observed, sandboxes=[sandbox, *observed.sandboxes])
 
         policy = spec.get("restartPolicy", "Always")
-        acted = False
         # Init containers, one after another; a sidecar (restartPolicy Always) only has to start.
         for container in spec.get("initContainers") or []:
             name = container["name"]
@@ -321,13 +327,14 @@ class PodWorker:
                 return False
         return True
 
-    async def _create_sandbox(self) -> bool:
+    async def _create_sandbox(self) -> SandboxObservation | None:
+        """Run a new sandbox for the pod; None (with a waiting reason and a retry) if that failed."""
         ctx = self.ctx
         key = f"{self.uid}/<sandbox>"
         remaining = ctx.crash_backoff.remaining(key, None, ctx.now())
         if remaining > 0 and self.sandbox_attempt >= 0:
             self._schedule(remaining)
-            return False
+            return None
         attempt = self.sandbox_attempt + 1
         try:
             await asyncio.to_thread(ctx.volumes.prepare, self.pod)
@@ -335,7 +342,7 @@ class PodWorker:
             self._set_all_waiting("ContainerCreating", str(exc))
             ctx.events.event(self.pod, "Warning", "FailedMount", str(exc))
             self._schedule(ctx.crash_backoff.next_delay(key, ctx.now()))
-            return False
+            return None
         log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
         await asyncio.to_thread(_make_dirs, log_dir)
         config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
@@ -347,14 +354,13 @@ class PodWorker:
             self._set_all_waiting("ContainerCreating", message)
             ctx.events.event(self.pod, "Warning", "FailedCreatePodSandBox", message)
             self._schedule(ctx.crash_backoff.next_delay(key, ctx.now()))
-            return False
+            return None
         log.info("pod %s: sandbox %s started (attempt %d)", self.name, sandbox_id[:12], attempt)
         self.sandbox_attempt = attempt
         ctx.crash_backoff.reset(key)
         self._waiting.clear()
-        await self._persist()
-        self.wake()  # start the containers in the next pass, against a fresh observation
-        return True
+        _, status = await asyncio.gather(self._persist(), ctx.cri.pod_sandbox_status(sandbox_id))
+        return status
 
     async def _start_or_back_off(
         self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
@@ -418,9 +424,8 @@ class PodWorker:
         attempt = self._next_attempt(name, observed)
         try:
             env = specs.resolve_env(container, env_ctx)
-            volume_paths = await asyncio.to_thread(ctx.volumes.prepare, self.pod)
+            volume_paths, term_log = await asyncio.to_thread(self._prepare_host_files, container, attempt)
             mounts = specs.volume_mounts(container, volume_paths)
-            term_log = await asyncio.to_thread(ctx.volumes.termination_log_path, self.pod, container, attempt)
         except errors.VnodeError as exc:
             self._fail_waiting(container, "CreateContainerConfigError", str(exc), "Failed")
             return False
@@ -435,7 +440,6 @@ class PodWorker:
             termination_log_host_path=term_log,
         )
         config.labels[labels.NODE_LABEL] = ctx.node_name
-        await asyncio.to_thread(_make_dirs, specs.pod_log_dir(ctx.logs_dir, self.pod) / name)
         sandbox_config = specs.sandbox_config(
             self.pod,
             log_dir=specs.pod_log_dir(ctx.logs_dir, self.pod),
@@ -448,10 +452,11 @@ class PodWorker:
             self._fail_waiting(container, "CreateContainerError", str(exc), "Failed")
             return False
         self.attempts[name] = attempt
-        await self._persist()
         ctx.events.event(self.pod, "Normal", "Created", f"Created container {name}")
         try:
-            await ctx.cri.start_container(container_id)
+            # The attempt number is also on the container's labels: persisting it need not
+            # delay the start.
+            await asyncio.gather(self._persist(), ctx.cri.start_container(container_id))
         except (errors.RuntimeFailure, errors.NotFound) as exc:
             # containerd records the instance as exited (StartError); the back-off takes over.
             self._waiting[name] = Waiting("RunContainerError", str(exc))
@@ -462,6 +467,14 @@ class PodWorker:
         ctx.events.event(self.pod, "Normal", "Started", f"Started container {name}")
         log.info("pod %s: container %s started (%s, attempt %d)", self.name, name, container_id[:12], attempt)
         return True
+
+    def _prepare_host_files(self, container: dict[str, Any], attempt: int) -> tuple[dict[str, Path], Path]:
+        """Volumes, the termination-log file and the log directory, in one trip to a thread."""
+        volumes = self.ctx.volumes
+        paths = volumes.prepare(self.pod)
+        term_log = volumes.termination_log_path(self.pod, container, attempt)
+        _make_dirs(specs.pod_log_dir(self.ctx.logs_dir, self.pod) / container["name"])
+        return paths, term_log
 
     def _next_attempt(self, name: str, observed: Observed) -> int:
         instances = observed.containers.get(name, [])
