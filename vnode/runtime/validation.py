@@ -93,6 +93,19 @@ def _name(problems: list[str], path: str, value: Any, pattern: re.Pattern[str], 
         )
 
 
+def _named_item(problems: list[str], path: str, item: Any, seen: set[str]) -> bool:
+    """Checks an entry of a named list (volumes, containers): an object, a valid unique name."""
+    if not isinstance(item, dict):
+        problems.append(f"{path}: must be an object")
+        return False
+    name = item.get("name")
+    _name(problems, f"{path}.name", name, DNS1123_LABEL, 63)
+    if name in seen:
+        problems.append(f"{path}.name: Duplicate value: {name!r}")
+    seen.add(str(name))
+    return True
+
+
 def _volumes(problems: list[str], volumes: Any) -> set[str]:
     names: set[str] = set()
     if not isinstance(volumes, list):
@@ -100,14 +113,8 @@ def _volumes(problems: list[str], volumes: Any) -> set[str]:
         return names
     for i, volume in enumerate(volumes):
         path = f"spec.volumes[{i}]"
-        if not isinstance(volume, dict):
-            problems.append(f"{path}: must be an object")
+        if not _named_item(problems, path, volume, names):
             continue
-        name = volume.get("name")
-        _name(problems, f"{path}.name", name, DNS1123_LABEL, 63)
-        if name in names:
-            problems.append(f"{path}.name: Duplicate value: {name!r}")
-        names.add(str(name))
         kinds = [k for k in volume if k != "name"]
         if len(kinds) != 1:
             problems.append(f"{path}: must specify exactly one volume type, got {kinds or 'none'}")
@@ -140,14 +147,8 @@ def _container(
     volumes: set[str],
     host_ports: set[tuple[int, str]],
 ) -> None:
-    if not isinstance(container, dict):
-        problems.append(f"{path}: must be an object")
+    if not _named_item(problems, path, container, seen):
         return
-    name = container.get("name")
-    _name(problems, f"{path}.name", name, DNS1123_LABEL, 63)
-    if name in seen:
-        problems.append(f"{path}.name: Duplicate value: {name!r}")
-    seen.add(str(name))
     if not isinstance(container.get("image"), str) or not container["image"].strip():
         problems.append(f"{path}.image: Required value")
     if container.get("imagePullPolicy", "IfNotPresent") not in ("Always", "IfNotPresent", "Never"):
