@@ -506,6 +506,8 @@ class ControlPlane:
                 obj = self.store.get(res, namespace or "", name)
                 if obj is None:
                     raise ApiError(404, "NotFound", f'{res.plural} "{name}" not found')
+                if _wants_table(request):
+                    return web.json_response(as_table(res.kind, [obj], obj["metadata"]["resourceVersion"]))
                 return web.json_response(obj)
             if method == "PUT":
                 return await self.update(request, res, namespace or "", name, sub)
@@ -529,6 +531,8 @@ class ControlPlane:
             if matches(i["metadata"].get("labels") or {}, labels) and matches(field_values(i), fields)
         ]
         items.sort(key=lambda i: (i["metadata"].get("namespace", ""), i["metadata"]["name"]))
+        if _wants_table(request):
+            return web.json_response(as_table(res.kind, items, str(rv)))
         meta = {"resourceVersion": str(rv)}
         return web.json_response(
             {"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta, "items": items}
@@ -749,6 +753,94 @@ def _pod_defaults(pod: dict[str, Any]) -> None:
         c.setdefault("terminationMessagePath", "/dev/termination-log")
         c.setdefault("terminationMessagePolicy", "File")
     pod.setdefault("status", {"phase": "Pending"})
+
+
+def _age(meta: dict[str, Any]) -> str:
+    created = meta.get("creationTimestamp")
+    if not created:
+        return "<unknown>"
+    seconds = int(
+        (datetime.now(tz=UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    )
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _columns(kind: str) -> list[tuple[str, int]]:
+    if kind == "Node":
+        return [("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1),
+                ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)]  # fmt: skip
+    if kind == "Pod":
+        return [("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1)]
+    return [("Name", 0), ("Age", 0)]
+
+
+def _cells(obj: dict[str, Any]) -> list[Any]:
+    meta, st = obj["metadata"], obj.get("status") or {}
+    if obj["kind"] == "Node":
+        ready = next((c["status"] for c in st.get("conditions") or [] if c.get("type") == "Ready"), "Unknown")
+        labels = meta.get("labels") or {}
+        roles = ",".join(
+            sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
+        )
+        address = next(
+            (a["address"] for a in st.get("addresses") or [] if a.get("type") == "InternalIP"), "<none>"
+        )
+        info = st.get("nodeInfo") or {}
+        state = "Ready" if ready == "True" else "NotReady"
+        versions = [info.get(k, "") for k in ("osImage", "kernelVersion", "containerRuntimeVersion")]
+        return [
+            meta["name"],
+            state,
+            roles or "<none>",
+            _age(meta),
+            info.get("kubeletVersion", ""),
+            address,
+            *versions,
+        ]
+    if obj["kind"] == "Pod":
+        statuses = st.get("containerStatuses") or []
+        total = len((obj.get("spec") or {}).get("containers") or [])
+        ready = sum(1 for c in statuses if c.get("ready"))
+        reason = st.get("phase", "Pending")
+        for c in statuses:
+            waiting = (c.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason"):
+                reason = waiting["reason"]
+        if meta.get("deletionTimestamp"):
+            reason = "Terminating"
+        restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
+        node = (obj.get("spec") or {}).get("nodeName") or "<none>"
+        return [
+            meta["name"],
+            f"{ready}/{total}",
+            reason,
+            restarts,
+            _age(meta),
+            st.get("podIP") or "<none>",
+            node,
+        ]
+    return [meta["name"], _age(meta)]
+
+
+def as_table(kind: str, objects: list[dict[str, Any]], rv: str) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table, which kubectl asks for to print ``get`` output."""
+    columns = []
+    for name, priority in _columns(kind):
+        kind_of = "integer" if name == "Restarts" else "string"
+        form = "name" if name == "Name" else ""
+        columns.append(
+            {"name": name, "type": kind_of, "format": form, "description": "", "priority": priority}
+        )
+    rows = [{"cells": _cells(o), "object": o} for o in objects]
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+            "columnDefinitions": columns, "rows": rows}  # fmt: skip
+
+
+def _wants_table(request: web.Request) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
 
 
 def _expired(rv: int) -> dict[str, Any]:

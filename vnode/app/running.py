@@ -45,6 +45,8 @@ class Node:
             group.create_task(c.pods.run(), name="relist")
             if c.manifests is not None:
                 group.create_task(c.manifests.run(), name="static-pods")
+            if c.node is not None:
+                group.create_task(c.node.run(), name="node-status")
             await stop.wait()
             raise _Stop()
 

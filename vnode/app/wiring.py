@@ -18,7 +18,10 @@ from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
 from vnode.api.server import KubeletHandlers
 from vnode.app.events import EventLog
+from vnode.clients.kubeconfig import load_access
+from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
+from vnode.controllers.node import NodeController, NodeIdentity
 from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
@@ -47,9 +50,13 @@ class Components:
     ssl_context: ssl.SSLContext
     kubelet_handlers: KubeletHandlers
     healthz_handlers: KubeletHandlers
+    masters: Masters | None = None
+    node: NodeController | None = None
 
     async def close(self) -> None:
         await self.pods.stop()
+        if self.masters is not None:
+            await self.masters.close()
         await self.cri.close()
         await self.store.close()
 
@@ -82,14 +89,46 @@ async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
 
 async def build(settings: Settings) -> Components:
     check_runtime_endpoint(settings.runtime.endpoint)
+    access = None
+    if settings.cluster.configured:
+        access = await asyncio.to_thread(load_access, settings.cluster.kubeconfig, settings.cluster.master)
     host_ip = settings.node.node_ip or primary_ipv4()
     ssl_context = await tls_context(settings, host_ip)
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
     try:
-        return await _build_with_store(settings, store, host_ip, ssl_context)
+        components = await _build_with_store(settings, store, host_ip, ssl_context)
     except BaseException:
         await store.close()
         raise
+    if access is not None:
+        components.masters = Masters(access)
+        components.node = _node_controller(settings, components, host_ip)
+    return components
+
+
+def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeController:
+    identity = NodeIdentity(
+        name=settings.node.name,
+        ip=host_ip,
+        port=settings.server.port,
+        root_dir=settings.root_dir,
+        max_pods=settings.pods.max_pods,
+        labels=dict(settings.node.labels),
+        taints=list(settings.cluster.register_with_taints),
+    )
+
+    async def runtime_version() -> str:
+        version = await c.cri.version()
+        return f"{version.runtime_name}://{version.runtime_version}"
+
+    assert c.masters is not None
+    return NodeController(
+        c.masters,
+        identity,
+        runtime_version=runtime_version,
+        runtime_problem=lambda: c.pods.runtime_error,
+        report_frequency=settings.cluster.node_status_report_frequency,
+    )
 
 
 async def _build_with_store(

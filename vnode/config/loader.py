@@ -150,6 +150,35 @@ def _domain(value: Any, base: Path) -> str:
     return text
 
 
+def _masters(value: Any, base: Path) -> str:
+    urls = [u.strip() for u in str(value).split(",") if u.strip()]
+    if not urls:
+        raise _Bad("expected one or more http(s):// URLs separated by commas")
+    for url in urls:
+        if not re.match(r"^https?://[^/\s]+(/.*)?$", url):
+            raise _Bad(f"{url!r} is not an http:// or https:// URL")
+    return ",".join(u.rstrip("/") for u in urls)
+
+
+TAINT = re.compile(r"^([^=:\s]+)(?:=([^:\s]*))?:(NoSchedule|PreferNoSchedule|NoExecute)$")
+
+
+def _taints(value: Any, base: Path) -> tuple[dict[str, str], ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise _Bad(f"expected key=value:Effect entries, got {value!r}")
+    taints = []
+    for item in items:
+        match = TAINT.match(str(item).strip())
+        if not match:
+            raise _Bad(f"{item!r} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
+        taint = {"key": match.group(1), "effect": match.group(3)}
+        if match.group(2):
+            taint["value"] = match.group(2)
+        taints.append(taint)
+    return tuple(taints)
+
+
 @dataclass(frozen=True)
 class Field:
     path: str  # YAML path, e.g. "server.port"
@@ -196,6 +225,17 @@ FIELDS = [
     Field("store.mapSize", "--store-map-size", ("store", "map_size"), _map_size),
     Field("logging.level", "--log-level", ("logging", "level"), _choice(*LEVELS)),
     Field("logging.verbosity", "-v", ("logging", "verbosity"), _int(0, 10)),
+    Field("cluster.master", "--master", ("cluster", "master"), _masters),
+    Field("cluster.kubeconfig", "--kubeconfig", ("cluster", "kubeconfig"), _path),
+    Field(
+        "cluster.nodeStatusReportFrequency",
+        "--node-status-report-frequency",
+        ("cluster", "node_status_report_frequency"),
+        parse_duration,
+    ),
+    Field(
+        "cluster.registerWithTaints", "--register-with-taints", ("cluster", "register_with_taints"), _taints
+    ),
     Field("rootDir", "--root-dir", ("", "root_dir"), _path),
 ]
 BY_PATH = {f.path: f for f in FIELDS}

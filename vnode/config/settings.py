@@ -63,6 +63,20 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """The control plane, if any: without master and kubeconfig the node runs standalone."""
+
+    master: str | None = None  # comma-separated URLs of the masters
+    kubeconfig: Path | None = None
+    node_status_report_frequency: float = 300.0
+    register_with_taints: tuple[dict[str, str], ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return self.master is not None or self.kubeconfig is not None
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -70,6 +84,7 @@ class Settings:
     pods: PodSettings = field(default_factory=PodSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     root_dir: Path = Path("/var/lib/vnode")
 
     @property

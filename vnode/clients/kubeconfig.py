@@ -1,0 +1,117 @@
+"""How to reach the control plane: ``--master`` URLs and/or a kubeconfig, as one ``ClusterAccess``.
+
+vnode reads kubeconfig files itself (current context -> cluster server and CA, user client
+certificate, key or bearer token, inline ``*-data`` or file paths) instead of through
+kubernetes_asyncio: importing that package's config loader costs about 62 MiB of resident memory,
+more than the agent's whole budget. Several masters: ``--master`` takes a comma-separated list
+and, given together with ``--kubeconfig``, replaces the kubeconfig's server while keeping its
+credentials and CA, so a kubeconfig written for one master serves them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from vnode import errors
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    servers: tuple[str, ...]
+    ssl_context: ssl.SSLContext | None  # None for plain http:// masters
+    token: str | None = None
+
+
+def _split_masters(value: str) -> tuple[str, ...]:
+    servers = tuple(s.strip().rstrip("/") for s in value.split(",") if s.strip())
+    for server in servers:
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.ConfigError("--master", f"{server!r} is not an http:// or https:// URL")
+    if not servers:
+        raise errors.ConfigError("--master", "no master URL given")
+    return servers
+
+
+def _named(items: Any, name: str, what: str, path: Path) -> dict[str, Any]:
+    for item in items or []:
+        if isinstance(item, dict) and item.get("name") == name:
+            value = item.get(what)
+            if isinstance(value, dict):
+                return value
+    raise errors.ConfigError("--kubeconfig", f"{path}: no {what} named {name!r}")
+
+
+def _material(entry: dict[str, Any], key: str, base: Path, scratch: Path) -> Path | None:
+    """A PEM file for ``key`` (a path relative to the kubeconfig) or ``key-data`` (inline)."""
+    if entry.get(f"{key}-data"):
+        target = scratch / key
+        target.write_bytes(base64.b64decode(entry[f"{key}-data"]))
+        target.chmod(0o600)
+        return target
+    if entry.get(key):
+        path = Path(entry[key])
+        return path if path.is_absolute() else base / path
+    return None
+
+
+def load_access(kubeconfig: Path | None, masters: str | None) -> ClusterAccess:
+    """The access for this node; ``ConfigError`` naming the file and the problem otherwise."""
+    if kubeconfig is None:
+        if masters is None:
+            raise errors.ConfigError("--master", "neither --master nor --kubeconfig is given")
+        servers = _split_masters(masters)
+        tls = ssl.create_default_context() if any(s.startswith("https") for s in servers) else None
+        return ClusterAccess(servers, tls)
+    try:
+        data = yaml.safe_load(kubeconfig.read_text())
+    except OSError as exc:
+        raise errors.ConfigError("--kubeconfig", f"{kubeconfig}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError("--kubeconfig", f"{kubeconfig}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not data.get("current-context"):
+        raise errors.ConfigError("--kubeconfig", f"{kubeconfig}: no current-context")
+    context = _named(data.get("contexts"), data["current-context"], "context", kubeconfig)
+    cluster = _named(data.get("clusters"), str(context.get("cluster")), "cluster", kubeconfig)
+    user = (
+        _named(data.get("users"), str(context.get("user")), "user", kubeconfig) if context.get("user") else {}
+    )
+    servers = _split_masters(masters if masters is not None else str(cluster.get("server", "")))
+    base = kubeconfig.resolve().parent
+    scratch = Path(tempfile.mkdtemp(prefix="vnode-kubeconfig-"))
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        try:
+            token = Path(user["tokenFile"]).read_text().strip()
+        except OSError as exc:
+            raise errors.ConfigError("--kubeconfig", f"{kubeconfig}: tokenFile: {exc.strerror}") from exc
+    if not any(s.startswith("https") for s in servers):
+        return ClusterAccess(servers, None, token)
+    try:
+        ssl_context = ssl.create_default_context()
+        if cluster.get("insecure-skip-tls-verify"):
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+        ca = _material(cluster, "certificate-authority", base, scratch)
+        if ca is not None:
+            ssl_context.load_verify_locations(cafile=str(ca))
+        cert = _material(user, "client-certificate", base, scratch)
+        key = _material(user, "client-key", base, scratch)
+        if cert is not None:
+            ssl_context.load_cert_chain(str(cert), str(key) if key else None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise errors.ConfigError(
+            "--kubeconfig", f"{kubeconfig}: cannot load its certificates: {exc}"
+        ) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # inline key material lives only in memory
+    return ClusterAccess(servers, ssl_context, token)

@@ -1,0 +1,162 @@
+"""The API client: JSON over HTTP(S) to one healthy master of several, with failover.
+
+Every request has a deadline. A connection error, a timeout or a 5xx moves the client to the next
+master and retries there once per master; a 4xx is the caller's answer (``NotFound``,
+``Conflict``, ``InvalidInput``). No master is ever dropped: after a failure the client keeps
+cycling through all of them, and it logs which one is active. Watches are streams of JSON lines
+read with an idle deadline, so a silently dead link ends the watch (the caller re-lists).
+
+The layer speaks plain dicts; nothing above it sees aiohttp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from vnode import errors
+from vnode.clients.kubeconfig import ClusterAccess
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0
+WATCH_IDLE_TIMEOUT = 60.0  # with bookmarks asked for, a healthy watch is never silent this long
+USER_AGENT = "vnode/0.1.0"
+
+
+def _keepalive_socket_factory(addr_info: Any) -> socket.socket:
+    """Sockets with TCP keepalive, so a master that vanished is noticed on an idle connection."""
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
+
+
+class Masters:
+    """See the module docstring. ``close()`` releases the connections."""
+
+    def __init__(self, access: ClusterAccess) -> None:
+        self.access = access
+        self.active = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def server(self) -> str:
+        return self.access.servers[self.active]
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            kwargs: dict[str, Any] = {"ssl": self.access.ssl_context or False, "limit": 20}
+            try:
+                connector = aiohttp.TCPConnector(socket_factory=_keepalive_socket_factory, **kwargs)
+            except TypeError:  # aiohttp older than 3.12 has no socket_factory
+                connector = aiohttp.TCPConnector(**kwargs)
+            headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+            if self.access.token:
+                headers["Authorization"] = f"Bearer {self.access.token}"
+            self._session = aiohttp.ClientSession(connector=connector, headers=headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _fail_over(self, server: str, problem: str) -> None:
+        if self.access.servers[self.active] != server:
+            return  # another request already moved on
+        self.active = (self.active + 1) % len(self.access.servers)
+        if len(self.access.servers) > 1:
+            log.warning("master %s failed (%s); active master is now %s", server, problem, self.server)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> Any:
+        """The decoded JSON answer; vnode errors for 4xx; ``Unavailable`` if every master failed."""
+        problems = []
+        for _ in range(len(self.access.servers)):
+            server = self.server
+            try:
+                async with self._client().request(
+                    method,
+                    server + path,
+                    params=params,
+                    data=None if body is None else json.dumps(body),
+                    headers={"Content-Type": content_type} if body is not None else None,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as resp:
+                    text = await resp.text()
+                    if resp.status >= 500:
+                        raise _ServerError(f"{resp.status} {_message(text)}")
+                    if resp.status >= 400:
+                        raise _client_error(resp.status, text, f"{method} {path}")
+                    return json.loads(text) if text else None
+            except (aiohttp.ClientError, TimeoutError, _ServerError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                problems.append(f"{server}: {problem}")
+                self._fail_over(server, problem)
+        raise errors.Unavailable(f"{method} {path}: every master failed: {'; '.join(problems)}")
+
+    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """Events of a watch on the active master until it ends; ``Unavailable`` if it breaks."""
+        server = self.server
+        query = {**params, "watch": "true", "allowWatchBookmarks": "true"}
+        try:
+            async with self._client().get(
+                server + path,
+                params=query,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=REQUEST_TIMEOUT, sock_read=WATCH_IDLE_TIMEOUT
+                ),
+            ) as resp:
+                if resp.status >= 500:
+                    raise _ServerError(f"{resp.status}")
+                if resp.status >= 400:
+                    raise _client_error(resp.status, await resp.text(), f"watch {path}")
+                async for line in resp.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError, _ServerError, ValueError) as exc:
+            self._fail_over(server, f"watch: {type(exc).__name__}: {exc}")
+            raise errors.Unavailable(f"watch {path} on {server}: {type(exc).__name__}: {exc}") from exc
+
+
+class _ServerError(Exception):
+    """A 5xx: the master is unwell, try another."""
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text).get("message", text))[:300]
+    except (ValueError, AttributeError):
+        return text[:300]
+
+
+def _client_error(code: int, text: str, what: str) -> errors.VnodeError:
+    message = f"{what}: {code} {_message(text)}"
+    if code == 404:
+        return errors.NotFound(message)
+    if code == 409:
+        return errors.Conflict(message)
+    if code == 410:
+        return errors.Conflict(f"expired: {message}")
+    if code == 422:
+        return errors.Unprocessable(message)
+    if code in (401, 403):
+        return errors.Unavailable(f"not allowed: {message}")
+    return errors.InvalidInput(message)

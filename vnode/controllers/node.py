@@ -1,0 +1,300 @@
+"""The Node object and its heartbeats: registration, status, and the Lease in kube-node-lease.
+
+Nothing on start-up waits for this: the controller runs as its own task, retries the API with
+capped, jittered back-off, and the pods run meanwhile. Once registered it renews the Lease every
+``LEASE_RENEW_SECONDS`` (holder = node name, 40 s duration, owned by the Node, recreated if
+deleted) and patches the Node's status when a condition changes and at least every
+``report_frequency``. Conditions come from real host readings (``vnode.aiokits.hostinfo``) and the
+runtime's health; each status patch carries every condition, so a stale earlier patch can never
+leave the node NotReady. A deleted Node object is registered again (kubelet's behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vnode import __version__, errors
+from vnode.aiokits import hostinfo
+from vnode.clients.masters import Masters
+
+log = logging.getLogger(__name__)
+
+LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION_SECONDS = 40
+LEASE_RENEW_SECONDS = 10.0
+STATUS_CHECK_SECONDS = 10.0  # kubelet's nodeStatusUpdateFrequency
+KUBELET_VERSION = f"v1.32.0-vnode.{__version__}"
+MEMORY_PRESSURE_BYTES = 100 << 20  # kubelet's default hard eviction threshold memory.available<100Mi
+DISK_PRESSURE_FRACTION = 0.10  # nodefs.available<10%
+PID_PRESSURE_FRACTION = 0.90
+
+
+def _now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class NodeIdentity:
+    """What the Node object says about this machine, fixed for the process's life."""
+
+    name: str
+    ip: str
+    port: int
+    root_dir: Path
+    max_pods: int
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)
+
+
+class NodeController:
+    """Registers the Node and keeps its status and Lease fresh; see the module docstring."""
+
+    def __init__(
+        self,
+        masters: Masters,
+        identity: NodeIdentity,
+        *,
+        runtime_version: Callable[[], Awaitable[str]],
+        runtime_problem: Callable[[], str | None],
+        report_frequency: float = 300.0,
+    ) -> None:
+        self.masters = masters
+        self.identity = identity
+        self.runtime_version = runtime_version
+        self.runtime_problem = runtime_problem
+        self.report_frequency = report_frequency
+        self.registered = asyncio.Event()
+        self.uid: str | None = None
+        self._lease: dict[str, Any] | None = None
+        self._last_conditions: dict[str, str] = {}
+        self._transitions: dict[str, str] = {}
+        self._last_report = 0.0
+
+    # -- the object --------------------------------------------------------------------------
+
+    def labels(self) -> dict[str, str]:
+        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+        return {
+            "kubernetes.io/hostname": self.identity.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": arch,
+            "beta.kubernetes.io/os": "linux",
+            "beta.kubernetes.io/arch": arch,
+            "node-role.kubernetes.io/edge": "",
+            **self.identity.labels,
+        }
+
+    def node_object(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {}
+        if self.identity.taints:
+            spec["taints"] = self.identity.taints
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.identity.name,
+                "labels": self.labels(),
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": spec,
+        }
+
+    async def node_status(self) -> dict[str, Any]:
+        reading = await asyncio.to_thread(hostinfo.read_host, self.identity.root_dir)
+        runtime = await self._runtime_version()
+        capacity = {
+            "cpu": str(reading.cpus),
+            "memory": f"{reading.memory_bytes // 1024}Ki",
+            "pods": str(self.identity.max_pods),
+            "ephemeral-storage": f"{reading.disk_bytes // 1024}Ki",
+        }
+        now = _now()
+        problem = self.runtime_problem()
+        pressure = {
+            "MemoryPressure": reading.memory_available < MEMORY_PRESSURE_BYTES,
+            "DiskPressure": reading.disk_free < reading.disk_bytes * DISK_PRESSURE_FRACTION,
+            "PIDPressure": reading.pids > reading.pid_max * PID_PRESSURE_FRACTION,
+        }
+        reasons = {
+            "MemoryPressure": ("KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "memory"),
+            "DiskPressure": ("KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "disk"),
+            "PIDPressure": ("KubeletHasInsufficientPID", "KubeletHasSufficientPID", "PID"),
+        }
+        conditions = []
+        for kind, on in pressure.items():
+            bad, good, what = reasons[kind]
+            message = f"kubelet has {'insufficient' if on else 'sufficient'} {what} available"
+            conditions.append(self._condition(kind, on, bad if on else good, message, now))
+        ready = problem is None
+        conditions.append(
+            self._condition(
+                "Ready",
+                ready,
+                "KubeletReady" if ready else "KubeletNotReady",
+                "kubelet is posting ready status" if ready else f"container runtime is down: {problem}",
+                now,
+            )
+        )
+        return {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "conditions": conditions,
+            "addresses": [
+                {"type": "InternalIP", "address": self.identity.ip},
+                {"type": "Hostname", "address": self.identity.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.identity.port}},
+            "nodeInfo": {
+                "machineID": reading.machine_id,
+                "systemUUID": reading.system_uuid,
+                "bootID": reading.boot_id,
+                "kernelVersion": reading.kernel,
+                "osImage": reading.os_image,
+                "containerRuntimeVersion": runtime,
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": self.labels()["kubernetes.io/arch"],
+            },
+        }
+
+    def _condition(self, kind: str, value: bool, reason: str, message: str, now: str) -> dict[str, Any]:
+        text = "True" if value else "False"
+        changed = self._last_conditions.get(kind) != text
+        return {
+            "type": kind,
+            "status": text,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now if changed else self._transitions.get(kind, now),
+        }
+
+    async def _runtime_version(self) -> str:
+        try:
+            return await self.runtime_version()
+        except errors.VnodeError:
+            return "containerd://unknown"
+
+    # -- the loops ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Register (retrying), then renew the Lease and report status until cancelled."""
+        await self._retry(self.register, "register the node")
+        next_status = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.renew_lease()
+                if loop.time() >= next_status:
+                    await self.report_status()
+                    next_status = loop.time() + STATUS_CHECK_SECONDS
+            except errors.NotFound:
+                log.warning("node %s is gone from the API; registering it again", self.identity.name)
+                await self._retry(self.register, "register the node")
+            except errors.VnodeError as exc:
+                log.warning("node heartbeat failed: %s", exc)
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+
+    async def _retry(self, action: Callable[[], Awaitable[None]], what: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await action()
+                return
+            except errors.VnodeError as exc:
+                log.warning("cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 30.0)
+
+    async def register(self) -> None:
+        name = self.identity.name
+        wanted = self.node_object()
+        try:
+            node = await self.masters.request("POST", "/api/v1/nodes", body=wanted)
+            log.info("registered node %s with %s", name, self.masters.server)
+        except errors.Conflict:
+            patch = {"metadata": {"labels": wanted["metadata"]["labels"]}}
+            if self.identity.taints:
+                patch["spec"] = {"taints": self.identity.taints}
+            node = await self.masters.request(
+                "PATCH", f"/api/v1/nodes/{name}", body=patch, content_type="application/merge-patch+json"
+            )
+            log.info("node %s already registered; labels reconciled", name)
+        self.uid = node["metadata"]["uid"]
+        self._lease = None
+        self._last_conditions = {}
+        self.registered.set()
+        await self.report_status(force=True)
+
+    async def report_status(self, *, force: bool = False) -> None:
+        """Patch the status if a condition changed or the report is due."""
+        status = await self.node_status()
+        conditions = {c["type"]: c["status"] for c in status["conditions"]}
+        loop = asyncio.get_running_loop()
+        due = loop.time() - self._last_report >= self.report_frequency
+        if not force and not due and conditions == self._last_conditions:
+            return
+        await self.masters.request(
+            "PATCH",
+            f"/api/v1/nodes/{self.identity.name}/status",
+            body={"status": status},
+            content_type="application/strategic-merge-patch+json",
+        )
+        for c in status["conditions"]:
+            if self._last_conditions.get(c["type"]) != c["status"]:
+                self._transitions[c["type"]] = c["lastTransitionTime"]
+        self._last_conditions = conditions
+        self._last_report = loop.time()
+
+    async def renew_lease(self) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{self.identity.name}"
+        if self._lease is None:
+            try:
+                self._lease = await self.masters.request("GET", path)
+            except errors.NotFound:
+                self._lease = await self._create_lease()
+                return
+        lease = dict(self._lease)
+        lease["spec"] = {
+            **lease.get("spec", {}),
+            "holderIdentity": self.identity.name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": _micro_now(),
+        }
+        try:
+            self._lease = await self.masters.request("PUT", path, body=lease)
+        except errors.Conflict:
+            self._lease = None  # someone else wrote it: read it again next time
+        except errors.NotFound:
+            self._lease = await self._create_lease()
+
+    async def _create_lease(self) -> dict[str, Any]:
+        owner = [{"apiVersion": "v1", "kind": "Node", "name": self.identity.name, "uid": self.uid}]
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.identity.name, "namespace": LEASE_NAMESPACE, "ownerReferences": owner},
+            "spec": {
+                "holderIdentity": self.identity.name,
+                "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                "renewTime": _micro_now(),
+            },
+        }
+        created: dict[str, Any] = await self.masters.request(
+            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", body=lease
+        )
+        log.info("created lease %s/%s", LEASE_NAMESPACE, self.identity.name)
+        return created
