@@ -10,6 +10,7 @@ OS packages are installed (a missing component is installed, never skipped).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -31,6 +32,9 @@ PACKAGES = {
     "iptables": "iptables",  # the portmap CNI plugin programs hostPort rules with it
 }
 CNI_DIR = Path("/usr/lib/cni")
+# One lock file per network slot (bridge ``vnodetest<n>``, subnet ``10.89.<n>.0/24``), held while an
+# instance runs, so that harnesses in concurrent processes never share a bridge or a subnet.
+NET_LOCKS = Path("/run/vnode-harness")
 
 
 def ensure_packages() -> None:
@@ -74,20 +78,32 @@ def overlay_supported(base: Path) -> bool:
         shutil.rmtree(probe, ignore_errors=True)
 
 
+def claim_network_slot() -> tuple[int, int]:
+    """Lock the first free network slot; returns (slot, lock fd). The lock dies with the process."""
+    NET_LOCKS.mkdir(parents=True, exist_ok=True)
+    for n in range(256):
+        fd = os.open(NET_LOCKS / f"net-{n}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return n, fd
+    raise RuntimeError(f"all 256 harness network slots under {NET_LOCKS} are in use")
+
+
 class Containerd:
     """Start with ``start()``, stop (removing every sandbox) with ``stop()``.
 
-    Each instance of a process gets its own bridge and subnet (``10.89.<n>.0/24``), so a test
-    can run a second containerd beside the session's without either disturbing the other.
+    Each running instance holds its own bridge and subnet (``10.89.<n>.0/24``, see
+    ``claim_network_slot``), so a test can run a second containerd beside the session's, and two
+    test processes can run at once, without disturbing each other.
     """
 
-    _instances = 0
-
     def __init__(self, base: Path | None = None) -> None:
-        n = Containerd._instances
-        Containerd._instances += 1
-        self.bridge = f"vnodetest{n}"
-        self.subnet = f"10.89.{n}.0/24"
+        self.slot_fd: int | None = None
+        self.bridge = ""
+        self.subnet = ""
         self.base = Path(base or tempfile.mkdtemp(prefix="vnode-containerd-"))
         self.address = str(self.base / "containerd.sock")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -170,6 +186,9 @@ disabled_plugins = [
         ensure_packages()
         self.base.mkdir(parents=True, exist_ok=True)
         self.snapshotter = "overlayfs" if overlay_supported(self.base) else "native"
+        if self.slot_fd is None:
+            n, self.slot_fd = claim_network_slot()
+            self.bridge, self.subnet = f"vnodetest{n}", f"10.89.{n}.0/24"
         (self.base / "cni").mkdir(parents=True, exist_ok=True)
         (self.base / "cni" / "10-vnode-test.conflist").write_text(self.cni_config())
         config = self.base / "config.toml"
@@ -234,9 +253,13 @@ disabled_plugins = [
                 self.proc.wait()
         self._kill_shims()
         unmount_under(self.base)
-        with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
-            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        if self.bridge:
+            with contextlib.suppress(FileNotFoundError):
+                subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+        if self.slot_fd is not None:
+            os.close(self.slot_fd)
+            self.slot_fd = None
 
     def _kill_shims(self) -> None:
         """Shims of this instance carry its socket address on their command line."""

@@ -8,9 +8,11 @@ Two images, each one layer in an OCI image layout tarball that ``ctr images impo
   and reaps orphans, which is all a sandbox's pause container does.
 
 Tar members have fixed owners and times, so the same inputs give the same digests; tarballs are
-cached (``$VNODE_IMAGE_CACHE`` or ``~/.cache/vnode-images``) and the import is skipped when
-containerd already has the image with that digest. ``python -m integration.images import
---address SOCKET`` is what the README's run command uses.
+cached (``$VNODE_IMAGE_CACHE`` or ``~/.cache/vnode-images``) under a key of their inputs, and the
+import is skipped when containerd already has the image with that digest, unpacked for the
+snapshotter asked for. ``import_images`` is synchronous (it runs ``ctr``), so it can be called from
+a synchronous pytest fixture as well as from a script. ``python -m integration.images import
+--address SOCKET [--snapshotter X]`` is what the README's run command uses.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 BUSYBOX = "docker.io/library/busybox:1.35"
 PAUSE = "registry.k8s.io/pause:3.6"
 NAMESPACE = "k8s.io"
+# Part of every cache key: bump it when the tarball layout written here changes.
+LAYOUT_VERSION = "2"
 PAUSE_SOURCE = r"""
 #include <signal.h>
 #include <stdlib.h>
@@ -125,21 +131,30 @@ def busybox_layer(binary: Path = Path("/bin/busybox")) -> bytes:
     return layer.close()
 
 
-def pause_layer(work: Path) -> bytes:
-    source = work / "pause.c"
-    source.write_text(PAUSE_SOURCE)
-    binary = work / "pause"
-    subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(source)], check=True)
-    layer = _Layer()
-    layer.file("pause", binary.read_bytes(), 0o755)
-    return layer.close()
+def pause_layer() -> bytes:
+    """Compile the pause program in a private temp dir, so concurrent builds cannot collide."""
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc is missing: install the gcc package")
+    with tempfile.TemporaryDirectory(prefix="vnode-pause-") as work:
+        source = Path(work) / "pause.c"
+        source.write_text(PAUSE_SOURCE)
+        binary = Path(work) / "pause"
+        subprocess.run(
+            ["gcc", "-static", "-Os", "-s", "-o", str(binary), str(source)], check=True, capture_output=True
+        )
+        layer = _Layer()
+        layer.file("pause", binary.read_bytes(), 0o755)
+        return layer.close()
 
 
 @dataclass(frozen=True)
 class Image:
+    """A built image: its tarball, manifest digest, and the snapshot key its one layer unpacks to."""
+
     name: str
     tarball: Path
     manifest_digest: str
+    chain_id: str
 
 
 def _blob(out: tarfile.TarFile, data: bytes) -> tuple[str, int]:
@@ -150,8 +165,12 @@ def _blob(out: tarfile.TarFile, data: bytes) -> tuple[str, int]:
     return digest, len(data)
 
 
-def write_oci(path: Path, name: str, layer: bytes, config: dict[str, object]) -> str:
-    """Write an OCI image-layout tarball of a one-layer image; returns the manifest digest."""
+def write_oci(path: Path, name: str, layer: bytes, config: dict[str, object]) -> tuple[str, str]:
+    """Write an OCI image-layout tarball of a one-layer image.
+
+    Returns the manifest digest and the layer's chain ID (for one uncompressed layer, its digest),
+    which is the key of the committed snapshot once the image is unpacked.
+    """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as out:
         layer_digest, layer_size = _blob(out, layer)
@@ -190,7 +209,7 @@ def write_oci(path: Path, name: str, layer: bytes, config: dict[str, object]) ->
                     "platform": {"architecture": arch(), "os": "linux"},
                     "annotations": {
                         "io.containerd.image.name": name,
-                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                        "org.opencontainers.image.ref.name": name,
                     },
                 }
             ],
@@ -203,10 +222,15 @@ def write_oci(path: Path, name: str, layer: bytes, config: dict[str, object]) ->
             info = tarfile.TarInfo(member)
             info.size, info.mtime, info.mode = len(raw), 0, 0o644
             out.addfile(info, io.BytesIO(raw))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(buffer.getvalue())
+    _write_atomically(path, buffer.getvalue())
+    return manifest_digest, layer_digest
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write beside ``path`` and rename, so a concurrent reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
     tmp.replace(path)
-    return manifest_digest
 
 
 def build_images() -> list[Image]:
@@ -215,31 +239,46 @@ def build_images() -> list[Image]:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise RuntimeError("/bin/busybox is missing: install the busybox-static package")
-    busybox_key = hashlib.sha256(busybox.read_bytes()).hexdigest()[:16]
-    pause_key = hashlib.sha256(PAUSE_SOURCE.encode() + arch().encode()).hexdigest()[:16]
+    prefix = (LAYOUT_VERSION + arch()).encode()
+    busybox_key = hashlib.sha256(prefix + busybox.read_bytes()).hexdigest()[:16]
+    pause_key = hashlib.sha256(prefix + PAUSE_SOURCE.encode()).hexdigest()[:16]
+    busybox_config = {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}
+    builds: list[tuple[str, str, Callable[[], bytes], dict[str, object]]] = [
+        (BUSYBOX, busybox_key, busybox_layer, busybox_config),
+        (PAUSE, pause_key, pause_layer, {"Entrypoint": ["/pause"]}),
+    ]
     images = []
-    for name, key, make, config in (
-        (BUSYBOX, busybox_key, busybox_layer, {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}),
-        (PAUSE, pause_key, lambda: pause_layer(cache), {"Entrypoint": ["/pause"]}),
-    ):
+    for name, key, make, config in builds:
         stem = name.replace("/", "_").replace(":", "_")
         tarball = cache / f"{stem}-{key}.tar"
-        digest_file = tarball.with_suffix(".digest")
-        if not tarball.exists() or not digest_file.exists():
-            digest = write_oci(tarball, name, make(), config)  # type: ignore[operator]
-            digest_file.write_text(digest)
-        images.append(Image(name, tarball, digest_file.read_text().strip()))
+        meta_file = tarball.with_suffix(".json")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            meta = None
+        if meta is None or not tarball.exists():
+            for stale in cache.glob(f"{stem}-*"):
+                if stale.stem != tarball.stem:
+                    stale.unlink(missing_ok=True)
+            digest, chain_id = write_oci(tarball, name, make(), config)
+            meta = {"manifest_digest": digest, "chain_id": chain_id}
+            _write_atomically(meta_file, json.dumps(meta).encode())
+        images.append(Image(name, tarball, meta["manifest_digest"], meta["chain_id"]))
     return images
 
 
-def present_digests(address: str) -> dict[str, str]:
-    """Image name -> manifest digest of what the containerd at ``address`` has in k8s.io."""
-    out = subprocess.run(
-        ["ctr", "--address", address, "--namespace", NAMESPACE, "images", "ls"],
+def _ctr(address: str, *args: str) -> str:
+    return subprocess.run(
+        ["ctr", "--address", address, "--namespace", NAMESPACE, *args],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+
+
+def present_digests(address: str) -> dict[str, str]:
+    """Image name -> manifest digest of what the containerd at ``address`` has in k8s.io."""
+    out = _ctr(address, "images", "ls")
     result = {}
     for line in out.splitlines()[1:]:
         fields = line.split()
@@ -248,32 +287,35 @@ def present_digests(address: str) -> dict[str, str]:
     return result
 
 
+def unpacked(address: str, snapshotter: str) -> set[str]:
+    """Keys of the committed snapshots of ``snapshotter``: an unpacked layer's key is its chain ID."""
+    out = _ctr(address, "snapshots", "--snapshotter", snapshotter, "ls")
+    return {fields[0] for fields in (line.split() for line in out.splitlines()[1:]) if fields}
+
+
 def import_images(address: str, snapshotter: str = "overlayfs") -> list[str]:
-    """Import both images unless already present with the same digest; returns the imported names."""
+    """Import both images unless present with the same digest and unpacked for ``snapshotter``.
+
+    Synchronous: it runs ``ctr``. Unpacking at import (``--snapshotter``) means the first pod does
+    not pay for it. Raises if, afterwards, containerd does not list an image by name and digest.
+    Returns the names imported.
+    """
     if shutil.which("ctr") is None:
         raise RuntimeError("ctr is missing: install the containerd package")
+    images = build_images()
     have = present_digests(address)
+    snapshots = unpacked(address, snapshotter)
     imported = []
-    for image in build_images():
-        if have.get(image.name) == image.manifest_digest:
+    for image in images:
+        if have.get(image.name) == image.manifest_digest and image.chain_id in snapshots:
             continue
-        subprocess.run(
-            [
-                "ctr",
-                "--address",
-                address,
-                "--namespace",
-                NAMESPACE,
-                "images",
-                "import",
-                "--snapshotter",
-                snapshotter,
-                str(image.tarball),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        _ctr(address, "images", "import", "--snapshotter", snapshotter, str(image.tarball))
         imported.append(image.name)
+    if imported:
+        have = present_digests(address)
+        wrong = [i.name for i in images if have.get(i.name) != i.manifest_digest]
+        if wrong:
+            raise RuntimeError(f"after import, containerd at {address} lacks {wrong}: has {have}")
     return imported
 
 
