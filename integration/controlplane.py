@@ -32,6 +32,7 @@ import json
 import re
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -232,11 +233,24 @@ def strategic_merge_patch(target: Any, patch: Any, field: str = "") -> Any:
 # -- the store --------------------------------------------------------------------------------
 
 
+def _locked(method: Any) -> Any:
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Store:
-    """Objects and the change log in SQLite; every write is one IMMEDIATE transaction."""
+    """Objects and the change log in SQLite; every write is one IMMEDIATE transaction.
+
+    One connection per master, used from the event loop (reads) and from worker threads (writes),
+    so every method holds ``lock``; other masters are other processes, which SQLite serialises.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.RLock()
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -250,20 +264,24 @@ class Store:
             """
         )
 
+    @_locked
     def current_rv(self) -> int:
         row = self.db.execute("SELECT MAX(rv) FROM changes").fetchone()
         return int(row[0] or 0)
 
+    @_locked
     def oldest_rv(self) -> int:
         row = self.db.execute("SELECT MIN(rv) FROM changes").fetchone()
         return int(row[0] or 0)
 
+    @_locked
     def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT body FROM objects WHERE resource=? AND namespace=? AND name=?", (res.key, namespace, name)
         ).fetchone()
         return json.loads(row[0]) if row else None
 
+    @_locked
     def list(self, res: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], int]:
         self.db.execute("BEGIN")
         try:
@@ -326,6 +344,7 @@ class Store:
             raise
         return event, body
 
+    @_locked
     def changes_since(self, rv: int) -> list[tuple[int, str, str, dict[str, Any]]]:
         rows = self.db.execute(
             "SELECT rv, resource, type, body FROM changes WHERE rv > ? ORDER BY rv", (rv,)
@@ -903,3 +922,57 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ControlPlaneProcess:
+    """One master as a subprocess, for tests: ``start``, ``kill`` (SIGKILL) and ``kubectl``."""
+
+    def __init__(self, base: Path, store: Path | None = None, port: int | None = None) -> None:
+        self.base = base
+        self.store = store or base / "cluster.db"
+        self.port = port
+        self.kubeconfig = base / f"kubeconfig-{id(self)}"
+        self.log_file = base / f"controlplane-{id(self)}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        import socket
+        import sys
+
+        if self.port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = int(s.getsockname()[1])
+        log = self.log_file.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "integration.controlplane", "--listen", f"127.0.0.1:{self.port}",
+                "--store", f"sqlite://{self.store}", "--kubeconfig-out", str(self.kubeconfig),
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        finally:
+            log.close()
+        deadline = time.monotonic() + 20
+        while not self.kubeconfig.exists():  # written once the listener is up
+            if time.monotonic() > deadline or self.proc.returncode is not None:
+                raise RuntimeError(f"control plane did not start: {self.log_file.read_text()[-2000:]}")
+            await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def kubectl(self, *args: str, check: bool = True, stdin: bytes | None = None) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            "kubectl", "--kubeconfig", str(self.kubeconfig), *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate(stdin)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {err.decode()}")
+        return out.decode()

@@ -47,6 +47,10 @@ class Node:
                 group.create_task(c.manifests.run(), name="static-pods")
             if c.node is not None:
                 group.create_task(c.node.run(), name="node-status")
+            if c.informer is not None:
+                group.create_task(c.informer.run(), name="api-pods")
+            if c.status_writer is not None:
+                group.create_task(c.status_writer.run(), name="pod-status-writer")
             await stop.wait()
             raise _Stop()
 

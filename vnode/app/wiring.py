@@ -22,6 +22,8 @@ from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.node import NodeController, NodeIdentity
+from vnode.controllers.pods import SOURCE as API_SOURCE
+from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
@@ -52,6 +54,8 @@ class Components:
     healthz_handlers: KubeletHandlers
     masters: Masters | None = None
     node: NodeController | None = None
+    informer: PodInformer | None = None
+    status_writer: StatusWriter | None = None
 
     async def close(self) -> None:
         await self.pods.stop()
@@ -101,8 +105,13 @@ async def build(settings: Settings) -> Components:
         await store.close()
         raise
     if access is not None:
-        components.masters = Masters(access)
+        masters = components.masters = Masters(access)
         components.node = _node_controller(settings, components, host_ip)
+        pods = components.pods
+        informer = components.informer = PodInformer(masters, settings.node.name, pods.set_source_pods)
+        writer = StatusWriter(masters, pods.status_of, pods.source_of, informer.pod)
+        components.status_writer = writer
+        pods.add_listener(writer.changed)
     return components
 
 
@@ -158,6 +167,8 @@ async def _build_with_store(
         status_changed=lambda uid: None,
     )
     sources = [FILE_SOURCE] if settings.pods.manifest_path is not None else []
+    if settings.cluster.configured:
+        sources.append(API_SOURCE)
     pods = PodManager(ctx, store, sources=sources, relist_period=settings.runtime.relist_period)
     restored = pods.restore()
     if restored:

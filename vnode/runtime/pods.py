@@ -86,13 +86,20 @@ class PodManager:
         if ops:
             await self.store.write(ops)  # durable before acted on
         for uid, pod in wanted.items():
+            worker = self._workers.get(uid)
+            terminating = bool(pod["metadata"].get("deletionTimestamp"))
+            if terminating and worker is None:
+                self._notify(uid)  # nothing runs for it here: let listeners finish the deletion
+                continue
             if self._source_of.setdefault(uid, source) != source:
                 continue
-            worker = self._workers.get(uid)
             if worker is None:
                 self._start_worker(pod, None)
             elif worker.pod != pod:
                 worker.update(pod)
+            if terminating and worker is not None and not worker.deleting:
+                log.info("pod %s is being deleted; stopping it", worker.name)
+                worker.delete()
         for uid in gone:
             self._source_of.pop(uid, None)
             worker = self._workers.get(uid)
@@ -140,6 +147,16 @@ class PodManager:
 
     def worker(self, uid: str) -> PodWorker | None:
         return self._workers.get(uid)
+
+    def source_of(self, uid: str) -> str | None:
+        return self._source_of.get(uid)
+
+    def status_of(self, uid: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(pod, status) of a pod that has a worker and a computed status."""
+        worker = self._workers.get(uid)
+        if worker is None or worker.status is None:
+            return None
+        return worker.pod, worker.status
 
     def workers(self) -> list[PodWorker]:
         return list(self._workers.values())

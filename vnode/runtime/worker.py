@@ -187,6 +187,7 @@ class PodWorker:
             self._forget_backoff()
             self.last_observed = Observed()
             self.done.set()
+            log.info("pod %s: containers and sandbox removed", self.name)
             return
         problems = validate_pod(self.pod)
         if problems:

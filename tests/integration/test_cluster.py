@@ -1,0 +1,135 @@
+"""vnode as a node of a control plane: registration, Lease, pods from the API, deletion.
+
+The control plane is the test one (``integration/controlplane.py``); the node runs on the
+session's real containerd; the client is the real kubectl.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.controlplane import ControlPlaneProcess
+from integration.node import VnodeProcess, wait_for
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  nodeName: edge1
+  hostNetwork: true
+  terminationGracePeriodSeconds: 3
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      command: [sh, -c, "trap 'exit 0' TERM; echo started; sleep 3600 & wait"]
+"""
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[ControlPlaneProcess]:
+    plane = ControlPlaneProcess(tmp_path)
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.kill()
+
+
+@pytest.fixture
+async def node(containerd: Any, cluster: ControlPlaneProcess, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
+    proc = VnodeProcess(
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", cluster.url]
+    )
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.returncode is None:
+            await proc.terminate()
+
+
+async def get_json(cluster: ControlPlaneProcess, *args: str) -> Any:
+    out = await cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(out) if out.strip() else None
+
+
+async def test_node_registers_ready_and_renews_its_lease(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    async def ready() -> dict[str, Any] | None:
+        obj = await get_json(cluster, "node", "edge1")
+        conditions = {
+            c["type"]: c["status"] for c in ((obj or {}).get("status") or {}).get("conditions") or []
+        }
+        return obj if conditions.get("Ready") == "True" else None
+
+    obj = await wait_for(ready, what="the node to be Ready")
+    status = obj["status"]
+    assert {"type": "InternalIP", "address": "127.0.0.1"} in status["addresses"]
+    assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == node.port
+    assert status["capacity"]["pods"] == "110" and int(status["capacity"]["cpu"]) >= 1
+    assert status["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert obj["metadata"]["labels"]["node-role.kubernetes.io/edge"] == ""
+    table = await cluster.kubectl("get", "nodes")
+    assert "edge1" in table and "Ready" in table
+
+    first = await wait_for(
+        lambda: get_json(cluster, "lease", "-n", "kube-node-lease", "edge1"), what="the Lease"
+    )
+    assert first["spec"]["holderIdentity"] == "edge1" and first["spec"]["leaseDurationSeconds"] == 40
+    assert first["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+
+    async def renewed() -> bool:
+        lease = await get_json(cluster, "lease", "-n", "kube-node-lease", "edge1")
+        return bool(lease) and lease["spec"]["renewTime"] != first["spec"]["renewTime"]
+
+    await wait_for(renewed, timeout=30, what="the Lease to be renewed")
+
+
+async def test_pod_from_the_api_runs_reports_status_and_is_deleted(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    await cluster.kubectl("apply", "-f", "-", stdin=POD.encode())
+
+    async def running() -> dict[str, Any] | None:
+        pod = await get_json(cluster, "pod", "web")
+        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+        return pod if statuses and "running" in statuses[0]["state"] else None
+
+    pod = await wait_for(running, what="the pod to be Running in the API")
+    status = pod["status"]
+    assert status["phase"] == "Running" and status["hostIP"] == "127.0.0.1"
+    local = (await node.pods())["web"]
+    assert (
+        status["containerStatuses"][0]["containerID"]
+        == local["status"]["containerStatuses"][0]["containerID"]
+    )
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+    try:
+        await cluster.kubectl("delete", "pod", "web", "--timeout=60s")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nvnode log:\n{node.log_tail(60)}") from None
+    assert await get_json(cluster, "pod", "web") is None
+    assert "web" not in await node.pods()
+
+
+async def test_invalid_pod_from_the_api_gets_a_failed_status(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    bad = POD.replace("name: main", "name: Bad_Name")
+    await cluster.kubectl("apply", "-f", "-", stdin=bad.encode())
+
+    async def failed() -> dict[str, Any] | None:
+        pod = await get_json(cluster, "pod", "web")
+        return pod if ((pod or {}).get("status") or {}).get("phase") == "Failed" else None
+
+    pod = await wait_for(failed, what="the invalid pod to be Failed")
+    assert pod["status"]["reason"] == "InvalidPod"
+    assert "spec.containers[0].name" in pod["status"]["message"]

@@ -1,0 +1,207 @@
+"""Pods from the API server: the informer that feeds the pod manager, and the status writer.
+
+The informer lists the pods bound to this node (``fieldSelector=spec.nodeName=<node>``), hands the
+complete set to the pod manager as source ``api``, then watches from the list's resourceVersion
+(with bookmarks) and hands over the new set after every burst of events. A 410 Gone, a broken
+watch or a failed-over master leads to a fresh list: the list, not a replay, is the truth.
+
+The status writer is a pod-manager listener: a changed status marks the pod dirty, and one task
+writes dirty statuses to ``pods/{name}/status`` (latest wins per pod; a failed write stays dirty
+and is retried with back-off, so a terminal status is never lost). A pod being deleted in the API
+(``deletionTimestamp``) is stopped by its worker with the pod's grace period; once its containers
+are gone the writer deletes the object with grace 0 and a UID precondition, as kubelet does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vnode import errors
+from vnode.clients.masters import Masters
+
+log = logging.getLogger(__name__)
+
+SOURCE = "api"
+BURST_SECONDS = 0.05  # events arriving this close together are handed over as one set
+MAX_BACKOFF = 30.0
+
+
+def _key(pod: dict[str, Any]) -> tuple[str, str]:
+    meta = pod["metadata"]
+    return meta.get("namespace", "default"), meta["name"]
+
+
+class PodInformer:
+    """List + watch of this node's pods; ``deliver(source, pods)`` gets every complete set."""
+
+    def __init__(
+        self,
+        masters: Masters,
+        node_name: str,
+        deliver: Callable[[str, list[dict[str, Any]]], Awaitable[None]],
+    ) -> None:
+        self.masters = masters
+        self.node_name = node_name
+        self.deliver = deliver
+        self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
+        self.synced = asyncio.Event()
+        self.lists = 0  # full lists done, for tests and `vnode status`
+
+    def pod(self, uid: str) -> dict[str, Any] | None:
+        """The pod as last listed or watched (the set is replaced on every list)."""
+        return self.pods.get(uid)
+
+    @property
+    def _params(self) -> dict[str, str]:
+        return {"fieldSelector": f"spec.nodeName={self.node_name}"}
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                rv = await self._list()
+                delay = 0.5
+                await self._watch(rv)
+            except errors.Conflict as exc:  # 410 Gone: the version is too old
+                log.info("pod watch expired (%s); listing again", exc)
+            except errors.VnodeError as exc:
+                log.warning("pod informer: %s; listing again in %.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _list(self) -> str:
+        body = await self.masters.request("GET", "/api/v1/pods", params=self._params, timeout=30)
+        self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in body.get("items") or []}
+        self.lists += 1
+        await self.deliver(SOURCE, list(self.pods.values()))
+        self.synced.set()
+        return str(body["metadata"]["resourceVersion"])
+
+    async def _watch(self, rv: str) -> None:
+        """Apply events until the watch ends (then the caller lists again)."""
+        params = {**self._params, "resourceVersion": rv, "timeoutSeconds": "300"}
+        events = self.masters.watch("/api/v1/pods", params).__aiter__()
+        pending = False
+        while True:
+            try:
+                if pending:
+                    event = await asyncio.wait_for(events.__anext__(), BURST_SECONDS)
+                else:
+                    event = await events.__anext__()
+            except TimeoutError:
+                await self.deliver(SOURCE, list(self.pods.values()))
+                pending = False
+                continue
+            except StopAsyncIteration:
+                if pending:
+                    await self.deliver(SOURCE, list(self.pods.values()))
+                return
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise errors.Conflict(str(obj.get("message", "410 Gone")))
+                raise errors.Unavailable(f"watch error: {obj.get('message', obj)}")
+            if kind == "BOOKMARK":
+                continue
+            uid = (obj.get("metadata") or {}).get("uid")
+            if not uid:
+                continue
+            if kind == "DELETED":
+                self.pods.pop(uid, None)
+            else:
+                self.pods[uid] = _with_kind(obj)
+            pending = True
+
+
+def _with_kind(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod as the workers want it: the API's status and bookkeeping are left out, so that our
+    own status writes coming back through the watch are no change at all."""
+    pod.setdefault("kind", "Pod")
+    pod.setdefault("apiVersion", "v1")
+    pod.pop("status", None)
+    meta = pod.get("metadata") or {}
+    for key in ("resourceVersion", "managedFields", "generation"):
+        meta.pop(key, None)
+    return pod
+
+
+class StatusWriter:
+    """Writes changed pod statuses and finishes deletions; see the module docstring."""
+
+    def __init__(
+        self,
+        masters: Masters,
+        status_of: Callable[[str], tuple[dict[str, Any], dict[str, Any]] | None],
+        source_of: Callable[[str], str | None],
+        api_pod: Callable[[str], dict[str, Any] | None],
+    ) -> None:
+        self.masters = masters
+        self.status_of = status_of  # uid -> (pod, status) while a worker has it, else None
+        self.source_of = source_of
+        self.api_pod = api_pod  # uid -> the pod as the informer last saw it
+        self._dirty: set[str] = set()
+        self._written: dict[str, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self.writes = 0
+
+    def changed(self, uid: str) -> None:
+        """Pod-manager listener: this pod's status changed, or its worker finished."""
+        self._dirty.add(uid)
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            failed = False
+            for uid in list(self._dirty):
+                self._dirty.discard(uid)
+                try:
+                    await self._write(uid)
+                except errors.NotFound:
+                    self._written.pop(uid, None)
+                except errors.VnodeError as exc:
+                    log.warning("pod status of uid %s not written yet: %s", uid, exc)
+                    self._dirty.add(uid)
+                    failed = True
+            if failed:
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, MAX_BACKOFF)
+                self._wake.set()
+            else:
+                delay = 0.5
+
+    async def _write(self, uid: str) -> None:
+        current = self.status_of(uid)
+        if current is None:
+            self._written.pop(uid, None)
+            pod = self.api_pod(uid)
+            if pod is not None and pod["metadata"].get("deletionTimestamp"):
+                await self._finish_deletion(pod)
+            return
+        pod, status = current
+        if self.source_of(uid) != SOURCE:
+            return  # static pods get mirror pods later; nothing to write for them now
+        if self._written.get(uid) == status:
+            return
+        namespace, name = _key(pod)
+        await self.masters.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            body={"metadata": {"uid": uid}, "status": status},
+            content_type="application/merge-patch+json",
+        )
+        self._written[uid] = status
+        self.writes += 1
+
+    async def _finish_deletion(self, pod: dict[str, Any]) -> None:
+        namespace, name = _key(pod)
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": pod["metadata"]["uid"]}}  # fmt: skip
+        await self.masters.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
+        log.info("pod %s/%s: containers stopped; deleted from the API", namespace, name)
