@@ -7,7 +7,9 @@ session's real containerd; the client is the real kubectl.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,54 @@ async def test_invalid_pod_from_the_api_gets_a_failed_status(
     pod = await wait_for(failed, what="the invalid pod to be Failed")
     assert pod["status"]["reason"] == "InvalidPod"
     assert "spec.containers[0].name" in pod["status"]["message"]
+
+
+async def test_three_masters_one_killed_and_one_silent(containerd: Any, tmp_path: Path) -> None:
+    """Masters: one that accepts TCP and never answers, then two real ones over one store. The node
+    registers through a real one; killing that one moves the node to the last: the Lease keeps
+    being renewed, the pod watch resumes (a new pod starts) and no container restarts."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
+    store = tmp_path / "cluster.db"
+    first, second = ControlPlaneProcess(tmp_path, store=store), ControlPlaneProcess(tmp_path, store=store)
+    await first.start()
+    await second.start()
+    masters = f"http://127.0.0.1:{silent.getsockname()[1]},{first.url},{second.url}"
+    node = VnodeProcess(tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", masters])
+    await node.start()
+    try:
+        await second.kubectl("apply", "-f", "-", stdin=POD.encode())
+
+        async def running(name: str) -> dict[str, Any] | None:
+            pod = await get_json(second, "pod", name)
+            statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+            return pod if statuses and "running" in statuses[0]["state"] else None
+
+        before = await wait_for(lambda: running("web"), timeout=90, what="web Running through the failover")
+        cid = before["status"]["containerStatuses"][0]["containerID"]
+        lease = await get_json(second, "lease", "-n", "kube-node-lease", "edge1")
+        assert "active master is now" in node.log_tail(400)
+
+        await first.kill()
+        last = datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+
+        async def renewed() -> datetime | None:
+            now = await get_json(second, "lease", "-n", "kube-node-lease", "edge1")
+            when = datetime.fromisoformat(now["spec"]["renewTime"].replace("Z", "+00:00"))
+            return when if when > last else None
+
+        after = await wait_for(renewed, timeout=40, what="the Lease renewed through the remaining master")
+        assert (after - last).total_seconds() <= 20
+
+        await second.kubectl("apply", "-f", "-", stdin=POD.replace("name: web", "name: web2").encode())
+        await wait_for(lambda: running("web2"), timeout=60, what="a new pod to start after the failover")
+        now = await running("web")
+        assert now is not None
+        assert now["status"]["containerStatuses"][0]["containerID"] == cid
+        assert now["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        await node.terminate()
+        await first.kill()
+        await second.kill()
+        silent.close()
