@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import copy
 import json
 import re
 import sqlite3
+import ssl
 import tempfile
 import threading
 import time
@@ -42,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from integration.pki import ClusterPki
 
 HISTORY = 20000  # change-log rows kept; older versions get 410 Gone
 POLL_SECONDS = 0.02
@@ -296,6 +300,7 @@ class Store:
             self.db.execute("COMMIT")
         return [json.loads(r[0]) for r in rows], rv
 
+    @_locked
     def write(
         self, res: Resource, namespace: str, name: str, mutate: Any, *, create: bool = False
     ) -> tuple[str, dict[str, Any] | None]:
@@ -878,28 +883,68 @@ async def _send(response: web.StreamResponse, kind: str, obj: dict[str, Any]) ->
     await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
 
-def write_kubeconfig(path: Path, server: str) -> None:
+def write_kubeconfig(path: Path, server: str, pki: ClusterPki | None = None) -> None:
+    """An admin kubeconfig; over TLS it carries the CA and a client certificate inline."""
+    cluster: dict[str, Any] = {"server": server}
+    user: dict[str, Any] = {}
+    if pki is not None:
+        cert, key = pki.issue("admin", server=False, organization="system:masters")
+        cluster["certificate-authority-data"] = base64.b64encode(pki.ca_cert.read_bytes()).decode()
+        user["client-certificate-data"] = base64.b64encode(cert.read_bytes()).decode()
+        user["client-key-data"] = base64.b64encode(key.read_bytes()).decode()
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server}}],
-        "users": [{"name": "admin", "user": {}}],
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": "admin", "user": user}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
         "current-context": "test",
     }
-    path.write_text(json.dumps(config, indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=1))
+    tmp.replace(path)
 
 
-async def serve(host: str, port: int, store_path: Path, kubeconfig_out: Path | None) -> None:
+@web.middleware
+async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Over TLS: a client certificate signed by the cluster CA, or a known bearer token."""
+    tokens: set[str] = request.app[TOKENS]
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if request.path in ("/healthz", "/readyz", "/livez", "/version") or peer or (bearer and bearer in tokens):
+        response: web.StreamResponse = await handler(request)
+        return response
+    return status(401, "Unauthorized", "Unauthorized")
+
+
+TOKENS: web.AppKey[set[str]] = web.AppKey("tokens", set)
+
+
+async def serve(
+    host: str, port: int, store_path: Path, kubeconfig_out: Path | None, tls: bool, tokens: set[str]
+) -> None:
     plane = ControlPlane(Store(store_path))
+    ssl_context = None
+    pki = None
+    if tls:
+        pki = ClusterPki(store_path)
+        cert, key = pki.issue("apiserver", server=True)
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(str(cert), str(key))
+        ssl_context.load_verify_locations(cafile=str(pki.ca_cert))
+        ssl_context.verify_mode = ssl.CERT_OPTIONAL  # a token is the other way in
+        plane.app[TOKENS] = tokens
+        plane.app.middlewares.append(authenticate)
     runner = web.AppRunner(plane.app, access_log=None, handle_signals=True, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0][1]
+    scheme = "https" if tls else "http"
     if kubeconfig_out is not None:
-        write_kubeconfig(kubeconfig_out, f"http://{host}:{bound}")
-    print(f"serving on http://{host}:{bound} with store {store_path}", flush=True)
+        write_kubeconfig(kubeconfig_out, f"{scheme}://{host}:{bound}", pki)
+    print(f"serving on {scheme}://{host}:{bound} with store {store_path}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -911,13 +956,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--store", default="")
     parser.add_argument("--kubeconfig-out", type=Path)
+    parser.add_argument("--tls", action="store_true", help="HTTPS with a CA kept beside the store")
+    parser.add_argument("--token", action="append", default=[], help="a bearer token to accept (with --tls)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     store = (
         Path(args.store.removeprefix("sqlite://")) if args.store else Path(tempfile.mkdtemp()) / "cluster.db"
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host or "127.0.0.1", int(port), store, args.kubeconfig_out))
+        asyncio.run(
+            serve(host or "127.0.0.1", int(port), store, args.kubeconfig_out, args.tls, set(args.token))
+        )
 
 
 if __name__ == "__main__":
@@ -927,8 +976,11 @@ if __name__ == "__main__":
 class ControlPlaneProcess:
     """One master as a subprocess, for tests: ``start``, ``kill`` (SIGKILL) and ``kubectl``."""
 
-    def __init__(self, base: Path, store: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, base: Path, store: Path | None = None, port: int | None = None, tls: bool = False
+    ) -> None:
         self.base = base
+        self.tls = tls
         self.store = store or base / "cluster.db"
         self.port = port
         self.kubeconfig = base / f"kubeconfig-{id(self)}"
@@ -937,7 +989,7 @@ class ControlPlaneProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         import socket
@@ -952,7 +1004,7 @@ class ControlPlaneProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "integration.controlplane", "--listen", f"127.0.0.1:{self.port}",
                 "--store", f"sqlite://{self.store}", "--kubeconfig-out", str(self.kubeconfig),
-                stdout=log, stderr=log,
+                *(["--tls"] if self.tls else []), stdout=log, stderr=log,
             )  # fmt: skip
         finally:
             log.close()
@@ -972,7 +1024,11 @@ class ControlPlaneProcess:
             "kubectl", "--kubeconfig", str(self.kubeconfig), *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await proc.communicate(stdin)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), 90)
+        except TimeoutError:
+            proc.kill()
+            raise AssertionError(f"kubectl {' '.join(args)} did not finish within 90s") from None
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {err.decode()}")
         return out.decode()

@@ -186,3 +186,60 @@ async def test_three_masters_one_killed_and_one_silent(containerd: Any, tmp_path
         await first.kill()
         await second.kill()
         silent.close()
+
+
+async def test_kubeconfig_over_https_with_a_client_certificate(containerd: Any, tmp_path: Path) -> None:
+    plane = ControlPlaneProcess(tmp_path, tls=True)
+    await plane.start()
+    node = VnodeProcess(
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--kubeconfig", str(plane.kubeconfig)]
+    )
+    await node.start()
+    try:
+        await plane.kubectl("apply", "-f", "-", stdin=POD.encode())
+
+        async def running() -> dict[str, Any] | None:
+            pod = await get_json(plane, "pod", "web")
+            statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+            return pod if statuses and "running" in statuses[0]["state"] else None
+
+        await wait_for(running, what="the pod to be Running through HTTPS")
+        assert "Ready" in await plane.kubectl("get", "node", "edge1")
+        # Without a client certificate or a known token the control plane refuses, as a real one does.
+        stranger = plane.kubeconfig.with_name("stranger")
+        config = json.loads(plane.kubeconfig.read_text())
+        config["users"][0]["user"] = {"token": "not-a-known-token"}
+        stranger.write_text(json.dumps(config))
+        out = await plane.kubectl("--kubeconfig", str(stranger), "get", "pods", check=False)
+        assert "web" not in out
+    finally:
+        await node.terminate()
+        await plane.kill()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "No such file"),
+        ("current-context: x\nclusters: []\ncontexts: []\n", "no context named 'x'"),
+        (
+            "current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+            "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1',\n"
+            "  certificate-authority-data: Zm9v}}]\n"
+            "users: [{name: u, user: {}}]\n",
+            "cannot load its certificates",
+        ),
+    ],
+)
+async def test_bad_kubeconfig_is_refused_at_start(
+    containerd: Any, tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    if content is not None:
+        path.write_text(content)
+    node = VnodeProcess(tmp_path, containerd.endpoint, extra_args=["--kubeconfig", str(path)])
+    await node.start(wait=False)
+    assert node.proc is not None
+    assert await node.proc.wait() == 2
+    log = node.log_tail()
+    assert "--kubeconfig" in log and message in log
