@@ -973,6 +973,19 @@ if __name__ == "__main__":
     main()
 
 
+def ensure_kubectl() -> None:
+    """The tests drive the control plane with the real kubectl: install Debian's when missing."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("kubectl") is not None:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "kubernetes-client"], check=True, env=env)
+
+
 class ControlPlaneProcess:
     """One master as a subprocess, for tests: ``start``, ``kill`` (SIGKILL) and ``kubectl``."""
 
@@ -995,6 +1008,7 @@ class ControlPlaneProcess:
         import socket
         import sys
 
+        await asyncio.to_thread(ensure_kubectl)
         if self.port is None:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
