@@ -243,3 +243,26 @@ async def test_bad_kubeconfig_is_refused_at_start(
     assert await node.proc.wait() == 2
     log = node.log_tail()
     assert "--kubeconfig" in log and message in log
+
+
+async def test_events_are_posted_and_aggregated(cluster: ControlPlaneProcess, node: VnodeProcess) -> None:
+    crash = POD.replace("name: web", "name: crash").replace(
+        "trap 'exit 0' TERM; echo started; sleep 3600 & wait", "exit 1"
+    )
+    await cluster.kubectl("apply", "-f", "-", stdin=crash.encode())
+
+    async def events() -> dict[str, dict[str, Any]] | None:
+        body = await get_json(cluster, "events", "--field-selector", "involvedObject.name=crash")
+        by_reason = {e["reason"]: e for e in (body or {}).get("items") or []}
+        return by_reason if {"Created", "Started", "BackOff"} <= set(by_reason) else None
+
+    seen = await wait_for(events, timeout=60, what="Created, Started and BackOff events")
+    assert seen["Started"]["source"] == {"component": "kubelet", "host": "edge1"}
+    assert seen["Started"]["involvedObject"]["kind"] == "Pod"
+
+    async def aggregated() -> bool:
+        body = await get_json(cluster, "events", "--field-selector", "involvedObject.name=crash")
+        started = [e for e in (body or {}).get("items") or [] if e["reason"] == "Started"]
+        return len(started) == 1 and started[0]["count"] >= 2
+
+    await wait_for(aggregated, timeout=60, what="repeated Started events aggregated into one with count 2")

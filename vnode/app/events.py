@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,11 @@ class EventLog:
 
     def __init__(self, capacity: int = 1000) -> None:
         self.events: deque[RecordedEvent] = deque(maxlen=capacity)
+        self._listeners: list[Callable[[RecordedEvent], None]] = []
+
+    def add_listener(self, callback: Callable[[RecordedEvent], None]) -> None:
+        """``callback(event)`` for every event recorded from now on (the API poster)."""
+        self._listeners.append(callback)
 
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
@@ -47,6 +53,8 @@ class EventLog:
         self.events.append(recorded)
         level = logging.WARNING if type_ == "Warning" else logging.INFO
         log.log(level, "%s pod/%s/%s %s: %s", type_, recorded.namespace, recorded.name, reason, message)
+        for callback in self._listeners:
+            callback(recorded)
 
     def for_pod(self, uid: str) -> list[RecordedEvent]:
         return [e for e in self.events if e.uid == uid]

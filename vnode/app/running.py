@@ -51,6 +51,8 @@ class Node:
                 group.create_task(c.informer.run(), name="api-pods")
             if c.status_writer is not None:
                 group.create_task(c.status_writer.run(), name="pod-status-writer")
+            if c.event_poster is not None:
+                group.create_task(c.event_poster.run(), name="event-poster")
             await stop.wait()
             raise _Stop()
 

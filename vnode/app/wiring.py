@@ -21,6 +21,7 @@ from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
+from vnode.controllers.events import EventPoster
 from vnode.controllers.node import NodeController, NodeIdentity
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
@@ -56,6 +57,7 @@ class Components:
     node: NodeController | None = None
     informer: PodInformer | None = None
     status_writer: StatusWriter | None = None
+    event_poster: EventPoster | None = None
 
     async def close(self) -> None:
         await self.pods.stop()
@@ -112,6 +114,8 @@ async def build(settings: Settings) -> Components:
         writer = StatusWriter(masters, pods.status_of, pods.source_of, informer.pod)
         components.status_writer = writer
         pods.add_listener(writer.changed)
+        poster = components.event_poster = EventPoster(masters, settings.node.name)
+        components.events.add_listener(poster.record)
     return components
 
 
