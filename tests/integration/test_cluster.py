@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from integration.controlplane import ControlPlaneProcess
-from integration.node import VnodeProcess, wait_for
+from integration.node import VnodeProcess, busybox_pod, wait_for
 
 POD = """
 apiVersion: v1
@@ -266,3 +266,35 @@ async def test_events_are_posted_and_aggregated(cluster: ControlPlaneProcess, no
         return len(started) == 1 and started[0]["count"] >= 2
 
     await wait_for(aggregated, timeout=60, what="repeated Started events aggregated into one with count 2")
+
+
+async def test_static_pod_has_a_mirror_pod_recreated_if_deleted(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    node.write_manifest("static.yaml", busybox_pod("static", "sleep 3600"))
+
+    async def mirror() -> dict[str, Any] | None:
+        pod = await get_json(cluster, "pod", "static-edge1")
+        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+        return pod if statuses and "running" in statuses[0]["state"] else None
+
+    first = await wait_for(mirror, what="the mirror pod with a running status")
+    annotations = first["metadata"]["annotations"]
+    assert annotations["kubernetes.io/config.source"] == "file"
+    assert annotations["kubernetes.io/config.mirror"] == annotations["kubernetes.io/config.hash"]
+    assert first["metadata"]["ownerReferences"][0]["kind"] == "Node"
+    assert len(await node.pods()) == 1  # the mirror is not run a second time
+
+    await cluster.kubectl("delete", "pod", "static-edge1", "--grace-period=0", "--wait=false")
+
+    async def recreated() -> dict[str, Any] | None:
+        pod = await mirror()
+        return pod if pod is not None and pod["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    await wait_for(recreated, what="the mirror pod to be recreated")
+    (node.manifests / "static.yaml").unlink()
+
+    async def gone() -> bool:
+        return await get_json(cluster, "pod", "static-edge1") is None
+
+    await wait_for(gone, what="the mirror pod to go with its manifest")

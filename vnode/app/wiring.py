@@ -113,6 +113,9 @@ async def build(settings: Settings) -> Components:
         informer = components.informer = PodInformer(masters, settings.node.name, pods.set_source_pods)
         writer = StatusWriter(masters, pods.status_of, pods.source_of, informer.pod)
         components.status_writer = writer
+        writer.mirror = lambda namespace, name: informer.mirrors.get((namespace, name))
+        writer.node_uid = lambda: components.node.uid if components.node is not None else None
+        informer.mirror_changed = writer.mirrors_changed
         pods.add_listener(writer.changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name)
         components.events.add_listener(poster.record)

@@ -15,6 +15,7 @@ are gone the writer deletes the object with grace 0 and a UID precondition, as k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,8 @@ from vnode.clients.masters import Masters
 log = logging.getLogger(__name__)
 
 SOURCE = "api"
+MIRROR = "kubernetes.io/config.mirror"
+CONFIG_HASH = "kubernetes.io/config.hash"
 BURST_SECONDS = 0.05  # events arriving this close together are handed over as one set
 MAX_BACKOFF = 30.0
 
@@ -48,6 +51,9 @@ class PodInformer:
         self.node_name = node_name
         self.deliver = deliver
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
+        # Mirror pods of our static pods are not pods to run: kept apart, by (namespace, name).
+        self.mirrors: dict[tuple[str, str], dict[str, Any]] = {}
+        self.mirror_changed: Callable[[], None] = lambda: None
         self.synced = asyncio.Event()
         self.lists = 0  # full lists done, for tests and `vnode status`
 
@@ -75,7 +81,10 @@ class PodInformer:
 
     async def _list(self) -> str:
         body = await self.masters.request("GET", "/api/v1/pods", params=self._params, timeout=30)
-        self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in body.get("items") or []}
+        items = body.get("items") or []
+        self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in items if not _is_mirror(p)}
+        self.mirrors = {_key(p): p for p in items if _is_mirror(p)}
+        self.mirror_changed()
         self.lists += 1
         await self.deliver(SOURCE, list(self.pods.values()))
         self.synced.set()
@@ -110,11 +119,52 @@ class PodInformer:
             uid = (obj.get("metadata") or {}).get("uid")
             if not uid:
                 continue
+            if _is_mirror(obj):
+                if kind == "DELETED":
+                    self.mirrors.pop(_key(obj), None)
+                else:
+                    self.mirrors[_key(obj)] = obj
+                self.mirror_changed()
+                continue
             if kind == "DELETED":
                 self.pods.pop(uid, None)
             else:
                 self.pods[uid] = _with_kind(obj)
             pending = True
+
+
+def _is_mirror(pod: dict[str, Any]) -> bool:
+    return MIRROR in ((pod.get("metadata") or {}).get("annotations") or {})
+
+
+def mirror_of(pod: dict[str, Any]) -> dict[str, Any]:
+    """The mirror pod of a static pod: its spec, marked with the config hash, owned by the Node."""
+    meta = pod["metadata"]
+    annotations = dict(meta.get("annotations") or {})
+    annotations[MIRROR] = annotations.get(CONFIG_HASH, meta["uid"])
+    node = (pod.get("spec") or {}).get("nodeName", "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace", "default"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": ""}],
+        },
+        "spec": pod.get("spec") or {},
+    }
+
+
+def _stale(mirror: dict[str, Any] | None, pod: dict[str, Any]) -> bool:
+    """A mirror that is missing, of another version of the static pod, or being deleted (kubelet
+    deletes such a mirror at once and creates it again)."""
+    if mirror is None:
+        return True
+    meta = mirror["metadata"]
+    wanted = mirror_of(pod)["metadata"]["annotations"][MIRROR]
+    return (meta.get("annotations") or {}).get(MIRROR) != wanted or bool(meta.get("deletionTimestamp"))
 
 
 def _with_kind(pod: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +193,9 @@ class StatusWriter:
         self.status_of = status_of  # uid -> (pod, status) while a worker has it, else None
         self.source_of = source_of
         self.api_pod = api_pod  # uid -> the pod as the informer last saw it
+        self.mirror: Callable[[str, str], dict[str, Any] | None] = lambda ns, name: None
+        self.node_uid: Callable[[], str | None] = lambda: None
+        self._static: dict[str, dict[str, Any]] = {}  # uid -> static pod with a mirror to keep
         self._dirty: set[str] = set()
         self._written: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
@@ -152,6 +205,15 @@ class StatusWriter:
         """Pod-manager listener: this pod's status changed, or its worker finished."""
         self._dirty.add(uid)
         self._wake.set()
+
+    def mirrors_changed(self) -> None:
+        """The informer saw mirror pods change: recreate the ones that are gone or stale (our own
+        status writes come back here too, and must not cause another write)."""
+        for uid, pod in self._static.items():
+            if _stale(self.mirror(*_key(pod)), pod):
+                self._written.pop(uid, None)
+                self._dirty.add(uid)
+                self._wake.set()
 
     async def run(self) -> None:
         delay = 0.5
@@ -180,13 +242,18 @@ class StatusWriter:
         current = self.status_of(uid)
         if current is None:
             self._written.pop(uid, None)
+            static = self._static.pop(uid, None)
+            if static is not None:
+                await self._delete_mirror(static)
+                return
             pod = self.api_pod(uid)
             if pod is not None and pod["metadata"].get("deletionTimestamp"):
                 await self._finish_deletion(pod)
             return
         pod, status = current
         if self.source_of(uid) != SOURCE:
-            return  # static pods get mirror pods later; nothing to write for them now
+            await self._write_mirror(uid, pod, status)
+            return
         if self._written.get(uid) == status:
             return
         namespace, name = _key(pod)
@@ -199,9 +266,55 @@ class StatusWriter:
         self._written[uid] = status
         self.writes += 1
 
+    async def _write_mirror(self, uid: str, pod: dict[str, Any], status: dict[str, Any]) -> None:
+        """Static pods show in the API as mirror pods (created if missing or stale) with their status."""
+        self._static[uid] = pod
+        if self._written.get(uid) == status:
+            return
+        namespace, name = _key(pod)
+        wanted = mirror_of(pod)
+        if self.node_uid() is None:
+            return  # not registered yet: the mirror is owned by the Node
+        wanted["metadata"]["ownerReferences"][0]["uid"] = self.node_uid()
+        mirror = self.mirror(namespace, name)
+        if mirror is not None and _stale(mirror, pod):
+            await self._delete(namespace, name, mirror["metadata"]["uid"])
+            mirror = None
+        if mirror is None:
+            try:
+                mirror = await self.masters.request(
+                    "POST", f"/api/v1/namespaces/{namespace}/pods", body=wanted
+                )
+                log.info("created mirror pod %s/%s", namespace, name)
+            except errors.Conflict:
+                mirror = await self.masters.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        await self.masters.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            body={"metadata": {"uid": mirror["metadata"]["uid"]}, "status": status},
+            content_type="application/merge-patch+json",
+        )
+        self._written[uid] = status
+        self.writes += 1
+
+    async def _delete_mirror(self, pod: dict[str, Any]) -> None:
+        namespace, name = _key(pod)
+        mirror = self.mirror(namespace, name)
+        if mirror is not None:
+            await self._delete(namespace, name, mirror["metadata"]["uid"])
+            log.info("deleted mirror pod %s/%s", namespace, name)
+
+    async def _delete(self, namespace: str, name: str, uid: str) -> None:
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid},
+        }
+        with contextlib.suppress(errors.NotFound):
+            await self.masters.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
+
     async def _finish_deletion(self, pod: dict[str, Any]) -> None:
         namespace, name = _key(pod)
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": pod["metadata"]["uid"]}}  # fmt: skip
-        await self.masters.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
+        await self._delete(namespace, name, pod["metadata"]["uid"])
         log.info("pod %s/%s: containers stopped; deleted from the API", namespace, name)
