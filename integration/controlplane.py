@@ -382,6 +382,9 @@ class ControlPlane:
         self.watchers: set[Watcher] = set()
         self.seen_rv = store.current_rv()
         self.app = web.Application(client_max_size=16 << 20)
+        self.requests: dict[str, int] = {}  # "VERB resource" -> count, served at /debug/requests
+        self.app.middlewares.append(self._count)
+        self.app.router.add_get("/debug/requests", self.request_counts)
         self.app.router.add_get("/version", self.version)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.healthz)
@@ -395,6 +398,23 @@ class ControlPlane:
         self.app.router.add_route("*", "/api/{version}/{rest:.*}", self.dispatch)
         self.app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self.dispatch)
         self.app.cleanup_ctx.append(self._poller)
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Counts requests by method and path shape, for the benchmarks' API-load figures."""
+        if request.path != "/debug/requests":
+            shape = re.sub(r"/namespaces/[^/]+", "/namespaces/*", request.path)
+            parts = shape.split("/")
+            if len(parts) > 5 and parts[-1] not in ("status",):
+                shape = "/".join(parts[:-1]) + "/*"
+            watch = " (watch)" if request.query.get("watch") in ("1", "true") else ""
+            key = f"{request.method} {shape}{watch}"
+            self.requests[key] = self.requests.get(key, 0) + 1
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def request_counts(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
 
     # -- discovery ---------------------------------------------------------------------------
 

@@ -10,13 +10,14 @@ so there is no event to await, only state to observe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -199,6 +200,18 @@ def is_running(pod: dict[str, Any], *names: str) -> bool:
         )
     except KeyError:
         return False
+
+
+@contextlib.asynccontextmanager
+async def running_node(base: Path, endpoint: str, **kwargs: Any) -> AsyncIterator[VnodeProcess]:
+    """A started ``VnodeProcess`` that is terminated (SIGTERM, containers kept) on exit."""
+    proc = VnodeProcess(base, endpoint, **kwargs)
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.returncode is None:
+            await proc.terminate()
 
 
 def busybox_pod(name: str, command: str, **spec: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from integration.controlplane import ControlPlaneProcess
-from integration.node import VnodeProcess, busybox_pod, wait_for
+from integration.node import VnodeProcess, busybox_pod, running_node, wait_for
 
 POD = """
 apiVersion: v1
@@ -45,15 +45,17 @@ async def cluster(tmp_path: Path) -> AsyncIterator[ControlPlaneProcess]:
 
 @pytest.fixture
 async def node(containerd: Any, cluster: ControlPlaneProcess, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
-    proc = VnodeProcess(
+    async with running_node(
         tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", cluster.url]
-    )
-    await proc.start()
-    try:
+    ) as proc:
         yield proc
-    finally:
-        if proc.proc is not None and proc.proc.returncode is None:
-            await proc.terminate()
+
+
+async def api_running(cluster: ControlPlaneProcess, name: str) -> dict[str, Any] | None:
+    """The pod ``name`` from the API once its first container is reported running."""
+    pod = await get_json(cluster, "pod", name)
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    return pod if statuses and "running" in statuses[0]["state"] else None
 
 
 async def get_json(cluster: ControlPlaneProcess, *args: str) -> Any:
@@ -99,12 +101,7 @@ async def test_pod_from_the_api_runs_reports_status_and_is_deleted(
 ) -> None:
     await cluster.kubectl("apply", "-f", "-", stdin=POD.encode())
 
-    async def running() -> dict[str, Any] | None:
-        pod = await get_json(cluster, "pod", "web")
-        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-        return pod if statuses and "running" in statuses[0]["state"] else None
-
-    pod = await wait_for(running, what="the pod to be Running in the API")
+    pod = await wait_for(lambda: api_running(cluster, "web"), what="the pod to be Running in the API")
     status = pod["status"]
     assert status["phase"] == "Running" and status["hostIP"] == "127.0.0.1"
     local = (await node.pods())["web"]
@@ -154,10 +151,8 @@ async def test_three_masters_one_killed_and_one_silent(containerd: Any, tmp_path
     try:
         await second.kubectl("apply", "-f", "-", stdin=POD.encode())
 
-        async def running(name: str) -> dict[str, Any] | None:
-            pod = await get_json(second, "pod", name)
-            statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-            return pod if statuses and "running" in statuses[0]["state"] else None
+        def running(name: str) -> Awaitable[dict[str, Any] | None]:
+            return api_running(second, name)
 
         before = await wait_for(lambda: running("web"), timeout=90, what="web Running through the failover")
         cid = before["status"]["containerStatuses"][0]["containerID"]
@@ -198,12 +193,7 @@ async def test_kubeconfig_over_https_with_a_client_certificate(containerd: Any, 
     try:
         await plane.kubectl("apply", "-f", "-", stdin=POD.encode())
 
-        async def running() -> dict[str, Any] | None:
-            pod = await get_json(plane, "pod", "web")
-            statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-            return pod if statuses and "running" in statuses[0]["state"] else None
-
-        await wait_for(running, what="the pod to be Running through HTTPS")
+        await wait_for(lambda: api_running(plane, "web"), what="the pod to be Running through HTTPS")
         assert "Ready" in await plane.kubectl("get", "node", "edge1")
         # Without a client certificate or a known token the control plane refuses, as a real one does.
         stranger = plane.kubeconfig.with_name("stranger")
@@ -273,10 +263,8 @@ async def test_static_pod_has_a_mirror_pod_recreated_if_deleted(
 ) -> None:
     node.write_manifest("static.yaml", busybox_pod("static", "sleep 3600"))
 
-    async def mirror() -> dict[str, Any] | None:
-        pod = await get_json(cluster, "pod", "static-edge1")
-        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-        return pod if statuses and "running" in statuses[0]["state"] else None
+    def mirror() -> Awaitable[dict[str, Any] | None]:
+        return api_running(cluster, "static-edge1")
 
     first = await wait_for(mirror, what="the mirror pod with a running status")
     annotations = first["metadata"]["annotations"]

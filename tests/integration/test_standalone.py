@@ -17,7 +17,15 @@ import aiohttp
 import pytest
 
 from integration.containerd import Containerd
-from integration.node import VnodeProcess, busybox_pod, container_status, free_port, is_running, wait_for
+from integration.node import (
+    VnodeProcess,
+    busybox_pod,
+    container_status,
+    free_port,
+    is_running,
+    running_node,
+    wait_for,
+)
 from vnode.provider.types import ContainerState
 from vnode.runtime import labels
 from vnode.runtime.cri import CriClient
@@ -25,13 +33,8 @@ from vnode.runtime.cri import CriClient
 
 @pytest.fixture
 async def node(containerd: Any, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
-    proc = VnodeProcess(tmp_path, containerd.endpoint)
-    await proc.start()
-    try:
+    async with running_node(tmp_path, containerd.endpoint) as proc:
         yield proc
-    finally:
-        if proc.proc is not None and proc.proc.returncode is None:
-            await proc.terminate()
 
 
 @pytest.fixture

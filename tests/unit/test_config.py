@@ -75,12 +75,29 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
         ("server: [1, 2]", {}, "server: expected a mapping"),
         ("", {"--port": "-1"}, "--port: must be between 0 and 65535"),
         ("", {"--node-labels": "a"}, "--node-labels: expected key=value pairs"),
+        ("node: {nodeIP: 300.1.1.1}", {}, "node.nodeIP: expected an IP address"),
+        ("pods: {clusterDNS: [10.0.0.10, dns]}", {}, "pods.clusterDNS: expected an IP address, got 'dns'"),
+        ("pods: {maxPods: 0}", {}, "pods.maxPods: must be between 1 and"),
+        ("pods: {crashLoopBackOffMax: .inf}", {}, "pods.crashLoopBackOffMax: expected a finite duration"),
+        ("runtime: {relistPeriod: -1s}", {}, "runtime.relistPeriod: expected a duration"),
+        ("node: {labels: {a: " + "x" * 64 + "}}", {}, "node.labels: invalid value"),
+        ("bogus: 1", {}, "bogus: unknown field"),
+        ("", {"server.port": 99999}, "server.port: must be between 0 and 65535"),
+        ("", {"--prot": "1"}, "--prot: unknown setting (did you mean --port?)"),
     ],
 )
 def test_refusals_name_the_field(tmp_path: Path, text: str, flags: dict[str, str], message: str) -> None:
     with pytest.raises(errors.ConfigError) as info:
         load_settings(write(tmp_path, text), {"--hostname-override": "a", **flags})
     assert message in str(info.value)
+
+
+def test_overrides_by_dotted_path_and_go_durations(tmp_path: Path) -> None:
+    path = write(tmp_path, "pods: {staticPodPath: /etc/a, fileCheckFrequency: 2h}\nlogging: {verbosity: 4}")
+    s = load_settings(path, {"pods.staticPodPath": "/etc/b", "node.name": "x", "runtime.relistPeriod": 3})
+    assert s.pods.manifest_path == Path("/etc/b") and s.node.name == "x"
+    assert s.pods.file_check_frequency == 7200 and s.runtime.relist_period == 3.0
+    assert s.logging.verbosity == 4 and s.pki_dir == Path("/var/lib/vnode/pki")
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -100,6 +117,16 @@ def test_cli_exits_2_on_config_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "vnode: config error: server.port: expected an integer" in capsys.readouterr().err
     assert main(["run", "--port", "99999"]) == 2
     assert "--port: must be between" in capsys.readouterr().err
+
+
+def test_cli_bad_flag_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--hostname-override", "n", "--cluster-dns", "10.0.0.1,nope"]) == 2
+    assert "vnode: config error: --cluster-dns: expected an IP address" in capsys.readouterr().err
+
+
+def test_cli_status_without_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--root-dir", str(tmp_path)]) == 1
+    assert f"no store at {tmp_path / 'store'}" in capsys.readouterr().out
 
 
 def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:

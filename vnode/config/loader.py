@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -63,6 +64,8 @@ def parse_duration(value: Any, base: Path = Path()) -> float:
         if not text or DURATION.sub("", text) != "":
             raise _Bad(f"expected a duration like 20s or 1m30s, got {value!r}")
         seconds = sum(float(n) * UNITS[u] for n, u in DURATION.findall(text))
+    if not math.isfinite(seconds):
+        raise _Bad(f"expected a finite duration, got {value!r}")
     if seconds <= 0:
         raise _Bad(f"must be a positive duration, got {value!r}")
     return seconds
@@ -125,7 +128,8 @@ def _labels(value: Any, base: Path) -> dict[str, str]:
     for key, val in value.items():
         key, val = str(key), "" if val is None else str(val)
         prefix, _, name = key.rpartition("/")
-        if (prefix and not DNS_SUBDOMAIN.match(prefix)) or len(name) > 63 or not LABEL_NAME.match(name):
+        bad_prefix = prefix != "" and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix))
+        if bad_prefix or len(name) > 63 or not LABEL_NAME.match(name):
             raise _Bad(f"invalid label key {key!r}")
         if len(val) > 63 or not LABEL_VALUE.match(val):
             raise _Bad(f"invalid value {val!r} for label {key!r}")
@@ -284,19 +288,29 @@ def read_file(path: Path) -> dict[str, Any]:
     return out
 
 
-def load_settings(config_file: Path | None, flags: Mapping[str, Any]) -> Settings:
-    """Settings from ``config_file`` (optional) overridden by ``flags`` ({flag name: raw value})."""
+def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> Settings:
+    """Settings from ``config_file`` (optional) with ``overrides`` applied on top, all validated.
+
+    ``overrides`` keys are kubelet flag names (``--port``, as the CLI passes them) or the file's
+    dotted paths (``server.port``); an error names the key it came from, so a user sees the flag
+    they typed. ``None`` values are skipped (flags not given); relative paths are taken from the
+    working directory. Raises ``errors.ConfigError`` for any problem.
+    """
     values: dict[str, tuple[str, Any, Path]] = {}  # yaml path -> (where, raw value, base dir)
     if config_file is not None:
         base = config_file.resolve().parent
         for path, raw in read_file(config_file).items():
             values[path] = (path, raw, base)
-    for flag, raw in flags.items():
+    for key, raw in overrides.items():
         if raw is None:
             continue
-        if flag not in BY_FLAG:
-            raise errors.ConfigError(flag, "unknown flag")
-        values[BY_FLAG[flag].path] = (flag, raw, Path.cwd())
+        field = BY_FLAG.get(key) or BY_PATH.get(key)
+        if field is None:
+            known = sorted(BY_FLAG) if key.startswith("-") else sorted(BY_PATH)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise errors.ConfigError(key, f"unknown setting{hint}")
+        values[field.path] = (key, raw, Path.cwd())
     groups: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for path, (where, raw, base) in values.items():

@@ -1,0 +1,118 @@
+"""Cluster-mode benchmarks against the test control plane and a real containerd.
+
+    sudo .venv/bin/python -m bench.cluster [--pods 20] [--idle 60]
+
+- API load: requests per minute the node sends while idle with N running pods from the API, by
+  kind of request (read from the control plane's request counters). Kubelet's steady state is 6
+  Lease renewals a minute plus changed statuses (a node status report every 5 minutes).
+- Start latency: ``kubectl apply`` of one pod with ``nodeName`` to status Running in the API,
+  beside the standalone start of the same pod (manifest to Running in ``/pods``) in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from integration.containerd import Containerd
+from integration.controlplane import ControlPlaneProcess
+from integration.node import VnodeProcess, busybox_pod, is_running
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: benchnode
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers: [{{name: main, image: docker.io/library/busybox:1.35, command: [sleep, "3600"]}}]
+"""
+
+
+async def counts(plane: ControlPlaneProcess) -> dict[str, int]:
+    async with aiohttp.ClientSession() as session, session.get(f"{plane.url}/debug/requests") as resp:
+        result: dict[str, int] = await resp.json()
+        return result
+
+
+async def api_running(plane: ControlPlaneProcess, names: list[str]) -> bool:
+    body = json.loads(await plane.kubectl("get", "pods", "-o", "json"))
+    phases = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in body["items"]}
+    return all(phases.get(n) == "Running" for n in names)
+
+
+async def poll(probe: Any, interval: float = 0.05) -> float:
+    start = time.perf_counter()
+    while not await probe():  # noqa: ASYNC110 - the state is in other processes; polling is all there is
+        await asyncio.sleep(interval)
+    return time.perf_counter() - start
+
+
+async def run(pods: int, idle: float) -> None:
+    harness = Containerd()
+    await asyncio.to_thread(harness.start)
+    base = Path(tempfile.mkdtemp(prefix="vnode-bench-cluster-"))
+    plane = ControlPlaneProcess(base)
+    await plane.start()
+    node = VnodeProcess(
+        base, harness.endpoint, node_name="benchnode", extra_args=["--master", plane.url, "-v=0"]
+    )
+    try:
+        await node.start()
+        # Start latency: one pod through the API, one static pod, same image, same node.
+        start = time.perf_counter()
+        await plane.kubectl("apply", "-f", "-", stdin=POD.format(name="first").encode())
+        await poll(lambda: api_running(plane, ["first"]))
+        via_api = time.perf_counter() - start
+        start = time.perf_counter()
+        node.write_manifest("static.yaml", busybox_pod("static", "sleep 3600"))
+
+        async def static_running() -> bool:
+            found = (await node.pods()).get(node.static_name("static"))
+            return found is not None and is_running(found, "main")
+
+        await poll(static_running)
+        standalone = time.perf_counter() - start
+        print(f"start: kubectl apply -> Running in the API {via_api:.3f} s; static pod -> Running "
+              f"{standalone:.3f} s (ratio {via_api / standalone:.2f})")  # fmt: skip
+
+        names = [f"p{i}" for i in range(pods)]
+        manifest = "\n---\n".join(POD.format(name=n) for n in names)
+        await plane.kubectl("apply", "-f", "-", stdin=manifest.encode())
+        await poll(lambda: api_running(plane, names), interval=0.5)
+        await asyncio.sleep(15)  # let the start-up writes settle
+        before = await counts(plane)
+        await asyncio.sleep(idle)
+        after = await counts(plane)
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+        total = sum(delta.values()) * 60 / idle
+        print(f"idle with {pods + 2} pods over {idle:.0f} s: {total:.1f} requests/minute")
+        for key, value in sorted(delta.items(), key=lambda kv: -kv[1]):
+            print(f"  {value * 60 / idle:6.1f}/min  {key}")
+    finally:
+        if node.proc is not None and node.proc.returncode is None:
+            await node.terminate()
+        await plane.kill()
+        await asyncio.to_thread(harness.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--idle", type=float, default=60.0)
+    args = parser.parse_args()
+    asyncio.run(run(args.pods, args.idle))
+
+
+if __name__ == "__main__":
+    main()
