@@ -286,3 +286,68 @@ async def test_static_pod_has_a_mirror_pod_recreated_if_deleted(
         return await get_json(cluster, "pod", "static-edge1") is None
 
     await wait_for(gone, what="the mirror pod to go with its manifest")
+
+
+CONFIGURED = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello-1, mode: edge}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+data: {password: c2VjcmV0}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: configured}
+spec:
+  nodeName: edge1
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  volumes:
+    - {name: cfg, configMap: {name: settings}}
+    - {name: opt, configMap: {name: absent, optional: true}}
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      env:
+        - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+        - {name: NOTHING, valueFrom: {configMapKeyRef: {name: absent, key: x, optional: true}}}
+      envFrom: [{prefix: CFG_, configMapRef: {name: settings}}]
+      volumeMounts: [{name: cfg, mountPath: /etc/cfg}, {name: opt, mountPath: /etc/opt}]
+      command: [sh, -c, 'echo "env $PASSWORD $CFG_mode ${NOTHING:-unset}"; while true; do
+        echo "file $(cat /etc/cfg/greeting)"; sleep 1; done']
+"""
+
+
+async def test_config_maps_and_secrets_reach_files_and_env(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    await cluster.kubectl("apply", "-f", "-", stdin=CONFIGURED.encode())
+    await wait_for(lambda: api_running(cluster, "configured"), what="the configured pod to run")
+
+    async def logged(text: str) -> bool:
+        code, body = await node.get("/containerLogs/default/configured/main")
+        return code == 200 and text.encode() in body
+
+    await wait_for(lambda: logged("env secret edge unset"), what="env from the secret and configMap")
+    await wait_for(lambda: logged("file hello-1"), what="the configMap file")
+    updated = CONFIGURED.split("---")[0].replace("hello-1", "hello-2")
+    await cluster.kubectl("apply", "-f", "-", stdin=updated.encode())
+    await wait_for(lambda: logged("file hello-2"), timeout=60, what="the configMap update in the file")
+
+
+async def test_missing_config_map_is_a_config_error(cluster: ControlPlaneProcess, node: VnodeProcess) -> None:
+    pod = CONFIGURED.split("---")[2].replace("name: configured", "name: lacking")
+    await cluster.kubectl("apply", "-f", "-", stdin=pod.encode())
+
+    async def waiting() -> dict[str, Any] | None:
+        obj = await get_json(cluster, "pod", "lacking")
+        statuses = ((obj or {}).get("status") or {}).get("containerStatuses") or []
+        state = statuses[0]["state"] if statuses else {}
+        return state.get("waiting") if state.get("waiting", {}).get("reason") == "ContainerCreating" else None
+
+    state = await wait_for(waiting, what="ContainerCreating while the configMap is missing")
+    assert 'configmap "settings" not found' in state.get("message", "")

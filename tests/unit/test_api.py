@@ -84,7 +84,7 @@ async def test_healthz_reports_failed_checks(base_url: str) -> None:
 async def test_container_logs_and_their_errors(base_url: str) -> None:
     assert (await fetch(f"{base_url}/containerLogs/default/p/c"))[:2] == (200, "hello\n")
     status, body, _ = await fetch(f"{base_url}/containerLogs/default/p/c?timestamps=true")
-    assert body == "2026-11-23T10:00:00.5Z hello\n"
+    assert body == "2026-11-23T10:00:00.500000000Z hello\n"
     status, body, _ = await fetch(f"{base_url}/containerLogs/default/other/c")
     assert status == 404 and 'pod "other" in namespace "default" not found' in body
     assert (await fetch(f"{base_url}/containerLogs/default/p/c?previous=true"))[0] == 400

@@ -23,6 +23,7 @@ from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.events import EventPoster
 from vnode.controllers.node import NodeController, NodeIdentity
+from vnode.controllers.objects import ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.provider.protocols import HealthCheck
@@ -101,13 +102,15 @@ async def build(settings: Settings) -> Components:
     host_ip = settings.node.node_ip or primary_ipv4()
     ssl_context = await tls_context(settings, host_ip)
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
+    masters = Masters(access) if access is not None else None
     try:
-        components = await _build_with_store(settings, store, host_ip, ssl_context)
+        objects = ObjectCache(masters) if masters is not None else None
+        components = await _build_with_store(settings, store, host_ip, ssl_context, objects)
     except BaseException:
         await store.close()
         raise
-    if access is not None:
-        masters = components.masters = Masters(access)
+    if masters is not None:
+        components.masters = masters
         components.node = _node_controller(settings, components, host_ip)
         pods = components.pods
         informer = components.informer = PodInformer(masters, settings.node.name, pods.set_source_pods)
@@ -148,7 +151,7 @@ def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeCon
 
 
 async def _build_with_store(
-    settings: Settings, store: Store, host_ip: str, ssl_context: ssl.SSLContext
+    settings: Settings, store: Store, host_ip: str, ssl_context: ssl.SSLContext, objects: ObjectCache | None
 ) -> Components:
     cri = CriClient(settings.runtime.endpoint, timeout=settings.runtime.request_timeout)
     events = EventLog()
@@ -172,6 +175,7 @@ async def _build_with_store(
         image_backoff=Backoff(10.0, 300.0),
         persist=_unset_persist,
         status_changed=lambda uid: None,
+        objects=objects,
     )
     sources = [FILE_SOURCE] if settings.pods.manifest_path is not None else []
     if settings.cluster.configured:

@@ -1,10 +1,10 @@
 """The container log formats kubelet reads: CRI's (containerd) and docker's json-file.
 
-CRI: ``<RFC3339Nano time> <stdout|stderr> <P|F> <content>\\n``, where P marks a fragment of a line
-longer than the runtime's buffer and F the fragment that ends it. The joiner turns fragments back
-into whole lines per stream, keeping the first fragment's time, which is what kubelet prints with
-``timestamps=true``. The raw time text is kept for printing, so nanoseconds survive (Python's
-datetime, used for ``since`` comparisons, only has microseconds).
+CRI: ``<RFC3339Nano time> <stdout|stderr> <P|F> <content>\\n``. The runtime splits a line longer
+than its buffer into P (partial) fragments ended by an F (full) one; ``PartialJoiner`` turns them
+back into whole lines per stream, keeping the first fragment's time. Like kubelet, a line is tried
+as CRI first and then as docker JSON (``{"log": ..., "stream": ..., "time": ...}``), and a line
+that is neither is skipped (logged at debug): one bad line must not end a log stream.
 """
 
 from __future__ import annotations
@@ -15,69 +15,121 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vnode import errors
-from vnode.logs.options import parse_time
+from vnode.logs.options import parse_rfc3339
 
 log = logging.getLogger(__name__)
 
-STREAMS = (b"stdout", b"stderr")
+STREAMS = ("stdout", "stderr")
+PARTIAL = "P"
+FULL = "F"
+# Print log times with all nine fraction digits, as kubelet does (its timeFormatOut is
+# RFC3339NanoFixed); False gives Go's trimmed RFC3339Nano.
+FIXED_WIDTH = True
 
 
-@dataclass(frozen=True)
+@dataclass
 class LogEntry:
-    """One log line: its time (parsed and as written), its stream, and its bytes with the newline."""
+    """One whole log line: when, which stream, and its bytes (newline included when written)."""
 
     time: datetime
-    time_text: str
     stream: str
     content: bytes
+    # The time's fraction of a second in nanoseconds; datetime keeps microseconds only.
+    nanosecond: int = 0
 
 
-def parse_line(line: bytes) -> tuple[LogEntry, bool]:
-    """One raw line as (entry, partial); ``InvalidInput`` if it is neither CRI nor docker JSON."""
-    if line.startswith(b"{"):
-        return _parse_json(line), False
+def _parse(line: bytes) -> tuple[datetime, int, str, str, bytes]:
+    """(time, nanoseconds, stream, tag, content) of a CRI or docker JSON line."""
+    try:
+        return _parse_cri(line)
+    except errors.InvalidInput:
+        if not line.lstrip().startswith(b"{"):
+            raise
+    return _parse_json(line)
+
+
+def _parse_cri(line: bytes) -> tuple[datetime, int, str, str, bytes]:
     parts = line.split(b" ", 3)
-    if len(parts) < 3 or parts[1] not in STREAMS:
+    if len(parts) < 3:
         raise errors.InvalidInput(f"not a CRI log line: {line[:80]!r}")
-    time_text = parts[0].decode("ascii", errors="replace")
-    tag = parts[2].rstrip(b"\n")
+    try:
+        time, nanos = parse_rfc3339(parts[0].decode("ascii"))
+    except UnicodeDecodeError:
+        raise errors.InvalidInput(f"not a CRI log line (timestamp): {line[:80]!r}") from None
+    stream = parts[1].decode("ascii", errors="replace")
+    if stream not in STREAMS:
+        raise errors.InvalidInput(f"not a CRI log line (stream {stream!r}): {line[:80]!r}")
+    tag_field = parts[2]
     content = parts[3] if len(parts) == 4 else b""
-    partial = tag.split(b":", 1)[0] == b"P"
-    if tag.split(b":", 1)[0] not in (b"P", b"F"):
-        raise errors.InvalidInput(f"not a CRI log line (tag {tag!r}): {line[:80]!r}")
-    if partial:
+    if len(parts) == 3:  # "<time> <stream> F\n": an empty line written without the last space
+        tag_field, content = tag_field.rstrip(b"\n"), tag_field[len(tag_field.rstrip(b"\n")) :]
+    # Tags are ':'-separated for forward compatibility; only the first one says P or F, and
+    # kubelet treats anything but P as a full line.
+    tag = PARTIAL if tag_field.split(b":", 1)[0] == b"P" else FULL
+    if tag == PARTIAL:
         content = content.removesuffix(b"\n")
-    elif not content.endswith(b"\n"):
-        content += b"\n"
-    entry = LogEntry(parse_time(time_text), time_text, parts[1].decode(), content)
-    return entry, partial
+    return time, nanos, stream, tag, content
 
 
-def _parse_json(line: bytes) -> LogEntry:
+def _parse_json(line: bytes) -> tuple[datetime, int, str, str, bytes]:
     try:
         record = json.loads(line)
-        text = str(record["time"])
-        return LogEntry(parse_time(text), text, str(record["stream"]), str(record["log"]).encode())
-    except (ValueError, KeyError, TypeError) as exc:
-        raise errors.InvalidInput(f"not a docker JSON log line: {line[:80]!r}") from exc
+        text, stream, content = record["time"], record["stream"], record["log"]
+    except (ValueError, KeyError, TypeError):
+        raise errors.InvalidInput(f"not a CRI or docker JSON log line: {line[:80]!r}") from None
+    if not isinstance(text, str) or not isinstance(content, str) or stream not in STREAMS:
+        raise errors.InvalidInput(f"not a docker JSON log line: {line[:80]!r}")
+    time, nanos = parse_rfc3339(text)
+    # Docker splits long lines too, but kubelet prints each record as it is: so do we.
+    return time, nanos, stream, FULL, content.encode()
+
+
+def parse_line(line: bytes) -> tuple[datetime, str, str, bytes]:
+    """(time, stream, tag ``P``/``F``, content) of one raw line; ``InvalidInput`` if malformed.
+
+    A P fragment's content has no newline; an F line's keeps the one it was written with.
+    """
+    time, _nanos, stream, tag, content = _parse(line)
+    return time, stream, tag, content
+
+
+def format_timestamp(time: datetime, nanosecond: int) -> str:
+    """Go's RFC3339Nano (``2006-01-02T15:04:05.999999999Z07:00``) in the zone the line was written in.
+
+    With ``FIXED_WIDTH`` (the default, kubelet's RFC3339NanoFixed) the fraction always has nine
+    digits; without it trailing zeros are trimmed (no dot for whole seconds). UTC is ``Z``.
+    """
+    offset = time.utcoffset()
+    if offset is None or not offset:
+        zone = "Z"
+    else:
+        minutes = int(offset.total_seconds()) // 60
+        sign = "+" if minutes >= 0 else "-"
+        zone = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    fraction = f"{nanosecond:09d}" if FIXED_WIDTH else f"{nanosecond:09d}".rstrip("0")
+    return f"{time:%Y-%m-%dT%H:%M:%S}{'.' if fraction else ''}{fraction}{zone}"
 
 
 class PartialJoiner:
-    """Joins P fragments with their F per stream; ``feed`` returns a whole entry or None."""
+    """Joins P fragments with the F that ends them, per stream, into whole ``LogEntry`` lines."""
 
     def __init__(self) -> None:
         self._pending: dict[str, LogEntry] = {}
 
     def feed(self, line: bytes) -> LogEntry | None:
+        """The entry ``line`` completes, or None (a fragment kept, or a malformed line skipped)."""
         try:
-            entry, partial = parse_line(line)
+            time, nanos, stream, tag, content = _parse(line)
         except errors.InvalidInput as exc:
             log.debug("skipping a malformed log line: %s", exc)
             return None
-        first = self._pending.pop(entry.stream, None)
-        if first is not None:
-            entry = LogEntry(first.time, first.time_text, entry.stream, first.content + entry.content)
-        if partial:
-            self._pending[entry.stream] = entry
+        first = self._pending.pop(stream, None)
+        entry = (
+            LogEntry(time, stream, content, nanos)
+            if first is None
+            else LogEntry(first.time, stream, first.content + content, first.nanosecond)
+        )
+        if tag == PARTIAL:
+            self._pending[stream] = entry
             return None
         return entry

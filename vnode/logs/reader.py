@@ -1,62 +1,94 @@
 """Reads a container's log file as kubelet's ReadLogs does: tail, since, stream, limit, follow.
 
-The file is read in blocks on a worker thread (``asyncio.to_thread``), so a large log never
-blocks the event loop; ``tailLines`` seeks backwards from the end instead of reading it all.
-``follow`` waits on an inotify watch of the log's directory (``DirectoryWatcher``), reopens the
-path when the runtime rotates the file, and ends once the container is no longer running and the
-file has nothing more to give.
+File work runs on a worker thread (``asyncio.to_thread``) in bounded batches, so a large log
+never blocks the event loop nor fills memory; ``tailLines`` walks the file backwards from the end
+instead of reading it all. ``follow`` waits on an inotify watch of the log's directory
+(``DirectoryWatcher``), reopens the path when the file is rotated (another inode) or truncated,
+and ends once the container is no longer running and the file has nothing more to give.
+
+Differences from kubelet, on purpose: ``tailLines`` counts whole lines (P fragments joined), so
+``tailLines=1`` never prints the tail end of a long line; fragments are joined per stream before
+printing, so ``timestamps`` and ``stream`` apply to whole lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from vnode import errors
-from vnode.logs.cri import LogEntry, PartialJoiner
+from vnode.logs.cri import PARTIAL, LogEntry, PartialJoiner, format_timestamp, parse_line
 from vnode.logs.inotify import DirectoryWatcher
 from vnode.logs.options import LogOptions
 from vnode.provider.protocols import LogTarget
 
 BLOCK = 64 * 1024
+BATCH = 1024 * 1024  # bytes read per thread hop before lines are handed to the writer
 
 
-def tail_offset(f: BinaryIO, lines: int) -> int:
-    """The offset where the last ``lines`` complete lines of ``f`` start (searching backwards)."""
-    end = f.seek(0, os.SEEK_END)
-    if lines == 0:
-        return end
+def _lines_backwards(f: BinaryIO, end: int) -> Iterator[tuple[int, bytes]]:
+    """The newline-terminated lines of ``f`` before ``end``, last first, with their offsets.
+
+    Bytes after the last newline (a line still being written) are not a line yet and are skipped.
+    """
     pos = end
-    newlines = 0
-    # A final newline ends the last line; it does not start another one.
-    f.seek(max(0, end - 1))
-    skip_last = f.read(1) == b"\n"
+    pieces: list[bytes] = []  # the current line's bytes found so far, rightmost first
+    seen_end = False
     while pos > 0:
         start = max(0, pos - BLOCK)
         f.seek(start)
         block = f.read(pos - start)
-        idx = len(block)
-        while True:
-            idx = block.rfind(b"\n", 0, idx)
-            if idx < 0:
-                break
-            if skip_last and start + idx == end - 1:
-                skip_last = False
-                continue
-            newlines += 1
-            if newlines == lines:
-                return start + idx + 1
         pos = start
-    return 0
+        right = search = len(block)  # the current line ends at ``right`` in this block
+        while (i := block.rfind(b"\n", 0, search)) >= 0:
+            if seen_end:
+                pieces.append(block[i + 1 : right])
+                yield pos + i + 1, b"".join(reversed(pieces))
+                pieces = []
+            seen_end = True
+            right, search = i + 1, i  # this newline ends the line to its left
+        if seen_end:
+            pieces.append(block[:right])
+    if seen_end and any(pieces):
+        yield 0, b"".join(reversed(pieces))
+
+
+def _is_partial(line: bytes) -> bool:
+    try:
+        return parse_line(line)[2] == PARTIAL
+    except errors.InvalidInput:
+        return False
+
+
+def tail_offset(f: BinaryIO, lines: int) -> int:
+    """Where the last ``lines`` whole lines of ``f`` start; P fragments count with their line."""
+    end = f.seek(0, os.SEEK_END)
+    start: int | None = None
+    found = 0
+    for offset, line in _lines_backwards(f, end):
+        partial = _is_partial(line)
+        if lines == 0:
+            # Start after the last complete line: only what is still being written follows.
+            return offset + len(line)
+        if found < lines:
+            if not partial:
+                found += 1
+            start = offset
+        elif partial:
+            start = offset  # a fragment of the earliest line we keep: take it whole
+        else:
+            break
+    # Fewer lines than asked for (or none complete yet): the whole file.
+    return start if start is not None and found >= lines else 0
 
 
 class _Cursor:
-    """An open log file and the bytes read from it that do not yet form a complete line."""
+    """An open log file, and the bytes read from it that do not form a complete line yet."""
 
-    def __init__(self, path: Path, offset: int | None, tail: int | None) -> None:
+    def __init__(self, path: Path, tail: int | None) -> None:
         self.path = path
         try:
             self.file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
@@ -64,44 +96,86 @@ class _Cursor:
             raise errors.NotFound(f"log file {path} does not exist") from None
         except OSError as exc:
             raise errors.RuntimeFailure(f"cannot open log file {path}: {exc}") from exc
-        self.inode = os.fstat(self.file.fileno()).st_ino
-        if tail is not None:
-            self.file.seek(tail_offset(self.file, tail))
-        elif offset:
-            self.file.seek(offset)
+        try:
+            self.inode = os.fstat(self.file.fileno()).st_ino
+            if tail is not None:
+                self.file.seek(tail_offset(self.file, tail))
+        except BaseException:
+            self.file.close()
+            raise
         self.rest = b""
 
     def read_lines(self) -> list[bytes]:
-        """Complete lines appended since the last call (blocking; run on a thread)."""
+        """Complete lines appended since the last call, up to about ``BATCH`` bytes (blocking)."""
         lines: list[bytes] = []
-        while True:
+        size = 0
+        while size < BATCH:
             block = self.file.read(BLOCK)
             if not block:
-                return lines
+                break
+            size += len(block)
             data = self.rest + block
             cut = data.rfind(b"\n") + 1
             self.rest = data[cut:]
             if cut:
                 lines.extend(data[:cut].splitlines(keepends=True))
-            if len(lines) > 4096:
-                return lines
+        return lines
+
+    def take_rest(self) -> bytes:
+        """The incomplete last line, for a reader that is not waiting for it to be finished."""
+        rest, self.rest = self.rest, b""
+        return rest
 
     def rotated(self) -> bool:
-        """True if the path now names another file, or this one was truncated."""
+        """True if the path now names another file, or this one was truncated (blocking)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return False  # removed but not yet replaced: keep reading what we have
+            return False  # removed and not replaced yet: what is open is all there is for now
         return st.st_ino != self.inode or st.st_size < self.file.tell()
 
     def close(self) -> None:
         self.file.close()
 
 
-def format_entry(entry: LogEntry, options: LogOptions) -> bytes:
-    if options.timestamps:
-        return entry.time_text.encode() + b" " + entry.content
-    return entry.content
+def _open(path: Path, tail: int | None) -> _Cursor:
+    return _Cursor(path, tail)
+
+
+class _Printer:
+    """Filters and formats entries, and enforces ``limitBytes``."""
+
+    def __init__(self, options: LogOptions, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self.options = options
+        self.write = write
+        self.joiner = PartialJoiner()
+        self.budget = options.limit_bytes
+
+    def _format(self, entry: LogEntry) -> bytes | None:
+        options = self.options
+        if options.stream is not None and entry.stream != options.stream:
+            return None
+        if options.since is not None and entry.time < options.since:
+            return None
+        if options.timestamps:
+            return format_timestamp(entry.time, entry.nanosecond).encode() + b" " + entry.content
+        return entry.content
+
+    async def emit(self, lines: list[bytes]) -> bool:
+        """Write the selected entries of ``lines``; True once ``limitBytes`` is used up."""
+        out: list[bytes] = []
+        for line in lines:
+            entry = self.joiner.feed(line)
+            if entry is not None and (data := self._format(entry)) is not None:
+                out.append(data)
+        if not out:
+            return False
+        data = b"".join(out)
+        if self.budget is not None:
+            data = data[: self.budget]
+            self.budget -= len(data)
+        await self.write(data)
+        return self.budget is not None and self.budget <= 0
 
 
 async def read_log(
@@ -111,56 +185,50 @@ async def read_log(
     *,
     poll_interval: float = 1.0,
 ) -> None:
-    """Write the log of ``target`` to ``write``; see the module docstring."""
+    """Write the log at ``target.path`` to ``write`` as ``options`` select; ``NotFound`` if absent.
+
+    With ``follow`` it returns once ``target.is_running()`` is False and the file is drained, or
+    when ``limitBytes`` is reached; cancel the task to stop earlier (the client went away).
+    """
     path = Path(target.path)
-    cursor = await asyncio.to_thread(_Cursor, path, None, options.tail_lines)
-    joiner = PartialJoiner()
-    budget = options.limit_bytes
+    cursor = await asyncio.to_thread(_open, path, options.tail_lines)
+    printer = _Printer(options, write)
     watcher: DirectoryWatcher | None = None
-
-    async def emit(lines: list[bytes]) -> bool:
-        """Write the selected entries of ``lines``; True once ``limitBytes`` is used up."""
-        nonlocal budget
-        out = []
-        for line in lines:
-            entry = joiner.feed(line)
-            if entry is None:
-                continue
-            if options.stream is not None and entry.stream != options.stream:
-                continue
-            if options.since is not None and entry.time < options.since:
-                continue
-            out.append(format_entry(entry, options))
-        if not out:
-            return False
-        data = b"".join(out)
-        if budget is not None:
-            data = data[:budget]
-            budget -= len(data)
-        await write(data)
-        return budget is not None and budget <= 0
-
+    stopping = False
     try:
+        if options.tail_lines == 0 and not options.follow:
+            return
         while True:
             lines = await asyncio.to_thread(cursor.read_lines)
             if lines:
-                if await emit(lines):
+                if await printer.emit(lines):
                     return
-                continue  # more may be buffered: read until EOF before waiting
+                continue  # read on to EOF before waiting
             if not options.follow:
+                rest = cursor.take_rest()  # kubelet prints an unfinished last line when not following
+                if rest:
+                    await printer.emit([rest])
                 return
+            if await asyncio.to_thread(cursor.rotated):
+                # The old file is drained (EOF above); its unfinished line will never be finished.
+                try:
+                    fresh = await asyncio.to_thread(_open, path, None)
+                except errors.NotFound:
+                    pass  # replaced and then removed in between: keep waiting on what we have
+                else:
+                    cursor.close()
+                    cursor = fresh
+                    continue
+            if stopping:
+                return  # the container had stopped and everything it wrote is out
             if watcher is None:
                 watcher = DirectoryWatcher(path.parent)
-            if await asyncio.to_thread(cursor.rotated):
-                cursor.close()
-                cursor = await asyncio.to_thread(_Cursor, path, 0, None)
+                continue  # re-read once: lines written before the watch existed raised no event
+            if await watcher.wait(poll_interval):
                 continue
-            if await watcher.wait(poll_interval) or await target.is_running():
-                continue
-            # The container ended: one last read for lines written just before it did.
-            lines = await asyncio.to_thread(cursor.read_lines)
-            if not lines or await emit(lines):
-                return
+            # Quiet for a whole interval: only now ask the runtime whether more can come.
+            if not await target.is_running():
+                stopping = True  # one last drain for lines written just before it stopped
     finally:
         cursor.close()
         if watcher is not None:

@@ -52,3 +52,13 @@ class EventSink(Protocol):
     """
 
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class ObjectSource(Protocol):
+    """The configMaps and secrets pods refer to, from the control plane (cluster mode only).
+
+    ``kind`` is the plural resource (``configmaps``, ``secrets``). Returns None when the object does
+    not exist; raises ``Unavailable`` when it can't be known (no master reachable, nothing cached).
+    """
+
+    async def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from cri_api.v1 import api_pb2
 
 from vnode import errors
-from vnode.runtime import labels
+from vnode.runtime import apiobjects, labels
 from vnode.runtime.quantity import milli_cpu, parse_quantity, to_bytes
 
 CPU_PERIOD = 100_000  # kubelet's quotaPeriod (100 ms)
@@ -310,9 +310,18 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR_REF.sub(replace, text)
 
 
-def resolve_env(container: dict[str, Any], ctx: EnvContext) -> dict[str, str]:
-    """The container's environment in order, with references to earlier variables expanded."""
+def resolve_env(
+    container: dict[str, Any], ctx: EnvContext, objects: apiobjects.Objects | None = None
+) -> dict[str, str]:
+    """The container's environment: ``envFrom`` first, then ``env`` in order, with references to
+    earlier variables expanded. ``objects`` holds the configMaps and secrets the pod refers to
+    (None on a standalone node, where such references are refused)."""
+    namespace = ctx.pod["metadata"].get("namespace", "default")
     env: dict[str, str] = {}
+    if container.get("envFrom"):
+        if objects is None:
+            raise errors.InvalidInput("envFrom needs the API server, which this node does not have")
+        env.update(apiobjects.env_from_objects(container, namespace, objects))
     for item in container.get("env") or []:
         name = item["name"]
         source = item.get("valueFrom")
@@ -322,6 +331,10 @@ def resolve_env(container: dict[str, Any], ctx: EnvContext) -> dict[str, str]:
             env[name] = field_value(str(source["fieldRef"].get("fieldPath", "")), ctx)
         elif "resourceFieldRef" in source:
             env[name] = resource_value(container, source["resourceFieldRef"])
+        elif objects is not None and ("configMapKeyRef" in source or "secretKeyRef" in source):
+            value = apiobjects.key_ref(source, namespace, objects)
+            if value is not None:
+                env[name] = value
         else:
             kind = next(iter(source), "valueFrom")
             raise errors.InvalidInput(

@@ -18,6 +18,7 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 SUPPORTED_VOLUMES = ("emptyDir", "hostPath")
+RESOLVED_VOLUMES = ("configMap", "secret")  # what this node resolves when it has an API server
 API_VOLUMES = (
     "configMap",
     "secret",
@@ -51,8 +52,11 @@ HOST_PATH_TYPES = (
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
-def validate_pod(pod: dict[str, Any]) -> list[str]:
-    """Every problem found in ``pod``, each as ``field.path: message``; empty when it is fine."""
+def validate_pod(pod: dict[str, Any], *, api: bool = False) -> list[str]:
+    """Every problem found in ``pod``, each as ``field.path: message``; empty when it is fine.
+
+    ``api``: the node is connected to a control plane, so configMap and secret references can be
+    resolved."""
     problems: list[str] = []
     meta = pod.get("metadata") or {}
     spec = pod.get("spec")
@@ -62,7 +66,7 @@ def validate_pod(pod: dict[str, Any]) -> list[str]:
         return [*problems, "spec: Required value"]
     if spec.get("restartPolicy", "Always") not in ("Always", "OnFailure", "Never"):
         problems.append(f"spec.restartPolicy: Unsupported value: {spec.get('restartPolicy')!r}")
-    volumes = _volumes(problems, spec.get("volumes") or [])
+    volumes = _volumes(problems, spec.get("volumes") or [], api)
     containers = spec.get("containers") or []
     if not containers:
         problems.append("spec.containers: Required value")
@@ -76,7 +80,7 @@ def validate_pod(pod: dict[str, Any]) -> list[str]:
             problems.append(f"{field}: must be a list")
             continue
         for i, container in enumerate(items):
-            _container(problems, f"{field}[{i}]", container, seen, volumes, host_ports)
+            _container(problems, f"{field}[{i}]", container, seen, volumes, host_ports, api)
     grace = spec.get("terminationGracePeriodSeconds")
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
         problems.append(f"spec.terminationGracePeriodSeconds: Invalid value: {grace!r}: must be >= 0")
@@ -106,7 +110,7 @@ def _named_item(problems: list[str], path: str, item: Any, seen: set[str]) -> bo
     return True
 
 
-def _volumes(problems: list[str], volumes: Any) -> set[str]:
+def _volumes(problems: list[str], volumes: Any, api: bool) -> set[str]:
     names: set[str] = set()
     if not isinstance(volumes, list):
         problems.append("spec.volumes: must be a list")
@@ -120,6 +124,8 @@ def _volumes(problems: list[str], volumes: Any) -> set[str]:
             problems.append(f"{path}: must specify exactly one volume type, got {kinds or 'none'}")
             continue
         kind = kinds[0]
+        if api and kind in RESOLVED_VOLUMES:
+            continue
         if kind in API_VOLUMES:
             problems.append(f"{path}.{kind}: needs the API server, which this node is not connected to")
         elif kind not in SUPPORTED_VOLUMES:
@@ -146,6 +152,7 @@ def _container(
     seen: set[str],
     volumes: set[str],
     host_ports: set[tuple[int, str]],
+    api: bool,
 ) -> None:
     if not _named_item(problems, path, container, seen):
         return
@@ -158,7 +165,7 @@ def _container(
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             problems.append(f"{path}.{key}: must be a list of strings")
     for j, env in enumerate(container.get("env") or []):
-        _env(problems, f"{path}.env[{j}]", env)
+        _env(problems, f"{path}.env[{j}]", env, api)
     for j, mount in enumerate(container.get("volumeMounts") or []):
         mpath = f"{path}.volumeMounts[{j}]"
         if mount.get("name") not in volumes:
@@ -182,7 +189,7 @@ def _container(
             )
 
 
-def _env(problems: list[str], path: str, env: Any) -> None:
+def _env(problems: list[str], path: str, env: Any, api: bool) -> None:
     if not isinstance(env, dict) or not isinstance(env.get("name"), str) or not ENV_NAME.match(env["name"]):
         problems.append(f"{path}.name: Invalid value: a valid environment variable name is required")
         return
@@ -197,6 +204,8 @@ def _env(problems: list[str], path: str, env: Any) -> None:
     elif isinstance(source, dict) and "resourceFieldRef" in source:
         return
     elif isinstance(source, dict) and ("configMapKeyRef" in source or "secretKeyRef" in source):
+        if api:
+            return
         problems.append(f"{path}.valueFrom: needs the API server, which this node is not connected to")
     else:
         problems.append(f"{path}.valueFrom: must specify one of fieldRef, resourceFieldRef")

@@ -9,12 +9,14 @@ The manager is synchronous (it makes syscalls); workers call it through ``asynci
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,59 @@ _HOST_PATH_CHECKS = {
 }
 
 
+def write_atomic(target: Path, files: dict[str, tuple[bytes, int]]) -> bool:
+    """Make ``target`` show exactly ``files``, switching all of them at once (kubelet's
+    AtomicWriter): the contents go to a new ``..<timestamp>`` directory, the ``..data`` symlink is
+    renamed over to point at it, and each visible name is a symlink through ``..data``. A reader
+    inside the container sees either the old set or the new one, never a mix. False if unchanged."""
+    target.mkdir(parents=True, exist_ok=True)
+    data_link = target / "..data"
+    if data_link.is_symlink():
+        current = target / os.readlink(data_link)
+        if _same_contents(current, files):
+            return False
+    stamp = target / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{os.getpid()}_{time.monotonic_ns()}"
+    stamp.mkdir(mode=0o755)
+    for rel, (content, mode) in files.items():
+        path = stamp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(mode & 0o777)
+    old = os.readlink(data_link) if data_link.is_symlink() else None
+    tmp_link = target / "..data_tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    tmp_link.symlink_to(stamp.name)
+    os.rename(tmp_link, data_link)
+    wanted = {rel.split("/", 1)[0] for rel in files}
+    for entry in target.iterdir():
+        if entry.name.startswith(".."):
+            continue
+        if entry.name not in wanted:
+            entry.unlink() if entry.is_symlink() else shutil.rmtree(entry, ignore_errors=True)
+    for top in wanted:
+        link = target / top
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{top}")
+    if old is not None and old != stamp.name:
+        shutil.rmtree(target / old, ignore_errors=True)
+    return True
+
+
+def _same_contents(directory: Path, files: dict[str, tuple[bytes, int]]) -> bool:
+    try:
+        present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+        if present != set(files):
+            return False
+        for rel, (content, mode) in files.items():
+            path = directory / rel
+            if path.read_bytes() != content or (path.stat().st_mode & 0o777) != (mode & 0o777):
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def mount_points() -> set[str]:
     """Every mount point of this mount namespace (from /proc/self/mountinfo)."""
     points = set()
@@ -60,13 +115,23 @@ class VolumeManager:
     def pod_dir(self, uid: str) -> Path:
         return self.pods_dir / uid
 
-    def prepare(self, pod: dict[str, Any]) -> dict[str, Path]:
-        """Volume name -> host path for every volume of ``pod``, creating what is missing."""
+    def prepare(
+        self, pod: dict[str, Any], files: dict[str, dict[str, tuple[bytes, int]]] | None = None
+    ) -> dict[str, Path]:
+        """Volume name -> host path for every volume of ``pod``, creating what is missing.
+
+        ``files`` holds the contents of configMap and secret volumes (``apiobjects.volume_files``);
+        they are written with kubelet's atomic swap, and only when they changed."""
         uid = pod["metadata"]["uid"]
         result: dict[str, Path] = {}
         for volume in pod.get("spec", {}).get("volumes") or []:
             name = volume["name"]
-            if "emptyDir" in volume:
+            if files is not None and name in files:
+                plugin = "kubernetes.io~configmap" if "configMap" in volume else "kubernetes.io~secret"
+                target = self.pod_dir(uid) / "volumes" / plugin / name
+                write_atomic(target, files[name])
+                result[name] = target
+            elif "emptyDir" in volume:
                 result[name] = self._empty_dir(uid, name, volume.get("emptyDir") or {})
             elif "hostPath" in volume:
                 source: dict[str, Any] = volume["hostPath"] or {}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
-from vnode.provider.protocols import EventSink
+from vnode.provider.protocols import EventSink, ObjectSource
 from vnode.provider.types import (
     ContainerObservation,
     ContainerState,
@@ -32,7 +32,7 @@ from vnode.provider.types import (
     SandboxObservation,
     Waiting,
 )
-from vnode.runtime import labels, specs
+from vnode.runtime import apiobjects, labels, specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cri import CriClient
 from vnode.runtime.status import compute_pod_status
@@ -45,6 +45,7 @@ MIN_GRACE_SECONDS = 2  # kubelet's minimumGracePeriodInSeconds
 DEFAULT_GRACE_SECONDS = 30
 KEEP_INSTANCES = 2  # per container name: the current one and the one lastState reports
 RESYNC_SECONDS = 60.0  # kubelet's syncFrequency: a worker re-checks its pod at least this often
+OBJECT_RESYNC_SECONDS = 20.0  # pods with configMap/secret volumes: how often their files are refreshed
 RETRY_SECONDS = 5.0  # after a runtime error that has no back-off of its own
 
 
@@ -70,6 +71,8 @@ class WorkerContext:
     # Called with the uid whenever the computed status changes.
     status_changed: Callable[[str], None]
     now: Callable[[], datetime] = utcnow
+    # The configMaps and secrets pods refer to; None on a standalone node.
+    objects: ObjectSource | None = None
 
 
 @dataclass
@@ -189,13 +192,15 @@ class PodWorker:
             self.done.set()
             log.info("pod %s: containers and sandbox removed", self.name)
             return
-        problems = validate_pod(self.pod)
+        problems = validate_pod(self.pod, api=self.ctx.objects is not None)
         if problems:
             self._reject("; ".join(problems))
         elif not self.terminal:
             acted = await self._converge(observed)
             if acted:
                 observed = await self.observe()
+            elif observed.sandbox is not None and observed.sandbox.ready:
+                await self._refresh_api_volumes()
         if self.terminal and observed.sandbox is not None and observed.sandbox.ready:
             await self._kill_pod(observed, remove=False)
             observed = await self.observe()
@@ -338,7 +343,9 @@ class PodWorker:
             return None
         attempt = self.sandbox_attempt + 1
         try:
-            await asyncio.to_thread(ctx.volumes.prepare, self.pod)
+            objects = await self._api_objects()
+            files = apiobjects.volume_files(self.pod, objects) if objects is not None else None
+            await asyncio.to_thread(ctx.volumes.prepare, self.pod, files)
         except errors.VnodeError as exc:
             self._set_all_waiting("ContainerCreating", str(exc))
             ctx.events.event(self.pod, "Warning", "FailedMount", str(exc))
@@ -424,8 +431,12 @@ class PodWorker:
         )
         attempt = self._next_attempt(name, observed)
         try:
-            env = specs.resolve_env(container, env_ctx)
-            volume_paths, term_log = await asyncio.to_thread(self._prepare_host_files, container, attempt)
+            objects = await self._api_objects()
+            env = specs.resolve_env(container, env_ctx, objects)
+            files = apiobjects.volume_files(self.pod, objects) if objects is not None else None
+            volume_paths, term_log = await asyncio.to_thread(
+                self._prepare_host_files, container, attempt, files
+            )
             mounts = specs.volume_mounts(container, volume_paths)
         except errors.VnodeError as exc:
             self._fail_waiting(container, "CreateContainerConfigError", str(exc), "Failed")
@@ -469,10 +480,36 @@ class PodWorker:
         log.info("pod %s: container %s started (%s, attempt %d)", self.name, name, container_id[:12], attempt)
         return True
 
-    def _prepare_host_files(self, container: dict[str, Any], attempt: int) -> tuple[dict[str, Path], Path]:
+    async def _api_objects(self) -> apiobjects.Objects | None:
+        """The configMaps and secrets this pod refers to (None standalone)."""
+        source = self.ctx.objects
+        if source is None:
+            return None
+        namespace = self.pod["metadata"].get("namespace", "default")
+        refs = sorted(apiobjects.references(self.pod))
+        found = await asyncio.gather(*(source.get_object(kind, namespace, name) for kind, name in refs))
+        return dict(zip(refs, found, strict=True))
+
+    async def _refresh_api_volumes(self) -> None:
+        """Rewrite configMap and secret volumes whose objects changed (atomic swap, kubelet style)."""
+        objects = await self._api_objects()
+        if objects is None or not objects:
+            return
+        self._schedule(OBJECT_RESYNC_SECONDS)
+        try:
+            files = apiobjects.volume_files(self.pod, objects)
+        except errors.InvalidInput as exc:
+            log.warning("pod %s: volumes not refreshed: %s", self.name, exc)
+            return
+        if files:
+            await asyncio.to_thread(self.ctx.volumes.prepare, self.pod, files)
+
+    def _prepare_host_files(
+        self, container: dict[str, Any], attempt: int, files: dict[str, dict[str, tuple[bytes, int]]] | None
+    ) -> tuple[dict[str, Path], Path]:
         """Volumes, the termination-log file and the log directory, in one trip to a thread."""
         volumes = self.ctx.volumes
-        paths = volumes.prepare(self.pod)
+        paths = volumes.prepare(self.pod, files)
         term_log = volumes.termination_log_path(self.pod, container, attempt)
         _make_dirs(specs.pod_log_dir(self.ctx.logs_dir, self.pod) / container["name"])
         return paths, term_log

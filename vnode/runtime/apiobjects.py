@@ -1,0 +1,140 @@
+"""What pods take from API objects: configMap and secret volumes, env and envFrom.
+
+Pure functions over already-fetched objects (``Objects``: (kind, name) -> object or None when it
+does not exist), so the rules are unit-testable and the runtime never talks to the API server:
+the worker fetches through the ``ObjectSource`` protocol it is given (a TTL cache over the API in
+cluster mode, nothing standalone). Missing required objects or keys raise ``InvalidInput`` with
+kubelet's messages; ``optional: true`` references are skipped instead.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from vnode import errors
+
+Objects = dict[tuple[str, str], dict[str, Any] | None]
+CONFIGMAPS = "configmaps"
+SECRETS = "secrets"
+_KINDS = {"configMap": CONFIGMAPS, "secret": SECRETS}
+_TITLES = {CONFIGMAPS: ("configmap", "ConfigMap"), SECRETS: ("secret", "Secret")}
+
+
+def references(pod: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (kind, name) the pod's volumes, env and envFrom refer to."""
+    refs: set[tuple[str, str]] = set()
+    spec = pod.get("spec") or {}
+    for volume in spec.get("volumes") or []:
+        if "configMap" in volume:
+            refs.add((CONFIGMAPS, str((volume["configMap"] or {}).get("name", ""))))
+        if "secret" in volume:
+            refs.add((SECRETS, str((volume["secret"] or {}).get("secretName", ""))))
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for source in container.get("envFrom") or []:
+            if "configMapRef" in source:
+                refs.add((CONFIGMAPS, str(source["configMapRef"].get("name", ""))))
+            if "secretRef" in source:
+                refs.add((SECRETS, str(source["secretRef"].get("name", ""))))
+        for item in container.get("env") or []:
+            source = item.get("valueFrom") or {}
+            if "configMapKeyRef" in source:
+                refs.add((CONFIGMAPS, str(source["configMapKeyRef"].get("name", ""))))
+            if "secretKeyRef" in source:
+                refs.add((SECRETS, str(source["secretKeyRef"].get("name", ""))))
+    return refs
+
+
+def data_of(kind: str, obj: dict[str, Any]) -> dict[str, bytes]:
+    """An object's keys and values as bytes (secret data is base64 in the API)."""
+    if kind == SECRETS:
+        out = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        out.update({k: str(v).encode() for k, v in (obj.get("stringData") or {}).items()})
+        return out
+    out = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
+    out.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    return out
+
+
+def _lookup(
+    objects: Objects, kind: str, name: str, namespace: str, optional: bool
+) -> dict[str, bytes] | None:
+    obj = objects.get((kind, name))
+    if obj is None:
+        if optional:
+            return None
+        raise errors.InvalidInput(f'{_TITLES[kind][0]} "{name}" not found')
+    return data_of(kind, obj)
+
+
+def env_from_objects(container: dict[str, Any], namespace: str, objects: Objects) -> dict[str, str]:
+    """``envFrom`` then the ``configMapKeyRef``/``secretKeyRef`` entries of ``env``, in kubelet's order."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        for field, kind in (("configMapRef", CONFIGMAPS), ("secretRef", SECRETS)):
+            if field not in source:
+                continue
+            ref = source[field]
+            data = _lookup(objects, kind, str(ref.get("name", "")), namespace, bool(ref.get("optional")))
+            prefix = str(source.get("prefix", ""))
+            for key, value in (data or {}).items():
+                env[prefix + key] = value.decode(errors="replace")
+    return env
+
+
+def key_ref(source: dict[str, Any], namespace: str, objects: Objects) -> str | None:
+    """The value of a ``configMapKeyRef``/``secretKeyRef``; None when optional and absent."""
+    for field, kind in (("configMapKeyRef", CONFIGMAPS), ("secretKeyRef", SECRETS)):
+        if field not in source:
+            continue
+        ref = source[field]
+        name, key, optional = str(ref.get("name", "")), str(ref.get("key", "")), bool(ref.get("optional"))
+        data = _lookup(objects, kind, name, namespace, optional)
+        if data is None:
+            return None
+        if key not in data:
+            if optional:
+                return None
+            raise errors.InvalidInput(f"couldn't find key {key} in {_TITLES[kind][1]} {namespace}/{name}")
+        return data[key].decode(errors="replace")
+    raise errors.InvalidInput(f"unsupported env source {sorted(source)}")
+
+
+def volume_files(pod: dict[str, Any], objects: Objects) -> dict[str, dict[str, tuple[bytes, int]]]:
+    """configMap and secret volumes as {volume name: {relative path: (content, mode)}}."""
+    namespace = (pod.get("metadata") or {}).get("namespace", "default")
+    result: dict[str, dict[str, tuple[bytes, int]]] = {}
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        field = next((f for f in _KINDS if f in volume), None)
+        if field is None:
+            continue
+        kind = _KINDS[field]
+        source = volume[field] or {}
+        name = str(source.get("name" if field == "configMap" else "secretName", ""))
+        data = _lookup(objects, kind, name, namespace, bool(source.get("optional")))
+        mode = int(source.get("defaultMode", 0o644))
+        files: dict[str, tuple[bytes, int]] = {}
+        if data is not None:
+            items = source.get("items")
+            if items:
+                for item in items:
+                    key = str(item.get("key", ""))
+                    if key not in data:
+                        if source.get("optional"):
+                            continue
+                        raise errors.InvalidInput(
+                            f"configmap references non-existent config key: {key}"
+                            if kind == CONFIGMAPS
+                            else f"references non-existent secret key: {key}"
+                        )
+                    files[_safe(str(item.get("path", key)))] = (data[key], int(item.get("mode", mode)))
+            else:
+                files = {_safe(key): (value, mode) for key, value in data.items()}
+        result[volume["name"]] = files
+    return result
+
+
+def _safe(path: str) -> str:
+    if not path or path.startswith("/") or ".." in path.split("/"):
+        raise errors.InvalidInput(f"volume item path {path!r} must be relative and must not contain '..'")
+    return path
