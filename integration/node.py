@@ -148,6 +148,17 @@ class VnodeProcess:
         async with self.session().get(self.url + path, params=params or None) as resp:
             return resp.status, await resp.read()
 
+    async def log_containing(
+        self, pod: str, container: str, text: bytes, namespace: str = "default"
+    ) -> bytes:
+        """The container's log once it contains ``text`` (waits for it)."""
+
+        async def probe() -> bytes | None:
+            code, body = await self.get(f"/containerLogs/{namespace}/{pod}/{container}")
+            return body if code == 200 and text in body else None
+
+        return await wait_for(probe, what=f"{text!r} in the log of {pod}/{container}")
+
     async def pods(self) -> dict[str, dict[str, Any]]:
         """The node's ``/pods``, keyed by pod name."""
         status, body = await self.get("/pods")

@@ -76,11 +76,10 @@ async def test_static_pod_runs_and_its_log_is_served(node: VnodeProcess) -> None
     assert main["restartCount"] == 0 and main["ready"] is True
     assert status["podIP"] == status["hostIP"] == "127.0.0.1"
 
-    async def logged() -> bytes | None:
-        code, body = await node.get(f"/containerLogs/default/{node.static_name('hello')}/main")
-        return body if code == 200 and b"hello from vnode" in body else None
-
-    assert await wait_for(logged, what="the log line") == b"hello from vnode\n"
+    assert (
+        await node.log_containing(node.static_name("hello"), "main", b"hello from vnode")
+        == b"hello from vnode\n"
+    )
 
 
 async def test_init_containers_gate_app_containers_and_share_an_empty_dir(node: VnodeProcess) -> None:
@@ -104,11 +103,8 @@ async def test_init_containers_gate_app_containers_and_share_an_empty_dir(node: 
     assert second["exitCode"] == 0
     assert first["finishedAt"] <= second["startedAt"] and second["finishedAt"] <= main["startedAt"]
 
-    async def logged() -> bytes | None:
-        code, body = await node.get(f"/containerLogs/default/{node.static_name('gated')}/main")
-        return body if code == 200 and b"second-done" in body else None
-
-    assert await wait_for(logged, what="main's log") == b"first-done\nsecond-done\n"
+    body = await node.log_containing(node.static_name("gated"), "main", b"second-done")
+    assert body == b"first-done\nsecond-done\n"
 
 
 async def test_two_containers_share_an_empty_dir(node: VnodeProcess) -> None:
