@@ -8,6 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# Pod networking for pods without hostNetwork, unless the machine already has a CNI config.
+if [ -z "$(ls -A /etc/cni/net.d 2>/dev/null)" ]; then
+    install -D -m 0644 conf/cni/10-vnode.conflist /etc/cni/net.d/10-vnode.conflist
+fi
+
 sock=/run/containerd/containerd.sock
 if ! ctr --address "$sock" version >/dev/null 2>&1; then
     if [ -d /run/systemd/system ] && systemctl list-unit-files containerd.service >/dev/null 2>&1; then
