@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,29 @@ def test_atomic_write_swaps_data_and_keeps_unchanged(tmp_path: Path) -> None:
     assert write_atomic(target, {"a": (b"changed", 0o644)})
     assert os.readlink(target / "..data") != first and not (target / first).exists()
     assert (target / "a").read_bytes() == b"changed" and not (target / "sub").exists()
+
+
+def _docker_secret(config: dict[str, Any], key: str = ".dockerconfigjson") -> dict[str, Any]:
+    return {
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {key: base64.b64encode(json.dumps(config).encode()).decode()},
+    }
+
+
+def test_pull_auth_from_image_pull_secrets() -> None:
+    userpass = base64.b64encode(b"me:pw").decode()
+    objects: apiobjects.Objects = {
+        ("secrets", "missing"): None,
+        ("secrets", "other"): _docker_secret({"auths": {"quay.io": {"auth": userpass}}}),
+        ("secrets", "hub"): _docker_secret({"auths": {"https://index.docker.io/v1/": {"auth": userpass}}}),
+        ("secrets", "old"): _docker_secret(
+            {"registry.example:5000": {"username": "u", "password": "p"}}, ".dockercfg"
+        ),
+    }
+    p = pod(imagePullSecrets=[{"name": "missing"}, {"name": "other"}, {"name": "hub"}, {"name": "old"}])
+    assert ("secrets", "hub") in apiobjects.references(p)
+    hub = apiobjects.pull_auth(p, "docker.io/library/busybox:1.35", objects)
+    assert hub == {"server_address": "docker.io", "username": "me", "password": "pw"}
+    old = apiobjects.pull_auth(p, "registry.example:5000/app:1", objects)
+    assert old == {"server_address": "registry.example:5000", "username": "u", "password": "p"}
+    assert apiobjects.pull_auth(p, "ghcr.io/x/y:1", objects) is None

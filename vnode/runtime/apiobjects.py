@@ -10,6 +10,7 @@ kubelet's messages; ``optional: true`` references are skipped instead.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from vnode import errors
@@ -30,6 +31,8 @@ def references(pod: dict[str, Any]) -> set[tuple[str, str]]:
             refs.add((CONFIGMAPS, str((volume["configMap"] or {}).get("name", ""))))
         if "secret" in volume:
             refs.add((SECRETS, str((volume["secret"] or {}).get("secretName", ""))))
+    for ref in spec.get("imagePullSecrets") or []:
+        refs.add((SECRETS, str(ref.get("name", ""))))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         for source in container.get("envFrom") or []:
             if "configMapRef" in source:
@@ -138,3 +141,43 @@ def _safe(path: str) -> str:
     if not path or path.startswith("/") or ".." in path.split("/"):
         raise errors.InvalidInput(f"volume item path {path!r} must be relative and must not contain '..'")
     return path
+
+
+def _registry(server: str) -> str:
+    host = server.split("://", 1)[-1].split("/", 1)[0]
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def pull_auth(pod: dict[str, Any], image: str, objects: Objects) -> dict[str, str] | None:
+    """Registry credentials for ``image`` (a normalised reference) from the pod's imagePullSecrets
+    (``kubernetes.io/dockerconfigjson`` or the older ``dockercfg``), as CRI ``AuthConfig`` fields.
+    Missing or malformed secrets are skipped, as kubelet skips them."""
+    registry = image.split("/", 1)[0]
+    for ref in (pod.get("spec") or {}).get("imagePullSecrets") or []:
+        secret = objects.get((SECRETS, str(ref.get("name", ""))))
+        if secret is None:
+            continue
+        data = data_of(SECRETS, secret)
+        try:
+            if ".dockerconfigjson" in data:
+                auths = json.loads(data[".dockerconfigjson"]).get("auths") or {}
+            elif ".dockercfg" in data:
+                auths = json.loads(data[".dockercfg"])
+            else:
+                continue
+        except ValueError:
+            continue
+        for server, entry in auths.items():
+            if _registry(server) != registry or not isinstance(entry, dict):
+                continue
+            auth = {"server_address": registry}
+            user, password = entry.get("username"), entry.get("password")
+            if (not user or not password) and entry.get("auth"):
+                decoded = base64.b64decode(entry["auth"]).decode(errors="replace")
+                user, _, password = decoded.partition(":")
+            if user:
+                auth["username"], auth["password"] = str(user), str(password or "")
+            if entry.get("identitytoken"):
+                auth["identity_token"] = str(entry["identitytoken"])
+            return auth
+    return None

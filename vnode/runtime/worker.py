@@ -553,7 +553,9 @@ class PodWorker:
             return None
         ctx.events.event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
         try:
-            ref = await ctx.cri.pull_image(image)
+            objects = await self._api_objects()
+            auth = apiobjects.pull_auth(self.pod, image, objects) if objects is not None else None
+            ref = await ctx.cri.pull_image(image, auth)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
             message = f'Failed to pull image "{image}": {exc}'
             self._waiting[name] = Waiting("ErrImagePull", message)
