@@ -29,7 +29,9 @@ import asyncio
 import base64
 import contextlib
 import copy
+import hashlib
 import json
+import os
 import re
 import sqlite3
 import ssl
@@ -47,6 +49,7 @@ from aiohttp import web
 
 from integration.pki import ClusterPki
 
+TOKEN_KEY = os.urandom(32)
 HISTORY = 20000  # change-log rows kept; older versions get 410 Gone
 POLL_SECONDS = 0.02
 BOOKMARK_SECONDS = 5.0
@@ -535,6 +538,8 @@ class ControlPlane:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             res, namespace, name, sub = self._route(request)
+            if sub == "token" and res.plural == "serviceaccounts" and name and request.method == "POST":
+                return await self.token_request(request, namespace or "", name)
             if sub not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served")
             method = request.method
@@ -644,6 +649,42 @@ class ControlPlane:
                     if watcher.wants(resource, obj):
                         watcher.queue.put_nowait((rv, kind, obj))
             await asyncio.sleep(POLL_SECONDS)
+
+    async def token_request(self, request: web.Request, namespace: str, account: str) -> web.Response:
+        """TokenRequest: a JWT-shaped token for the service account (``default`` always exists),
+        with the requested audiences, expiry and bound object as claims; signed with a key of this
+        test cluster only (nothing here verifies it)."""
+        res = next(r for r in RESOURCES if r.plural == "serviceaccounts")
+        if account != "default" and self.store.get(res, namespace, account) is None:
+            raise ApiError(404, "NotFound", f'serviceaccounts "{account}" not found')
+        body = await self._body(request)
+        spec = (body or {}).get("spec") or {}
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        if seconds < 600:
+            raise ApiError(
+                422,
+                "Invalid",
+                "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
+            )
+        now = int(time.time())
+        claims = {
+            "aud": spec.get("audiences") or ["https://kubernetes.default.svc"],
+            "exp": now + seconds,
+            "iat": now,
+            "sub": f"system:serviceaccount:{namespace}:{account}",
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account},
+                              "pod": spec.get("boundObjectRef") or {}},
+        }  # fmt: skip
+
+        def part(value: Any) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+        unsigned = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}"
+        signature = hashlib.sha256(TOKEN_KEY + unsigned.encode()).digest()
+        token = f"{unsigned}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+        expires = datetime.fromtimestamp(now + seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        answer = {**(body or {}), "status": {"token": token, "expirationTimestamp": expires}}
+        return web.json_response(answer, status=201)
 
     async def _body(self, request: web.Request) -> Any:
         try:

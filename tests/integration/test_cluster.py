@@ -347,3 +347,43 @@ async def test_missing_config_map_is_a_config_error(cluster: ControlPlaneProcess
 
     state = await wait_for(waiting, what="ContainerCreating while the configMap is missing")
     assert 'configmap "settings" not found' in state.get("message", "")
+
+
+PROJECTED = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ca}
+data: {ca.crt: test-ca}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: projected, labels: {tier: edge}}
+spec:
+  nodeName: edge1
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  volumes:
+    - name: sa
+      projected:
+        sources:
+          - serviceAccountToken: {path: token, audience: vnode-test, expirationSeconds: 3600}
+          - configMap: {name: ca, items: [{key: ca.crt, path: ca.crt}]}
+          - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
+    - name: info
+      downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: "metadata.labels['tier']"}}]}
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      volumeMounts: [{name: sa, mountPath: /var/run/secrets/sa}, {name: info, mountPath: /etc/info}]
+      command: [sh, -c, 'cd /var/run/secrets/sa; echo "ns=$(cat namespace) ca=$(cat ca.crt)
+        tier=$(cat /etc/info/labels) dots=$(tr -cd . < token | wc -c)"; sleep 3600']
+"""
+
+
+async def test_projected_token_and_downward_api_volumes(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    await cluster.kubectl("apply", "-f", "-", stdin=PROJECTED.encode())
+    await wait_for(lambda: api_running(cluster, "projected"), what="the projected pod to run")
+    body = await node.log_containing("projected", "main", b"ns=")
+    assert b"ns=default ca=test-ca tier=edge dots=2" in body  # a three-part JWT from TokenRequest

@@ -126,3 +126,47 @@ def test_pull_auth_from_image_pull_secrets() -> None:
     old = apiobjects.pull_auth(p, "registry.example:5000/app:1", objects)
     assert old == {"server_address": "registry.example:5000", "username": "u", "password": "p"}
     assert apiobjects.pull_auth(p, "ghcr.io/x/y:1", objects) is None
+
+
+def test_projected_and_downward_api_volumes() -> None:
+    p = pod(
+        volumes=[
+            {
+                "name": "sa",
+                "projected": {
+                    "defaultMode": 0o640,
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "path": "token",
+                                "audience": "api",
+                                "expirationSeconds": 600,
+                            }
+                        },
+                        {"configMap": {"name": "cm", "items": [{"key": "a", "path": "a"}]}},
+                        {
+                            "downwardAPI": {
+                                "items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                            }
+                        },
+                    ],
+                },
+            },
+            {
+                "name": "info",
+                "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]},
+            },
+        ]
+    )
+    assert apiobjects.token_requests(p) == {("api", 600)}
+
+    def field(item: dict[str, Any]) -> str:
+        return {"metadata.namespace": "ns", "metadata.name": "p"}[item["fieldRef"]["fieldPath"]]
+
+    files = apiobjects.volume_files(p, OBJECTS, {("api", 600): "t.o.k"}, field)
+    assert files == {
+        "sa": {"token": (b"t.o.k", 0o640), "a": (b"1", 0o640), "ns": (b"ns", 0o640)},
+        "info": {"name": (b"p", 0o644)},
+    }
+    with pytest.raises(errors.InvalidInput, match="token not available"):
+        apiobjects.volume_files(p, OBJECTS, {}, field)

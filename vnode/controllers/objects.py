@@ -45,3 +45,28 @@ class ObjectCache:
             raise
         self._cache[key] = (now, obj)
         return obj
+
+    async def token(self, pod: dict[str, Any], audience: str, expiration_seconds: int) -> tuple[str, float]:
+        """TokenRequest for the pod's service account, bound to the pod."""
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        namespace = meta.get("namespace", "default")
+        account = spec.get("serviceAccountName") or "default"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience] if audience else [],
+                "expirationSeconds": expiration_seconds,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            },
+        }
+        answer = await self.masters.request(
+            "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", body=body
+        )
+        status = answer.get("status") or {}
+        return str(status["token"]), float(expiration_seconds)

@@ -62,3 +62,7 @@ class ObjectSource(Protocol):
     """
 
     async def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def token(self, pod: dict[str, Any], audience: str, expiration_seconds: int) -> tuple[str, float]:
+        """A service-account token bound to ``pod`` (TokenRequest), with its lifetime in seconds."""
+        ...

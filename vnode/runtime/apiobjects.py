@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 from vnode import errors
@@ -31,6 +32,11 @@ def references(pod: dict[str, Any]) -> set[tuple[str, str]]:
             refs.add((CONFIGMAPS, str((volume["configMap"] or {}).get("name", ""))))
         if "secret" in volume:
             refs.add((SECRETS, str((volume["secret"] or {}).get("secretName", ""))))
+        for part in (volume.get("projected") or {}).get("sources") or []:
+            if "configMap" in part:
+                refs.add((CONFIGMAPS, str((part["configMap"] or {}).get("name", ""))))
+            if "secret" in part:
+                refs.add((SECRETS, str((part["secret"] or {}).get("name", ""))))
     for ref in spec.get("imagePullSecrets") or []:
         refs.add((SECRETS, str(ref.get("name", ""))))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
@@ -103,38 +109,102 @@ def key_ref(source: dict[str, Any], namespace: str, objects: Objects) -> str | N
     raise errors.InvalidInput(f"unsupported env source {sorted(source)}")
 
 
-def volume_files(pod: dict[str, Any], objects: Objects) -> dict[str, dict[str, tuple[bytes, int]]]:
-    """configMap and secret volumes as {volume name: {relative path: (content, mode)}}."""
+Tokens = dict[tuple[str, int], str]  # (audience, expirationSeconds) -> service-account token
+FieldValue = Callable[[dict[str, Any]], str]  # a downwardAPI item (fieldRef/resourceFieldRef) -> value
+API_VOLUME_KINDS = ("configMap", "secret", "projected", "downwardAPI")
+DEFAULT_TOKEN_SECONDS = 3600
+
+
+def token_requests(pod: dict[str, Any]) -> set[tuple[str, int]]:
+    """(audience, expirationSeconds) of every serviceAccountToken projection of the pod."""
+    wanted = set()
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            token = source.get("serviceAccountToken")
+            if token is not None:
+                wanted.add(
+                    (
+                        str(token.get("audience", "")),
+                        int(token.get("expirationSeconds", DEFAULT_TOKEN_SECONDS)),
+                    )
+                )
+    return wanted
+
+
+def _object_files(
+    kind: str, source: dict[str, Any], namespace: str, objects: Objects, mode: int
+) -> dict[str, tuple[bytes, int]]:
+    name = str(source.get("name" if kind == CONFIGMAPS else "secretName", source.get("name", "")))
+    data = _lookup(objects, kind, name, namespace, bool(source.get("optional")))
+    if data is None:
+        return {}
+    items = source.get("items")
+    if not items:
+        return {_safe(key): (value, mode) for key, value in data.items()}
+    files = {}
+    for item in items:
+        key = str(item.get("key", ""))
+        if key not in data:
+            if source.get("optional"):
+                continue
+            raise errors.InvalidInput(
+                f"configmap references non-existent config key: {key}"
+                if kind == CONFIGMAPS
+                else f"references non-existent secret key: {key}"
+            )
+        files[_safe(str(item.get("path", key)))] = (data[key], int(item.get("mode", mode)))
+    return files
+
+
+def _downward_files(source: dict[str, Any], field: FieldValue, mode: int) -> dict[str, tuple[bytes, int]]:
+    return {
+        _safe(str(item["path"])): (field(item).encode(), int(item.get("mode", mode)))
+        for item in source.get("items") or []
+    }
+
+
+def volume_files(
+    pod: dict[str, Any], objects: Objects, tokens: Tokens | None = None, field: FieldValue | None = None
+) -> dict[str, dict[str, tuple[bytes, int]]]:
+    """configMap, secret, downwardAPI and projected volumes as {volume: {path: (content, mode)}}."""
     namespace = (pod.get("metadata") or {}).get("namespace", "default")
     result: dict[str, dict[str, tuple[bytes, int]]] = {}
     for volume in (pod.get("spec") or {}).get("volumes") or []:
-        field = next((f for f in _KINDS if f in volume), None)
-        if field is None:
+        kind_field = next((f for f in API_VOLUME_KINDS if f in volume), None)
+        if kind_field is None:
             continue
-        kind = _KINDS[field]
-        source = volume[field] or {}
-        name = str(source.get("name" if field == "configMap" else "secretName", ""))
-        data = _lookup(objects, kind, name, namespace, bool(source.get("optional")))
+        source = volume[kind_field] or {}
         mode = int(source.get("defaultMode", 0o644))
         files: dict[str, tuple[bytes, int]] = {}
-        if data is not None:
-            items = source.get("items")
-            if items:
-                for item in items:
-                    key = str(item.get("key", ""))
-                    if key not in data:
-                        if source.get("optional"):
-                            continue
-                        raise errors.InvalidInput(
-                            f"configmap references non-existent config key: {key}"
-                            if kind == CONFIGMAPS
-                            else f"references non-existent secret key: {key}"
-                        )
-                    files[_safe(str(item.get("path", key)))] = (data[key], int(item.get("mode", mode)))
-            else:
-                files = {_safe(key): (value, mode) for key, value in data.items()}
+        if kind_field in _KINDS:
+            files = _object_files(_KINDS[kind_field], source, namespace, objects, mode)
+        elif kind_field == "downwardAPI":
+            files = _downward_files(source, _need(field), mode)
+        else:
+            for part in source.get("sources") or []:
+                if "configMap" in part:
+                    files.update(_object_files(CONFIGMAPS, part["configMap"] or {}, namespace, objects, mode))
+                elif "secret" in part:
+                    files.update(_object_files(SECRETS, part["secret"] or {}, namespace, objects, mode))
+                elif "downwardAPI" in part:
+                    files.update(_downward_files(part["downwardAPI"] or {}, _need(field), mode))
+                elif "serviceAccountToken" in part:
+                    token = part["serviceAccountToken"] or {}
+                    key = (
+                        str(token.get("audience", "")),
+                        int(token.get("expirationSeconds", DEFAULT_TOKEN_SECONDS)),
+                    )
+                    if tokens is None or key not in tokens:
+                        raise errors.InvalidInput("service account token not available yet")
+                    files[_safe(str(token.get("path", "token")))] = (tokens[key].encode(), mode)
         result[volume["name"]] = files
     return result
+
+
+def _need(field: FieldValue | None) -> FieldValue:
+    if field is None:
+        raise errors.InvalidInput("downwardAPI values are not available here")
+    return field
 
 
 def _safe(path: str) -> str:

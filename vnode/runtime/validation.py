@@ -18,7 +18,12 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 SUPPORTED_VOLUMES = ("emptyDir", "hostPath")
-RESOLVED_VOLUMES = ("configMap", "secret")  # what this node resolves when it has an API server
+RESOLVED_VOLUMES = (
+    "configMap",
+    "secret",
+    "projected",
+    "downwardAPI",
+)  # what this node resolves when it has an API server
 API_VOLUMES = (
     "configMap",
     "secret",

@@ -26,6 +26,12 @@ from vnode.runtime.quantity import to_bytes
 log = logging.getLogger(__name__)
 
 EMPTY_DIR = "kubernetes.io~empty-dir"
+PLUGINS = {
+    "configMap": "configmap",
+    "secret": "secret",
+    "projected": "projected",
+    "downwardAPI": "downward-api",
+}
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
@@ -127,7 +133,7 @@ class VolumeManager:
         for volume in pod.get("spec", {}).get("volumes") or []:
             name = volume["name"]
             if files is not None and name in files:
-                plugin = "kubernetes.io~configmap" if "configMap" in volume else "kubernetes.io~secret"
+                plugin = next(f"kubernetes.io~{p}" for k, p in PLUGINS.items() if k in volume)
                 target = self.pod_dir(uid) / "volumes" / plugin / name
                 write_atomic(target, files[name])
                 result[name] = target

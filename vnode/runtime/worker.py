@@ -120,6 +120,7 @@ class PodWorker:
         self._wake = asyncio.Event()
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
+        self._tokens: dict[tuple[str, int], tuple[str, float]] = {}  # -> (token, refresh at)
         self.last_observed = Observed()
         for name, entry in (state.get("backoff") or {}).items():
             ctx.crash_backoff.restore(f"{self.uid}/{name}", entry)
@@ -343,8 +344,7 @@ class PodWorker:
             return None
         attempt = self.sandbox_attempt + 1
         try:
-            objects = await self._api_objects()
-            files = apiobjects.volume_files(self.pod, objects) if objects is not None else None
+            files = await self._api_volume_files(await self._api_objects(), None)
             await asyncio.to_thread(ctx.volumes.prepare, self.pod, files)
         except errors.VnodeError as exc:
             self._set_all_waiting("ContainerCreating", str(exc))
@@ -433,7 +433,7 @@ class PodWorker:
         try:
             objects = await self._api_objects()
             env = specs.resolve_env(container, env_ctx, objects)
-            files = apiobjects.volume_files(self.pod, objects) if objects is not None else None
+            files = await self._api_volume_files(objects, sandbox)
             volume_paths, term_log = await asyncio.to_thread(
                 self._prepare_host_files, container, attempt, files
             )
@@ -490,14 +490,46 @@ class PodWorker:
         found = await asyncio.gather(*(source.get_object(kind, namespace, name) for kind, name in refs))
         return dict(zip(refs, found, strict=True))
 
+    def _has_api_volumes(self) -> bool:
+        volumes = self.pod.get("spec", {}).get("volumes") or []
+        return any(kind in v for v in volumes for kind in apiobjects.API_VOLUME_KINDS)
+
+    async def _api_volume_files(
+        self, objects: apiobjects.Objects | None, sandbox: SandboxObservation | None
+    ) -> dict[str, dict[str, tuple[bytes, int]]] | None:
+        """Contents of the pod's configMap, secret, downwardAPI and projected volumes."""
+        source = self.ctx.objects
+        if objects is None or source is None:
+            return None
+        tokens: apiobjects.Tokens = {}
+        now = asyncio.get_running_loop().time()
+        for audience, seconds in apiobjects.token_requests(self.pod):
+            cached = self._tokens.get((audience, seconds))
+            if cached is None or now >= cached[1]:
+                token, lifetime = await source.token(self.pod, audience, seconds)
+                cached = (token, now + 0.8 * lifetime)  # kubelet refreshes at 80% of the lifetime
+                self._tokens[(audience, seconds)] = cached
+            tokens[(audience, seconds)] = cached[0]
+        pod_ip = (sandbox.ip if sandbox is not None else "") or self.ctx.host_ip
+        env_ctx = specs.EnvContext(self.pod, self.ctx.node_name, pod_ip, self.ctx.host_ip, [pod_ip])
+        containers = {c["name"]: c for c in self.pod.get("spec", {}).get("containers") or []}
+
+        def field(item: dict[str, Any]) -> str:
+            if "fieldRef" in item:
+                return specs.field_value(str(item["fieldRef"].get("fieldPath", "")), env_ctx)
+            ref = item.get("resourceFieldRef") or {}
+            return specs.resource_value(containers.get(str(ref.get("containerName", "")), {}), ref)
+
+        return apiobjects.volume_files(self.pod, objects, tokens, field)
+
     async def _refresh_api_volumes(self) -> None:
         """Rewrite configMap and secret volumes whose objects changed (atomic swap, kubelet style)."""
         objects = await self._api_objects()
-        if objects is None or not objects:
+        if objects is None or not (objects or apiobjects.token_requests(self.pod) or self._has_api_volumes()):
             return
         self._schedule(OBJECT_RESYNC_SECONDS)
         try:
-            files = apiobjects.volume_files(self.pod, objects)
+            files = await self._api_volume_files(objects, self.last_observed.sandbox)
         except errors.InvalidInput as exc:
             log.warning("pod %s: volumes not refreshed: %s", self.name, exc)
             return
