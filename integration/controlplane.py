@@ -48,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from integration.pki import ClusterPki
+from vnode.sources.manifests import apply_pod_defaults
 
 TOKEN_KEY = os.urandom(32)
 HISTORY = 20000  # change-log rows kept; older versions get 410 Gone
@@ -823,20 +824,12 @@ def _merge_update(old: dict[str, Any], new: dict[str, Any], sub: str | None) -> 
 
 
 def _pod_defaults(pod: dict[str, Any]) -> None:
-    spec = pod.setdefault("spec", {})
-    spec.setdefault("restartPolicy", "Always")
-    spec.setdefault("terminationGracePeriodSeconds", 30)
-    spec.setdefault("dnsPolicy", "ClusterFirst")
-    spec.setdefault("schedulerName", "default-scheduler")
-    spec.setdefault("serviceAccountName", "default")
-    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        image = str(c.get("image", ""))
-        tagged = "@" in image or ":" in image.rsplit("/", 1)[-1]
-        c.setdefault(
-            "imagePullPolicy", "IfNotPresent" if tagged and not image.endswith(":latest") else "Always"
-        )
-        c.setdefault("terminationMessagePath", "/dev/termination-log")
-        c.setdefault("terminationMessagePolicy", "File")
+    """The API server's pod defaulting: the same rules vnode applies to static pods, plus the
+    service account and the initial phase that only the API server sets."""
+    if not isinstance(pod.get("spec"), dict):
+        pod["spec"] = {}
+    apply_pod_defaults(pod)
+    pod["spec"].setdefault("serviceAccountName", "default")
     pod.setdefault("status", {"phase": "Pending"})
 
 

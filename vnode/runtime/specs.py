@@ -100,13 +100,15 @@ def normalize_image(image: str) -> str:
     return ref
 
 
+def default_pull_policy(image: str) -> str:
+    """The API server's default ``imagePullPolicy``: Always for ``:latest`` or untagged images."""
+    tagged = "@" in image or ":" in image.rsplit("/", 1)[-1]
+    return "Always" if not tagged or image.endswith(":latest") else "IfNotPresent"
+
+
 def image_pull_needed(container: dict[str, Any], present: bool) -> bool | None:
     """True to pull, False to use the present image, None when policy Never forbids the pull."""
-    policy = container.get("imagePullPolicy")
-    if policy is None:
-        image = str(container.get("image", ""))
-        tagged = "@" in image or ":" in image.rsplit("/", 1)[-1]
-        policy = "Always" if not tagged or image.endswith(":latest") else "IfNotPresent"
+    policy = container.get("imagePullPolicy") or default_pull_policy(str(container.get("image", "")))
     if policy == "Always":
         return True
     if present:

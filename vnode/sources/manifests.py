@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from vnode.logs.inotify import DirectoryWatcher
+from vnode.runtime.specs import default_pull_policy
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,6 @@ def apply_pod_defaults(pod: dict[str, Any]) -> None:
                 continue
             image = container.get("image")
             if isinstance(image, str) and "imagePullPolicy" not in container:
-                tagged = "@" in image or ":" in image.rsplit("/", 1)[-1]
-                latest = not tagged or image.endswith(":latest")
-                container["imagePullPolicy"] = "Always" if latest else "IfNotPresent"
+                container["imagePullPolicy"] = default_pull_policy(image)
             container.setdefault("terminationMessagePath", "/dev/termination-log")
             container.setdefault("terminationMessagePolicy", "File")
