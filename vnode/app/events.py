@@ -1,8 +1,9 @@
-"""The standalone event recorder: Events go to the log and to a bounded in-memory ring.
+"""The event recorder: Events go to the log, to a bounded in-memory ring, and to listeners.
 
 With no control plane there is nowhere to post Events, but they are still what tells an operator
-why a pod is not running, so each one is logged with its object and kept (newest last) for the
-local API and ``vnode status``. The controllers of the control-plane mode wrap this recorder.
+why a pod is not running, so each one is logged with its object and the last ones are kept (newest
+last; for the local API of the offline issue). With a control plane, the event poster
+(``vnode.controllers.events``) is a listener and posts them.
 """
 
 from __future__ import annotations
@@ -55,6 +56,3 @@ class EventLog:
         log.log(level, "%s pod/%s/%s %s: %s", type_, recorded.namespace, recorded.name, reason, message)
         for callback in self._listeners:
             callback(recorded)
-
-    def for_pod(self, uid: str) -> list[RecordedEvent]:
-        return [e for e in self.events if e.uid == uid]

@@ -202,10 +202,6 @@ class CriClient:
         )
         return bytes(resp.stdout), bytes(resp.stderr), int(resp.exit_code)
 
-    async def reopen_container_log(self, container_id: str) -> None:
-        req = api_pb2.ReopenContainerLogRequest(container_id=container_id)
-        await self._call(self._runtime.ReopenContainerLog, req, "ReopenContainerLog")
-
     # -- images -----------------------------------------------------------------------------
 
     async def image_ref(self, image: str) -> str | None:
@@ -222,9 +218,3 @@ class CriClient:
             req.auth.CopyFrom(api_pb2.AuthConfig(**auth))
         resp = await self._call(self._images.PullImage, req, f"PullImage {image}")
         return str(resp.image_ref)
-
-    async def list_image_refs(self) -> list[str]:
-        resp = await self._call(
-            self._images.ListImages, api_pb2.ListImagesRequest(), "ListImages", timeout=30
-        )
-        return [str(i.id) for i in resp.images]
