@@ -1,6 +1,6 @@
 """Cluster-mode benchmarks against the test control plane and a real containerd.
 
-    sudo .venv/bin/python -m bench.cluster [--pods 20] [--idle 60]
+    .venv/bin/python -m bench.cluster [--pods 20] [--idle 60]
 
 - API load: requests per minute the node sends while idle with N running pods from the API, by
   kind of request (read from the control plane's request counters). Kubelet's steady state is 6

@@ -1,6 +1,6 @@
 """Standalone-node benchmarks on a real containerd: pod start, memory, re-adoption.
 
-    sudo .venv/bin/python -m bench.standalone [--sizes 1,10,50] [--rounds 3]
+    .venv/bin/python -m bench.standalone [--sizes 1,10,50] [--rounds 3]
 
 Everything runs in one process tree on this machine, against a private containerd started by the
 integration harness, so the figures are ratios against a baseline measured in the same run:

@@ -12,7 +12,8 @@ translated where they enter (``raise ... from exc``), so callers catch by meanin
      +-- Unavailable          a dependency is down (containerd, the API server)           -> 503
      +-- RuntimeFailure       the runtime refused or failed an operation                  -> 500
      +-- StoreError           the LMDB store can't be opened or written
-          +-- StoreFull        the map is full: callers degrade instead of crashing
+     |    +-- StoreFull        the map is full: callers degrade instead of crashing
+     +-- NodeDeleted          the Node object was deleted and the config says exit (exit code 3)
 
 ``HTTP_STATUS`` maps each class to the status code the kubelet API answers with; the HTTP layer
 looks codes up there and nowhere else.
@@ -64,6 +65,10 @@ class StoreError(VnodeError):
 
 class StoreFull(StoreError):
     """The LMDB map is full; writes fail until space is reclaimed or the map grows."""
+
+
+class NodeDeleted(VnodeError):
+    """The Node object was deleted from the API and ``cluster.onNodeDeleted`` is ``exit``."""
 
 
 HTTP_STATUS: dict[type[VnodeError], int] = {

@@ -6,8 +6,8 @@ session's real containerd; the client is the real kubectl.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from integration.controlplane import ControlPlaneProcess
+from integration.faults import FaultyMaster
 from integration.node import VnodeProcess, busybox_pod, running_node, wait_for
 
 POD = """
@@ -133,54 +134,180 @@ async def test_invalid_pod_from_the_api_gets_a_failed_status(
     assert pod["status"]["reason"] == "InvalidPod"
     assert "spec.containers[0].name" in pod["status"]["message"]
 
+    async def event() -> dict[str, Any] | None:
+        body = await get_json(cluster, "events", "--field-selector", "involvedObject.name=web")
+        found = [e for e in (body or {}).get("items") or [] if e["reason"] == "FailedValidation"]
+        return found[0] if found else None
 
-async def test_three_masters_one_killed_and_one_silent(containerd: Any, tmp_path: Path) -> None:
-    """Masters: one that accepts TCP and never answers, then two real ones over one store. The node
-    registers through a real one; killing that one moves the node to the last: the Lease keeps
-    being renewed, the pod watch resumes (a new pod starts) and no container restarts."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
+    seen = await wait_for(event, what="a FailedValidation event")
+    assert seen["type"] == "Warning" and "spec.containers[0].name" in seen["message"]
+
+
+def one_context_per_master(admin: Path, servers: list[str]) -> Path:
+    """The documented several-masters kubeconfig: a cluster and a context per master, one user."""
+    config = json.loads(admin.read_text())
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]
+    names = [f"master{i}" for i in range(len(servers))]
+    config["clusters"] = [
+        {"name": n, "cluster": {**cluster, "server": s}} for n, s in zip(names, servers, strict=True)
+    ]
+    config["contexts"] = [{"name": n, "context": {"cluster": n, "user": user["name"]}} for n in names]
+    config["current-context"] = names[0]
+    path = admin.with_name("several-masters.kubeconfig")
+    path.write_text(json.dumps(config))
+    return path
+
+
+def lease_time(lease: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_failover_across_faulty_and_killed_masters(
+    containerd: Any, tmp_path: Path, scheme: str
+) -> None:
+    """Masters, in order: one that never answers, one that answers 500, one that answers garbage,
+    then two real ones over one store (a ``--master`` list; over HTTPS, a kubeconfig with one
+    context per master, all of one user, with the CA and a client certificate). The node gets past
+    the faulty ones and registers through the first real one. That one is killed, and right away
+    (before the node can notice) a pod is created and another deleted through the last one: after
+    the failover the node has seen both changes, the Lease kept being renewed with no gap over
+    20 s, no container restarted and vnode never died."""
     store = tmp_path / "cluster.db"
-    first, second = ControlPlaneProcess(tmp_path, store=store), ControlPlaneProcess(tmp_path, store=store)
+    tls = scheme == "https"
+    first = ControlPlaneProcess(tmp_path, store=store, tls=tls)
+    second = ControlPlaneProcess(tmp_path, store=store, tls=tls)
     await first.start()
     await second.start()
-    masters = f"http://127.0.0.1:{silent.getsockname()[1]},{first.url},{second.url}"
-    node = VnodeProcess(tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", masters])
-    await node.start()
-    try:
-        await second.kubectl("apply", "-f", "-", stdin=POD.encode())
+    async with (
+        FaultyMaster("silent") as silent,
+        FaultyMaster("error") as error,
+        FaultyMaster("garbage") as garbage,
+    ):
+        urls = [silent.url, error.url, garbage.url, first.url, second.url]
+        if tls:
+            args = ["--kubeconfig", str(one_context_per_master(first.kubeconfig, urls))]
+        else:
+            args = ["--master", ",".join(urls)]
+        node = VnodeProcess(tmp_path, containerd.endpoint, node_name="edge1", extra_args=args)
+        await node.start()
+        try:
+            await second.kubectl(
+                "apply", "-f", "-", stdin=(POD + "---" + POD.replace("web", "doomed")).encode()
+            )
 
-        def running(name: str) -> Awaitable[dict[str, Any] | None]:
-            return api_running(second, name)
+            def running(name: str) -> Awaitable[dict[str, Any] | None]:
+                return api_running(second, name)
 
-        before = await wait_for(lambda: running("web"), timeout=90, what="web Running through the failover")
-        cid = before["status"]["containerStatuses"][0]["containerID"]
-        lease = await get_json(second, "lease", "-n", "kube-node-lease", "edge1")
-        assert "active master is now" in node.log_tail(400)
+            before = await wait_for(
+                lambda: running("web"), timeout=90, what="web Running past the faulty masters"
+            )
+            await wait_for(lambda: running("doomed"), timeout=30, what="doomed Running")
+            cid = before["status"]["containerStatuses"][0]["containerID"]
+            assert error.requests > 0 and garbage.requests > 0
+            log = node.log_tail(400)
+            assert "500 etcdserver: no leader" in log and "active master is now" in log
+            lease = await get_json(second, "lease", "-n", "kube-node-lease", "edge1")
 
-        await first.kill()
-        last = datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+            await first.kill()
+            await second.kubectl("apply", "-f", "-", stdin=POD.replace("name: web", "name: web2").encode())
+            await second.kubectl("delete", "pod", "doomed", "--wait=false")
 
-        async def renewed() -> datetime | None:
-            now = await get_json(second, "lease", "-n", "kube-node-lease", "edge1")
-            when = datetime.fromisoformat(now["spec"]["renewTime"].replace("Z", "+00:00"))
-            return when if when > last else None
+            last = lease_time(lease)
 
-        after = await wait_for(renewed, timeout=40, what="the Lease renewed through the remaining master")
-        assert (after - last).total_seconds() <= 20
+            async def renewed() -> datetime | None:
+                when = lease_time(await get_json(second, "lease", "-n", "kube-node-lease", "edge1"))
+                return when if when > last else None
 
-        await second.kubectl("apply", "-f", "-", stdin=POD.replace("name: web", "name: web2").encode())
-        await wait_for(lambda: running("web2"), timeout=60, what="a new pod to start after the failover")
-        now = await running("web")
-        assert now is not None
-        assert now["status"]["containerStatuses"][0]["containerID"] == cid
-        assert now["status"]["containerStatuses"][0]["restartCount"] == 0
-    finally:
-        await node.terminate()
-        await first.kill()
-        await second.kill()
-        silent.close()
+            after = await wait_for(renewed, timeout=40, what="the Lease renewed through the remaining master")
+            assert (after - last).total_seconds() <= 20
+
+            await wait_for(lambda: running("web2"), timeout=60, what="the pod created during the failover")
+
+            async def doomed_gone() -> bool:
+                return "doomed" not in await node.pods() and await get_json(second, "pod", "doomed") is None
+
+            await wait_for(doomed_gone, timeout=60, what="the pod deleted during the failover to be gone")
+            now = await running("web")
+            assert now is not None
+            assert now["status"]["containerStatuses"][0]["containerID"] == cid
+            assert now["status"]["containerStatuses"][0]["restartCount"] == 0
+            assert node.proc is not None and node.proc.returncode is None
+        finally:
+            await node.terminate()
+            await first.kill()
+            await second.kill()
+
+
+async def node_uid(cluster: ControlPlaneProcess) -> str | None:
+    obj = await get_json(cluster, "node", "edge1")
+    return obj["metadata"]["uid"] if obj else None
+
+
+async def test_node_marked_unknown_in_the_api_is_corrected(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    """As the node lifecycle controller does after an outage: Ready set to Unknown in the API.
+    vnode watches its Node and patches the real conditions back at once, not at the next
+    five-minute report, and keeps the transition time of the conditions that did not change."""
+
+    async def ready() -> dict[str, Any] | None:
+        obj = await get_json(cluster, "node", "edge1")
+        conditions = {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+        return conditions if conditions.get("Ready", {}).get("status") == "True" else None
+
+    before = await wait_for(ready, what="the node to be Ready")
+    unknown = {
+        "status": {
+            "conditions": [
+                {**before["Ready"], "status": "Unknown", "reason": "NodeStatusUnknown"},
+                *[c for kind, c in before.items() if kind != "Ready"],
+            ]
+        }
+    }
+    await cluster.kubectl(
+        "patch", "node", "edge1", "--subresource=status", "--type=merge", "-p", json.dumps(unknown)
+    )
+    assert (await get_json(cluster, "node", "edge1"))["status"]["conditions"]  # the patch landed
+    after = await wait_for(ready, timeout=20, what="Ready=True patched back after Unknown")
+    assert after["MemoryPressure"]["lastTransitionTime"] == before["MemoryPressure"]["lastTransitionTime"]
+    assert "NodeStatusUnknown" not in after["Ready"]["reason"]
+
+
+async def test_deleted_node_is_registered_again(cluster: ControlPlaneProcess, node: VnodeProcess) -> None:
+    old = await wait_for(lambda: node_uid(cluster), what="the node to register")
+    await cluster.kubectl("delete", "node", "edge1")
+
+    async def new_uid() -> str | None:
+        uid = await node_uid(cluster)
+        return uid if uid not in (None, old) else None
+
+    uid = await wait_for(new_uid, timeout=30, what="the node to register again")
+    assert "deleted from the API; registering it again" in node.log_tail(200)
+
+    async def owned() -> bool:
+        lease = await get_json(cluster, "lease", "-n", "kube-node-lease", "edge1")
+        return bool(lease) and lease["metadata"]["ownerReferences"][0]["uid"] == uid
+
+    await wait_for(owned, timeout=30, what="the Lease to be owned by the new Node")
+    assert "Ready" in await cluster.kubectl("get", "node", "edge1")
+
+
+async def test_deleted_node_ends_vnode_when_configured_to_exit(
+    containerd: Any, cluster: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    async with running_node(
+        tmp_path,
+        containerd.endpoint,
+        node_name="edge1",
+        extra_args=["--master", cluster.url, "--on-node-deleted=exit"],
+    ) as proc:
+        await wait_for(lambda: node_uid(cluster), what="the node to register")
+        await cluster.kubectl("delete", "node", "edge1")
+        assert proc.proc is not None
+        assert await asyncio.wait_for(proc.proc.wait(), 60) == 3
+        assert "cluster.onNodeDeleted is 'exit'" in proc.log_tail(50)
+        assert await node_uid(cluster) is None
 
 
 async def test_kubeconfig_over_https_with_a_client_certificate(containerd: Any, tmp_path: Path) -> None:

@@ -57,6 +57,12 @@ class Node:
             raise _Stop()
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (nested) group: task groups inside task groups nest their errors."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class _Stop(Exception):
     """Raised inside the task group to cancel its tasks on a requested stop."""
 
@@ -97,16 +103,20 @@ async def main(settings: Settings) -> int:
         log.error("cannot start: %s", exc)
         return 1
     log.info("node %s started", settings.node.name)
+    code = 0
     try:
         with contextlib.suppress(_Stop):
             try:
                 await node.serve(stop)
             except* _Stop:
                 pass
+            except* errors.NodeDeleted as group:
+                log.error("%s", _first_leaf(group))
+                code = 3
     finally:
         log.info("stopping: containers keep running")
         await shutdown(node)
-    return 0
+    return code
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -147,6 +147,7 @@ def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeCon
         runtime_version=runtime_version,
         runtime_problem=lambda: c.pods.runtime_error,
         report_frequency=settings.cluster.node_status_report_frequency,
+        on_deleted=settings.cluster.on_node_deleted,
     )
 
 

@@ -3,9 +3,16 @@
 vnode reads kubeconfig files itself (current context -> cluster server and CA, user client
 certificate, key or bearer token, inline ``*-data`` or file paths) instead of through
 kubernetes_asyncio: importing that package's config loader costs about 62 MiB of resident memory,
-more than the agent's whole budget. Several masters: ``--master`` takes a comma-separated list
-and, given together with ``--kubeconfig``, replaces the kubeconfig's server while keeping its
-credentials and CA, so a kubeconfig written for one master serves them all.
+more than the agent's whole budget.
+
+Several masters, two ways. In a kubeconfig, the masters are the servers of every cluster entry
+named by a context whose ``user`` is the current context's user: the current context's cluster
+first, then the others in file order, duplicates dropped. The node's credentials are valid on
+every master of its cluster, so one user with a context per master lists them all; clusters of
+other users in a shared kubeconfig are left out. Every such cluster's CA is trusted by the one TLS
+context, and their ``insecure-skip-tls-verify`` must agree. Or ``--master`` takes a
+comma-separated list and, given together with ``--kubeconfig``, replaces those servers while
+keeping the kubeconfig's credentials and CAs.
 """
 
 from __future__ import annotations
@@ -64,6 +71,45 @@ def _material(entry: dict[str, Any], key: str, base: Path, scratch: Path) -> Pat
     return None
 
 
+def _clusters(data: dict[str, Any], context: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The current context's cluster, then those of the other contexts of its user, in file order."""
+    names = [str(context.get("cluster"))]
+    user = context.get("user")
+    if user:
+        for item in data.get("contexts") or []:
+            other = item.get("context") if isinstance(item, dict) else None
+            if isinstance(other, dict) and other.get("user") == user and other.get("cluster"):
+                names.append(str(other["cluster"]))
+    return {name: _named(data.get("clusters"), name, "cluster", path) for name in dict.fromkeys(names)}
+
+
+def _servers(clusters: dict[str, dict[str, Any]], path: Path) -> tuple[str, ...]:
+    """The clusters' servers, duplicates dropped."""
+    servers: list[str] = []
+    for name, cluster in clusters.items():
+        server = str(cluster.get("server") or "").strip().rstrip("/")
+        parts = urlsplit(server)
+        if not server:
+            raise errors.ConfigError("--kubeconfig", f"{path}: cluster {name!r} has no server")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.ConfigError(
+                "--kubeconfig", f"{path}: cluster {name!r}: {server!r} is not an http:// or https:// URL"
+            )
+        servers.append(server)
+    return tuple(dict.fromkeys(servers))
+
+
+def _cas(clusters: list[dict[str, Any]], base: Path, scratch: Path) -> list[Path]:
+    """One PEM file per distinct CA (by content) of ``clusters``, in their order."""
+    found: dict[bytes, Path] = {}
+    for number, cluster in enumerate(clusters):
+        (scratch / f"ca{number}").mkdir()
+        path = _material(cluster, "certificate-authority", base, scratch / f"ca{number}")
+        if path is not None:
+            found.setdefault(path.read_bytes(), path)
+    return list(found.values())
+
+
 def load_access(kubeconfig: Path | None, masters: str | None) -> ClusterAccess:
     """The access for this node; ``ConfigError`` naming the file and the problem otherwise."""
     if kubeconfig is None:
@@ -81,28 +127,35 @@ def load_access(kubeconfig: Path | None, masters: str | None) -> ClusterAccess:
     if not isinstance(data, dict) or not data.get("current-context"):
         raise errors.ConfigError("--kubeconfig", f"{kubeconfig}: no current-context")
     context = _named(data.get("contexts"), data["current-context"], "context", kubeconfig)
-    cluster = _named(data.get("clusters"), str(context.get("cluster")), "cluster", kubeconfig)
+    clusters = _clusters(data, context, kubeconfig)
     user = (
         _named(data.get("users"), str(context.get("user")), "user", kubeconfig) if context.get("user") else {}
     )
-    servers = _split_masters(masters if masters is not None else str(cluster.get("server", "")))
+    servers = _split_masters(masters) if masters is not None else _servers(clusters, kubeconfig)
+    insecure = {bool(cluster.get("insecure-skip-tls-verify")) for cluster in clusters.values()}
+    if len(insecure) > 1:
+        raise errors.ConfigError(
+            "--kubeconfig",
+            f"{kubeconfig}: the clusters of user {context.get('user')!r} disagree on "
+            "insecure-skip-tls-verify (one TLS setup serves all their masters)",
+        )
     base = kubeconfig.resolve().parent
-    scratch = Path(tempfile.mkdtemp(prefix="vnode-kubeconfig-"))
     token = user.get("token")
     if not token and user.get("tokenFile"):
+        token_file = Path(user["tokenFile"])
         try:
-            token = Path(user["tokenFile"]).read_text().strip()
+            token = (token_file if token_file.is_absolute() else base / token_file).read_text().strip()
         except OSError as exc:
             raise errors.ConfigError("--kubeconfig", f"{kubeconfig}: tokenFile: {exc.strerror}") from exc
     if not any(s.startswith("https") for s in servers):
         return ClusterAccess(servers, None, token)
+    scratch = Path(tempfile.mkdtemp(prefix="vnode-kubeconfig-"))
     try:
         ssl_context = ssl.create_default_context()
-        if cluster.get("insecure-skip-tls-verify"):
+        if insecure == {True}:
             ssl_context.check_hostname = False
             ssl_context.verify_mode = ssl.CERT_NONE
-        ca = _material(cluster, "certificate-authority", base, scratch)
-        if ca is not None:
+        for ca in _cas(list(clusters.values()), base, scratch):
             ssl_context.load_verify_locations(cafile=str(ca))
         cert = _material(user, "client-certificate", base, scratch)
         key = _material(user, "client-key", base, scratch)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from vnode import errors
-from vnode.config.settings import Settings
+from vnode.config.settings import ON_NODE_DELETED, Settings
 from vnode.runtime.quantity import to_bytes
 
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -239,6 +239,12 @@ FIELDS = [
     ),
     Field(
         "cluster.registerWithTaints", "--register-with-taints", ("cluster", "register_with_taints"), _taints
+    ),
+    Field(
+        "cluster.onNodeDeleted",
+        "--on-node-deleted",
+        ("cluster", "on_node_deleted"),
+        _choice(*ON_NODE_DELETED),
     ),
     Field("rootDir", "--root-dir", ("", "root_dir"), _path),
 ]

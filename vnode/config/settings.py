@@ -62,6 +62,9 @@ class LoggingSettings:
     verbosity: int = 0
 
 
+ON_NODE_DELETED = ("reregister", "exit")  # what the node does when its Node object is deleted
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """The control plane, if any: without master and kubeconfig the node runs standalone."""
@@ -70,6 +73,7 @@ class ClusterSettings:
     kubeconfig: Path | None = None
     node_status_report_frequency: float = 300.0
     register_with_taints: tuple[dict[str, str], ...] = ()
+    on_node_deleted: str = "reregister"  # or "exit": see vnode.controllers.node
 
     @property
     def configured(self) -> bool:

@@ -5,13 +5,22 @@ capped, jittered back-off, and the pods run meanwhile. Once registered it renews
 ``LEASE_RENEW_SECONDS`` (holder = node name, 40 s duration, owned by the Node, recreated if
 deleted) and patches the Node's status when a condition changes and at least every
 ``report_frequency``. Conditions come from real host readings (``vnode.aiokits.hostinfo``) and the
-runtime's health; each status patch carries every condition, so a stale earlier patch can never
-leave the node NotReady. A deleted Node object is registered again (kubelet's behaviour).
+runtime's health.
+
+The controller watches its own Node (as kubelet's node informer does), so status is computed
+against the object the API holds now: when the API's conditions differ from what vnode last
+reported (a stale patch landed late, or the node lifecycle controller marked the node Unknown
+during an outage) the full status is patched at once, keeping the API's lastTransitionTime where
+a condition did not change. The watch also sees the Node deleted; then ``on_deleted`` decides:
+``reregister`` (the default) registers it again, ``exit`` ends vnode with ``errors.NodeDeleted``
+(its containers keep running) so that a supervisor or an operator decides. Upstream kubelet does
+neither and goes on failing its status updates (kubernetes#71398, #92769 discuss both choices).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 import random
@@ -24,6 +33,8 @@ from typing import Any
 from vnode import __version__, errors
 from vnode.aiokits import hostinfo
 from vnode.clients.masters import Masters
+from vnode.config.settings import ON_NODE_DELETED
+from vnode.controllers.informer import ListWatch
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +80,34 @@ class NodeController:
         runtime_version: Callable[[], Awaitable[str]],
         runtime_problem: Callable[[], str | None],
         report_frequency: float = 300.0,
+        on_deleted: str = "reregister",
     ) -> None:
+        if on_deleted not in ON_NODE_DELETED:
+            raise errors.ConfigError("cluster.onNodeDeleted", f"expected one of {ON_NODE_DELETED}")
         self.masters = masters
         self.identity = identity
         self.runtime_version = runtime_version
         self.runtime_problem = runtime_problem
         self.report_frequency = report_frequency
+        self.on_deleted = on_deleted
         self.registered = asyncio.Event()
         self.uid: str | None = None
         self._lease: dict[str, Any] | None = None
         self._last_conditions: dict[str, str] = {}
         self._transitions: dict[str, str] = {}
         self._last_report = 0.0
+        self._current: dict[str, Any] | None = None  # the Node as the API last showed it
+        self._deleted = False
+        self._wake = asyncio.Event()
+        self.watch = ListWatch(
+            masters,
+            "/api/v1/nodes",
+            {"fieldSelector": f"metadata.name={identity.name}"},
+            what="node",
+            replace=self._replace_node,
+            apply=self._apply_node,
+            settled=self._settled,
+        )
 
     # -- the object --------------------------------------------------------------------------
 
@@ -172,15 +199,32 @@ class NodeController:
 
     def _condition(self, kind: str, value: bool, reason: str, message: str, now: str) -> dict[str, Any]:
         text = "True" if value else "False"
-        changed = self._last_conditions.get(kind) != text
+        in_api = self._api_conditions().get(kind)
+        if in_api is not None and in_api.get("status") == text and in_api.get("lastTransitionTime"):
+            since = str(in_api["lastTransitionTime"])
+        elif self._last_conditions.get(kind) == text:
+            since = self._transitions.get(kind, now)
+        else:
+            since = now
         return {
             "type": kind,
             "status": text,
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": now,
-            "lastTransitionTime": now if changed else self._transitions.get(kind, now),
+            "lastTransitionTime": since,
         }
+
+    def _api_conditions(self) -> dict[str, dict[str, Any]]:
+        status = (self._current or {}).get("status") or {}
+        return {c.get("type", ""): c for c in status.get("conditions") or []}
+
+    def _api_disagrees(self) -> bool:
+        """The API holds conditions other than the ones vnode last reported (see the docstring)."""
+        if self._current is None or not self._last_conditions:
+            return False
+        in_api = {kind: c.get("status") for kind, c in self._api_conditions().items()}
+        return any(in_api.get(kind) != status for kind, status in self._last_conditions.items())
 
     async def _runtime_version(self) -> str:
         try:
@@ -191,22 +235,74 @@ class NodeController:
     # -- the loops ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Register (retrying), then renew the Lease and report status until cancelled."""
+        """Watch the Node; register (retrying), then renew the Lease and report status until
+        cancelled. Raises ``errors.NodeDeleted`` when the Node is deleted and ``on_deleted`` is exit."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.watch.run(), name="node-watch")
+            await self._heartbeats()
+
+    async def _heartbeats(self) -> None:
         await self._retry(self.register, "register the node")
-        next_status = 0.0
         loop = asyncio.get_running_loop()
+        next_lease = next_status = 0.0
         while True:
+            self._wake.clear()
+            if self._deleted:
+                await self._node_deleted()  # raises NodeDeleted, or registers again (retrying)
+                next_status = 0.0
+            now = loop.time()
             try:
-                await self.renew_lease()
-                if loop.time() >= next_status:
-                    await self.report_status()
-                    next_status = loop.time() + STATUS_CHECK_SECONDS
+                if now >= next_lease:
+                    next_lease = now + LEASE_RENEW_SECONDS
+                    await self.renew_lease()
+                if now >= next_status or self._api_disagrees():
+                    next_status = now + STATUS_CHECK_SECONDS
+                    await self.report_status(force=self._api_disagrees())
             except errors.NotFound:
-                log.warning("node %s is gone from the API; registering it again", self.identity.name)
-                await self._retry(self.register, "register the node")
+                self._deleted = True  # the status patch found no Node: the watch may not have said yet
+                continue
             except errors.VnodeError as exc:
                 log.warning("node heartbeat failed: %s", exc)
-            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            due = min(next_lease, next_status) - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, due))
+
+    async def _node_deleted(self) -> None:
+        name = self.identity.name
+        if self.on_deleted == "exit":
+            raise errors.NodeDeleted(
+                f"node {name} was deleted from the API; exiting as cluster.onNodeDeleted is 'exit' "
+                "(containers keep running)"
+            )
+        log.warning("node %s was deleted from the API; registering it again", name)
+        await self._retry(self.register, "register the node")
+
+    # -- the watch of the Node ---------------------------------------------------------------
+
+    async def _replace_node(self, items: list[dict[str, Any]]) -> None:
+        mine = [n for n in items if (n.get("metadata") or {}).get("name") == self.identity.name]
+        self._observe(mine[0] if mine else None)
+
+    def _apply_node(self, kind: str, obj: dict[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        if meta.get("name") != self.identity.name:
+            return False
+        if kind != "DELETED":
+            self._observe(obj)
+        elif meta.get("uid") == self.uid:  # not a late event about a Node already replaced
+            self._observe(None)
+        return False
+
+    async def _settled(self) -> None:
+        return None
+
+    def _observe(self, node: dict[str, Any] | None) -> None:
+        """The API's current Node (None: there is none); a registered node that is gone is deleted."""
+        self._current = node
+        uid = (node or {}).get("metadata", {}).get("uid")
+        if self.uid is not None and uid != self.uid:
+            self._deleted = True
+        self._wake.set()
 
     async def _retry(self, action: Callable[[], Awaitable[None]], what: str) -> None:
         delay = 0.5
@@ -234,6 +330,8 @@ class NodeController:
             )
             log.info("node %s already registered; labels reconciled", name)
         self.uid = node["metadata"]["uid"]
+        self._current = node
+        self._deleted = False
         self._lease = None
         self._last_conditions = {}
         self.registered.set()
@@ -268,6 +366,7 @@ class NodeController:
                 self._lease = await self._create_lease()
                 return
         lease = dict(self._lease)
+        lease["metadata"] = {**lease.get("metadata", {}), "ownerReferences": self._owner()}
         lease["spec"] = {
             **lease.get("spec", {}),
             "holderIdentity": self.identity.name,
@@ -282,11 +381,14 @@ class NodeController:
             self._lease = await self._create_lease()
 
     async def _create_lease(self) -> dict[str, Any]:
-        owner = [{"apiVersion": "v1", "kind": "Node", "name": self.identity.name, "uid": self.uid}]
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": self.identity.name, "namespace": LEASE_NAMESPACE, "ownerReferences": owner},
+            "metadata": {
+                "name": self.identity.name,
+                "namespace": LEASE_NAMESPACE,
+                "ownerReferences": self._owner(),
+            },
             "spec": {
                 "holderIdentity": self.identity.name,
                 "leaseDurationSeconds": LEASE_DURATION_SECONDS,
@@ -298,3 +400,7 @@ class NodeController:
         )
         log.info("created lease %s/%s", LEASE_NAMESPACE, self.identity.name)
         return created
+
+    def _owner(self) -> list[dict[str, Any]]:
+        """The Lease is owned by the Node (by its current UID: a re-registered Node has a new one)."""
+        return [{"apiVersion": "v1", "kind": "Node", "name": self.identity.name, "uid": self.uid}]

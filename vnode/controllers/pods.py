@@ -1,9 +1,8 @@
 """Pods from the API server: the informer that feeds the pod manager, and the status writer.
 
-The informer lists the pods bound to this node (``fieldSelector=spec.nodeName=<node>``), hands the
-complete set to the pod manager as source ``api``, then watches from the list's resourceVersion
-(with bookmarks) and hands over the new set after every burst of events. A 410 Gone, a broken
-watch or a failed-over master leads to a fresh list: the list, not a replay, is the truth.
+The informer lists and watches the pods bound to this node (``fieldSelector=spec.nodeName=<node>``,
+through ``ListWatch``) and hands the complete set to the pod manager as source ``api`` after every
+list and every burst of events.
 
 The status writer is a pod-manager listener: a changed status marks the pod dirty, and one task
 writes dirty statuses to ``pods/{name}/status`` (latest wins per pod; a failed write stays dirty
@@ -23,14 +22,13 @@ from typing import Any
 
 from vnode import errors
 from vnode.clients.masters import Masters
+from vnode.controllers.informer import MAX_BACKOFF, ListWatch
 
 log = logging.getLogger(__name__)
 
 SOURCE = "api"
 MIRROR = "kubernetes.io/config.mirror"
 CONFIG_HASH = "kubernetes.io/config.hash"
-BURST_SECONDS = 0.05  # events arriving this close together are handed over as one set
-MAX_BACKOFF = 30.0
 
 
 def _key(pod: dict[str, Any]) -> tuple[str, str]:
@@ -47,90 +45,58 @@ class PodInformer:
         node_name: str,
         deliver: Callable[[str, list[dict[str, Any]]], Awaitable[None]],
     ) -> None:
-        self.masters = masters
-        self.node_name = node_name
         self.deliver = deliver
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
         # Mirror pods of our static pods are not pods to run: kept apart, by (namespace, name).
         self.mirrors: dict[tuple[str, str], dict[str, Any]] = {}
         self.mirror_changed: Callable[[], None] = lambda: None
-        self.synced = asyncio.Event()
-        self.lists = 0  # full lists done, for tests and `vnode status`
+        self.list_watch = ListWatch(
+            masters,
+            "/api/v1/pods",
+            {"fieldSelector": f"spec.nodeName={node_name}"},
+            what="pod",
+            replace=self._replace,
+            apply=self._apply,
+            settled=self._deliver,
+        )
+        self.synced = self.list_watch.synced
+
+    @property
+    def lists(self) -> int:
+        """Full lists done, for tests and `vnode status`."""
+        return self.list_watch.lists
 
     def pod(self, uid: str) -> dict[str, Any] | None:
         """The pod as last listed or watched (the set is replaced on every list)."""
         return self.pods.get(uid)
 
-    @property
-    def _params(self) -> dict[str, str]:
-        return {"fieldSelector": f"spec.nodeName={self.node_name}"}
-
     async def run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                rv = await self._list()
-                delay = 0.5
-                await self._watch(rv)
-            except errors.Conflict as exc:  # 410 Gone: the version is too old
-                log.info("pod watch expired (%s); listing again", exc)
-            except errors.VnodeError as exc:
-                log.warning("pod informer: %s; listing again in %.1fs", exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, MAX_BACKOFF)
+        await self.list_watch.run()
 
-    async def _list(self) -> str:
-        body = await self.masters.request("GET", "/api/v1/pods", params=self._params, timeout=30)
-        items = body.get("items") or []
+    async def _deliver(self) -> None:
+        await self.deliver(SOURCE, list(self.pods.values()))
+
+    async def _replace(self, items: list[dict[str, Any]]) -> None:
         self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in items if not _is_mirror(p)}
         self.mirrors = {_key(p): p for p in items if _is_mirror(p)}
         self.mirror_changed()
-        self.lists += 1
-        await self.deliver(SOURCE, list(self.pods.values()))
-        self.synced.set()
-        return str(body["metadata"]["resourceVersion"])
+        await self._deliver()
 
-    async def _watch(self, rv: str) -> None:
-        """Apply events until the watch ends (then the caller lists again)."""
-        params = {**self._params, "resourceVersion": rv, "timeoutSeconds": "300"}
-        events = self.masters.watch("/api/v1/pods", params).__aiter__()
-        pending = False
-        while True:
-            try:
-                if pending:
-                    event = await asyncio.wait_for(events.__anext__(), BURST_SECONDS)
-                else:
-                    event = await events.__anext__()
-            except TimeoutError:
-                await self.deliver(SOURCE, list(self.pods.values()))
-                pending = False
-                continue
-            except StopAsyncIteration:
-                if pending:
-                    await self.deliver(SOURCE, list(self.pods.values()))
-                return
-            kind, obj = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    raise errors.Conflict(str(obj.get("message", "410 Gone")))
-                raise errors.Unavailable(f"watch error: {obj.get('message', obj)}")
-            if kind == "BOOKMARK":
-                continue
-            uid = (obj.get("metadata") or {}).get("uid")
-            if not uid:
-                continue
-            if _is_mirror(obj):
-                if kind == "DELETED":
-                    self.mirrors.pop(_key(obj), None)
-                else:
-                    self.mirrors[_key(obj)] = obj
-                self.mirror_changed()
-                continue
+    def _apply(self, kind: str, obj: dict[str, Any]) -> bool:
+        """One watch event; True when the set of pods to run changed."""
+        if _is_mirror(obj):
             if kind == "DELETED":
-                self.pods.pop(uid, None)
+                self.mirrors.pop(_key(obj), None)
             else:
-                self.pods[uid] = _with_kind(obj)
-            pending = True
+                self.mirrors[_key(obj)] = obj
+            self.mirror_changed()
+            return False
+        uid = obj["metadata"]["uid"]
+        if kind == "DELETED":
+            self.pods.pop(uid, None)
+        else:
+            self.pods[uid] = _with_kind(obj)
+        return True
 
 
 def _is_mirror(pod: dict[str, Any]) -> bool:
