@@ -33,6 +33,7 @@ from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
 from vnode.runtime.worker import WorkerContext
+from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
 from vnode.sources.manifests import SOURCE as FILE_SOURCE
 from vnode.sources.manifests import ManifestSource
@@ -104,7 +105,10 @@ async def build(settings: Settings) -> Components:
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
     masters = Masters(access) if access is not None else None
     try:
-        objects = ObjectCache(masters) if masters is not None else None
+        objects = None
+        if access is not None and masters is not None:
+            store.claim(access.identity(settings.node.name))
+            objects = ObjectCache(masters, store, Sealer(settings.store_key_file))
         components = await _build_with_store(settings, store, host_ip, ssl_context, objects)
     except BaseException:
         await store.close()

@@ -18,6 +18,7 @@ keeping the kubeconfig's credentials and CAs.
 from __future__ import annotations
 
 import base64
+import hashlib
 import shutil
 import ssl
 import tempfile
@@ -36,6 +37,11 @@ class ClusterAccess:
     servers: tuple[str, ...]
     ssl_context: ssl.SSLContext | None  # None for plain http:// masters
     token: str | None = None
+    ca_hash: str | None = None  # sha256 of the cluster's CA certificates: the cluster's identity
+
+    def identity(self, node_name: str) -> dict[str, str | None]:
+        """What the offline cache is tagged with: a cache of another cluster or node is refused."""
+        return {"caHash": self.ca_hash, "node": node_name}
 
 
 def _split_masters(value: str) -> tuple[str, ...]:
@@ -155,8 +161,10 @@ def load_access(kubeconfig: Path | None, masters: str | None) -> ClusterAccess:
         if insecure == {True}:
             ssl_context.check_hostname = False
             ssl_context.verify_mode = ssl.CERT_NONE
-        for ca in _cas(list(clusters.values()), base, scratch):
+        cas = _cas(list(clusters.values()), base, scratch)
+        for ca in cas:
             ssl_context.load_verify_locations(cafile=str(ca))
+        ca_hash = hashlib.sha256(b"".join(sorted(ca.read_bytes() for ca in cas))).hexdigest() if cas else None
         cert = _material(user, "client-certificate", base, scratch)
         key = _material(user, "client-key", base, scratch)
         if cert is not None:
@@ -167,4 +175,4 @@ def load_access(kubeconfig: Path | None, masters: str | None) -> ClusterAccess:
         ) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # inline key material lives only in memory
-    return ClusterAccess(servers, ssl_context, token)
+    return ClusterAccess(servers, ssl_context, token, ca_hash)

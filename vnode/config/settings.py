@@ -97,6 +97,11 @@ class Settings:
         return self.root_dir / "store"
 
     @property
+    def store_key_file(self) -> Path:
+        """The key sealing secrets in the store (0600, beside it, never inside it)."""
+        return self.root_dir / "store.key"
+
+    @property
     def pki_dir(self) -> Path:
         """Where a self-signed serving pair is generated when none is configured."""
         return self.root_dir / "pki"

@@ -150,6 +150,18 @@ class Store:
                 self._dbs[table] = db
             return db
 
+    def claim(self, owner: dict[str, Any]) -> None:
+        """Tag the store with ``owner`` (the cluster and node it caches), or refuse a store tagged
+        for another: serving a node's pods from another cluster's objects must never happen."""
+        tag = self.get(META, "owner")
+        if tag is None:
+            self.write_sync([Put(META, "owner", owner)])
+        elif tag != owner:
+            raise errors.StoreError(
+                f"store {self.path} holds the cache of another cluster or node ({_describe(tag)}), not of "
+                f"this one ({_describe(owner)}); move {self.path} aside to start with an empty cache"
+            )
+
     # -- reading -----------------------------------------------------------------------------
 
     def tables(self) -> Iterator[str]:
@@ -291,6 +303,14 @@ class Store:
         self._writer.join()
         self._env.sync(True)
         self._env.close()
+
+
+def _describe(owner: Any) -> str:
+    return (
+        ", ".join(f"{k}={v}" for k, v in sorted(dict(owner).items()))
+        if isinstance(owner, dict)
+        else repr(owner)
+    )
 
 
 def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:
