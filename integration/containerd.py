@@ -227,6 +227,17 @@ disabled_plugins = [
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
+    def running_containers(self) -> dict[str, list[str]]:
+        """IDs of the running containers, by the ``io.kubernetes.pod.name`` label of their pod."""
+        with grpc.insecure_channel(self.endpoint) as channel:
+            runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+            running = api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING)
+            request = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(state=running))
+            found: dict[str, list[str]] = {}
+            for c in runtime.ListContainers(request, timeout=30).containers:
+                found.setdefault(c.labels.get("io.kubernetes.pod.name", ""), []).append(c.id)
+            return found
+
     def remove_sandboxes(self) -> int:
         """Stop and remove every pod sandbox (and so their containers); returns how many."""
         with grpc.insecure_channel(self.endpoint) as channel:

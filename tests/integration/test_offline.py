@@ -6,13 +6,14 @@ the session's containerd; SIGKILL stands for a power cut.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
 
 from integration.controlplane import ControlPlaneProcess
 from integration.node import running_node, wait_for
-from tests.integration.test_cluster import CONFIGURED, api_running
+from tests.integration.test_cluster import CONFIGURED, api_running, get_json
 
 
 async def test_pod_with_config_maps_and_secrets_restarts_offline_from_the_cache(
@@ -54,5 +55,190 @@ async def test_pod_with_config_maps_and_secrets_restarts_offline_from_the_cache(
             await wait_for(recreated, timeout=60, what="the pod recreated offline")
             await node.log_containing("configured", "main", b"env secret edge unset")
             await node.log_containing("configured", "main", b"file hello-1")
+    finally:
+        await plane.kill()
+
+
+OUTAGE = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: b}
+data: {v: b-1}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c}
+data: {v: c-1}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: d}
+data: {v: ZC0x}
+"""
+
+
+def outage_pod(name: str, script: str, trigger: Path, restart: str = "Always", **extra: str) -> str:
+    """A pod on node edge1 whose busybox runs ``script`` with the test's trigger dir at /trigger."""
+    volumes = "".join(f"\n    - {{name: {v}, {kind}: {{{ref}}}}}" for v, (kind, ref) in extra.items())
+    mounts = "".join(f"\n        - {{name: {v}, mountPath: /{v}}}" for v in extra)
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: edge1
+  hostNetwork: true
+  restartPolicy: {restart}
+  terminationGracePeriodSeconds: 2
+  volumes:
+    - {{name: trigger, hostPath: {{path: "{trigger}"}}}}{volumes}
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      volumeMounts:
+        - {{name: trigger, mountPath: /trigger}}{mounts}
+      command: [sh, -c, '{script}']
+"""
+
+
+def container(pod: dict[str, Any] | None) -> dict[str, Any]:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
+    return dict(statuses[0])
+
+
+async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tmp_path: Path) -> None:
+    """The node's only master dies; through another master of the same cluster (one the node
+    does not know) a pod is deleted, configMap b edited, c deleted and created again, secret d
+    deleted. Meanwhile a container crashes and a restartPolicy Never pod completes. The node
+    restarts the crashed container and nothing else. When its master returns (same address),
+    the API shows the crash's restartCount, the completed pod as Succeeded, the deleted pod has
+    no container left, and the mounted files match the API."""
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    store = tmp_path / "cluster.db"
+    known, other = ControlPlaneProcess(tmp_path, store=store), ControlPlaneProcess(tmp_path, store=store)
+    await known.start()
+    await other.start()
+    manifests = [OUTAGE]
+    for i in range(3):
+        manifests.append(outage_pod(f"steady-{i}", "sleep 3600", trigger))
+    manifests.append(outage_pod("doomed", "sleep 3600", trigger))
+    wait_then = "while [ ! -f /trigger/{0} ]; do sleep 0.2; done; rm /trigger/{0}; exit {1}"
+    manifests.append(outage_pod("crasher", wait_then.format("crash", 1), trigger))
+    manifests.append(outage_pod("oneshot", wait_then.format("finish", 0), trigger, restart="Never"))
+    reader = 'while true; do echo "seen $(cat /b/v) $(cat /c/v)"; sleep 1; done'
+    manifests.append(
+        outage_pod(
+            "reader",
+            reader,
+            trigger,
+            b=("configMap", "name: b"),
+            c=("configMap", "name: c"),
+            d=("secret", "secretName: d, optional: true"),
+        )
+    )
+    names = ["steady-0", "steady-1", "steady-2", "doomed", "crasher", "oneshot", "reader"]
+    try:
+        async with running_node(
+            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", known.url]
+        ) as node:
+            await known.kubectl("apply", "-f", "-", stdin="---".join(manifests).encode())
+            for name in names:
+                await wait_for(lambda name=name: api_running(known, name), what=f"{name} Running")
+            await node.log_containing("reader", "main", b"seen b-1 c-1")
+            before = {name: container(await node.pod(name)) for name in names}
+
+            await known.kill()  # the node's only master: the node is offline from here
+            await other.kubectl("delete", "pod", "doomed", "--grace-period=0", "--force")
+            await other.kubectl("patch", "configmap", "b", "--type=merge", "-p", '{"data":{"v":"b-2"}}')
+            await other.kubectl("delete", "configmap", "c")
+            recreated = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {v: c-2}\n"
+            await other.kubectl("apply", "-f", "-", stdin=recreated.encode())
+            await other.kubectl("delete", "secret", "d")
+            (trigger / "crash").touch()
+            (trigger / "finish").touch()
+
+            async def crashed_and_restarted() -> bool:
+                crasher, oneshot = container(await node.pod("crasher")), container(await node.pod("oneshot"))
+                return (
+                    crasher.get("restartCount") == 1
+                    and "running" in crasher["state"]
+                    and ("terminated" in oneshot.get("state", {}))
+                )
+
+            await wait_for(
+                crashed_and_restarted, timeout=60, what="the crash restarted, oneshot done, offline"
+            )
+            assert "doomed" in await node.pods()  # nothing is stopped because the API is silent
+
+            known = ControlPlaneProcess(tmp_path, store=store, port=known.port)
+            await known.start()
+
+            async def caught_up() -> bool:
+                crasher = container(await get_json(known, "pod", "crasher"))
+                oneshot = await get_json(known, "pod", "oneshot")
+                gone = "doomed" not in await asyncio.to_thread(containerd.running_containers)
+                return (
+                    crasher.get("restartCount") == 1
+                    and "running" in crasher.get("state", {})
+                    and (oneshot or {}).get("status", {}).get("phase") == "Succeeded"
+                    and gone
+                    and "doomed" not in await node.pods()
+                )
+
+            await wait_for(caught_up, timeout=60, what="the API and the node to agree after reconnect")
+            await node.log_containing("reader", "main", b"seen b-2 c-2")
+            for name in ("steady-0", "steady-1", "steady-2", "reader"):
+                now = container(await get_json(known, "pod", name))
+                assert now["containerID"] == before[name]["containerID"], name
+                assert now["restartCount"] == 0, name
+    finally:
+        await known.kill()
+        await other.kill()
+
+
+async def test_status_reached_offline_survives_a_restart_offline(containerd: Any, tmp_path: Path) -> None:
+    """A pod completes while the master is down, vnode is SIGKILLed and started again, still
+    offline: when the master returns, the API shows the pod Succeeded, and a pod whose status
+    did not change is not written again."""
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    plane = ControlPlaneProcess(tmp_path)
+    await plane.start()
+    wait_then = "while [ ! -f /trigger/finish ]; do sleep 0.2; done; exit 0"
+    pods = [
+        outage_pod("oneshot", wait_then, trigger, restart="Never"),
+        outage_pod("steady", "sleep 3600", trigger),
+    ]
+    try:
+        async with running_node(
+            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", plane.url]
+        ) as node:
+            await plane.kubectl("apply", "-f", "-", stdin="---".join(pods).encode())
+            for name in ("oneshot", "steady"):
+                await wait_for(lambda name=name: api_running(plane, name), what=f"{name} Running")
+            steady_rv = (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"]
+
+            await plane.kill()
+            (trigger / "finish").touch()
+
+            async def done() -> bool:
+                return "terminated" in container(await node.pod("oneshot")).get("state", {})
+
+            await wait_for(done, what="oneshot to complete offline")
+            await node.kill()
+            await node.start()
+            await wait_for(lambda: node.pod("steady"), what="the pods restored offline")
+
+            plane = ControlPlaneProcess(tmp_path, store=plane.store, port=plane.port)
+            await plane.start()
+
+            async def succeeded() -> bool:
+                pod = await get_json(plane, "pod", "oneshot")
+                return (pod or {}).get("status", {}).get("phase") == "Succeeded"
+
+            await wait_for(succeeded, timeout=60, what="Succeeded in the API after reconnect")
+            await wait_for(lambda: get_json(plane, "lease", "-n", "kube-node-lease", "edge1"), what="lease")
+            assert (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"] == steady_rv
     finally:
         await plane.kill()

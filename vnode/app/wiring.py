@@ -123,6 +123,9 @@ async def build(settings: Settings) -> Components:
         writer.mirror = lambda namespace, name: informer.mirrors.get((namespace, name))
         writer.node_uid = lambda: components.node.uid if components.node is not None else None
         informer.mirror_changed = writer.mirrors_changed
+        writer.api_status = lambda uid: informer.api_statuses.get(uid)
+        writer.pods_known = lambda: [w.uid for w in pods.workers()]
+        informer.listed = writer.resync
         pods.add_listener(writer.changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name)
         components.events.add_listener(poster.record)

@@ -50,6 +50,9 @@ class PodInformer:
         # Mirror pods of our static pods are not pods to run: kept apart, by (namespace, name).
         self.mirrors: dict[tuple[str, str], dict[str, Any]] = {}
         self.mirror_changed: Callable[[], None] = lambda: None
+        # The status each pod has in the API, kept apart from the pod the workers see.
+        self.api_statuses: dict[str, dict[str, Any]] = {}
+        self.listed: Callable[[], None] = lambda: None  # after every full list
         self.list_watch = ListWatch(
             masters,
             "/api/v1/pods",
@@ -77,10 +80,13 @@ class PodInformer:
         await self.deliver(SOURCE, list(self.pods.values()))
 
     async def _replace(self, items: list[dict[str, Any]]) -> None:
-        self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in items if not _is_mirror(p)}
+        pods = [p for p in items if not _is_mirror(p)]
+        self.api_statuses = {p["metadata"]["uid"]: p.get("status") or {} for p in pods}
+        self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in pods}
         self.mirrors = {_key(p): p for p in items if _is_mirror(p)}
         self.mirror_changed()
         await self._deliver()
+        self.listed()
 
     def _apply(self, kind: str, obj: dict[str, Any]) -> bool:
         """One watch event; True when the set of pods to run changed."""
@@ -94,7 +100,9 @@ class PodInformer:
         uid = obj["metadata"]["uid"]
         if kind == "DELETED":
             self.pods.pop(uid, None)
+            self.api_statuses.pop(uid, None)
         else:
+            self.api_statuses[uid] = obj.get("status") or {}
             self.pods[uid] = _with_kind(obj)
         return True
 
@@ -133,6 +141,11 @@ def _stale(mirror: dict[str, Any] | None, pod: dict[str, Any]) -> bool:
     return (meta.get("annotations") or {}).get(MIRROR) != wanted or bool(meta.get("deletionTimestamp"))
 
 
+def _holds(api: dict[str, Any] | None, status: dict[str, Any]) -> bool:
+    """The API's status already says all of ``status`` (a merge patch of it would change nothing)."""
+    return api is not None and all(api.get(key) == value for key, value in status.items())
+
+
 def _with_kind(pod: dict[str, Any]) -> dict[str, Any]:
     """The pod as the workers want it: the API's status and bookkeeping are left out, so that our
     own status writes coming back through the watch are no change at all."""
@@ -159,6 +172,8 @@ class StatusWriter:
         self.status_of = status_of  # uid -> (pod, status) while a worker has it, else None
         self.source_of = source_of
         self.api_pod = api_pod  # uid -> the pod as the informer last saw it
+        self.api_status: Callable[[str], dict[str, Any] | None] = lambda uid: None
+        self.pods_known: Callable[[], list[str]] = list  # uids of every pod with a worker
         self.mirror: Callable[[str, str], dict[str, Any] | None] = lambda ns, name: None
         self.node_uid: Callable[[], str | None] = lambda: None
         self._static: dict[str, dict[str, Any]] = {}  # uid -> static pod with a mirror to keep
@@ -170,6 +185,16 @@ class StatusWriter:
     def changed(self, uid: str) -> None:
         """Pod-manager listener: this pod's status changed, or its worker finished."""
         self._dirty.add(uid)
+        self._wake.set()
+
+    def resync(self) -> None:
+        """After a full list (at start, and after every outage or failover): each pod whose status
+        in the API is not the one it has now is written again. The pod's latest status is durable
+        in the store, so this is the offline queue: latest wins per pod, one write per pod however
+        long the outage, and a terminal status reached offline (even across a restart) is kept."""
+        self._written.clear()
+        for uid in self.pods_known():
+            self._dirty.add(uid)
         self._wake.set()
 
     def mirrors_changed(self) -> None:
@@ -222,6 +247,9 @@ class StatusWriter:
             return
         if self._written.get(uid) == status:
             return
+        if _holds(self.api_status(uid), status):
+            self._written[uid] = status
+            return
         namespace, name = _key(pod)
         await self.masters.request(
             "PATCH",
@@ -243,6 +271,9 @@ class StatusWriter:
             return  # not registered yet: the mirror is owned by the Node
         wanted["metadata"]["ownerReferences"][0]["uid"] = self.node_uid()
         mirror = self.mirror(namespace, name)
+        if mirror is not None and not _stale(mirror, pod) and _holds(mirror.get("status"), status):
+            self._written[uid] = status
+            return
         if mirror is not None and _stale(mirror, pod):
             await self._delete(namespace, name, mirror["metadata"]["uid"])
             mirror = None
