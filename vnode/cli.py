@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from vnode import __version__, errors
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _status(root_dir: Path) -> int:
-    """Pods and their phases from the store (``vnode status`` grows with the offline issue)."""
+    """What the store says: its size, whose cache it is, the link to the control plane, the
+    objects kept for offline use, and the pods with their last phase. Runs beside a live node."""
     from vnode.store import Store
 
     path = root_dir / "store"
@@ -76,6 +78,17 @@ def _status(root_dir: Path) -> int:
         states = dict(store.items("podstate"))
         info = store.info()
         print(f"store {path}: {info['used']} of {info['map_size']} bytes used")
+        owner = store.get("meta", "owner")
+        if owner:
+            print(f"cache of node {owner.get('node')} in the cluster with CA sha256:{owner.get('caHash')}")
+        link = store.get("link", "state") or {}
+        if link.get("offlineSince"):
+            print(f"control plane: unreachable, running offline since {link['offlineSince']}")
+        elif link.get("activeMaster"):
+            print(f"control plane: reachable at the last heartbeat, through {link['activeMaster']}")
+        kinds = Counter(key.split("/", 1)[0] for key, _ in store.items("objects"))
+        if kinds:
+            print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
         for uid, record in store.items("pods"):
             meta = record["pod"]["metadata"]
             phase = ((states.get(uid) or {}).get("status") or {}).get("phase", "Pending")

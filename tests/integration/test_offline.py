@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,16 @@ spec:
         - {{name: trigger, mountPath: /trigger}}{mounts}
       command: [sh, -c, '{script}']
 """
+
+
+async def vnode_status(root_dir: Path) -> str:
+    """``vnode status`` beside the running node, as an operator on site would run it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vnode", "status", f"--root-dir={root_dir}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    return out.decode()
 
 
 def container(pod: dict[str, Any] | None) -> dict[str, Any]:
@@ -229,6 +240,8 @@ async def test_status_reached_offline_survives_a_restart_offline(containerd: Any
             await node.kill()
             await node.start()
             await wait_for(lambda: node.pod("steady"), what="the pods restored offline")
+            report = await vnode_status(node.root_dir)
+            assert "running offline since" in report and "default/oneshot\tSucceeded" in report
 
             plane = ControlPlaneProcess(tmp_path, store=plane.store, port=plane.port)
             await plane.start()
@@ -240,5 +253,20 @@ async def test_status_reached_offline_survives_a_restart_offline(containerd: Any
             await wait_for(succeeded, timeout=60, what="Succeeded in the API after reconnect")
             await wait_for(lambda: get_json(plane, "lease", "-n", "kube-node-lease", "edge1"), what="lease")
             assert (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"] == steady_rv
+
+            async def outage_reported() -> dict[str, Any] | None:
+                node_obj = await get_json(plane, "node", "edge1")
+                conditions = {c["type"]: c for c in node_obj["status"]["conditions"]}
+                offline = conditions.get("EdgeOffline", {})
+                return offline if offline.get("reason") == "Reconnected" else None
+
+            offline = await wait_for(outage_reported, timeout=30, what="the EdgeOffline condition")
+            assert offline["status"] == "False" and "ran offline from" in offline["message"]
+            events = await get_json(plane, "events", "--field-selector", "involvedObject.kind=Node")
+            reconnected = [e for e in events["items"] if e["reason"] == "Reconnected"]
+            assert len(reconnected) == 1 and reconnected[0]["message"] == offline["message"]
+            assert f"reachable at the last heartbeat, through {plane.url}" in await vnode_status(
+                node.root_dir
+            )
     finally:
         await plane.kill()

@@ -27,6 +27,7 @@ class RecordedEvent:
     type: str
     reason: str
     message: str
+    kind: str = "Pod"
 
 
 class EventLog:
@@ -50,9 +51,11 @@ class EventLog:
             type=type_,
             reason=reason,
             message=message,
+            kind=str(obj.get("kind") or "Pod"),
         )
         self.events.append(recorded)
         level = logging.WARNING if type_ == "Warning" else logging.INFO
-        log.log(level, "%s pod/%s/%s %s: %s", type_, recorded.namespace, recorded.name, reason, message)
+        what = f"{recorded.kind.lower()}/{recorded.namespace}/{recorded.name}"
+        log.log(level, "%s %s %s: %s", type_, what, reason, message)
         for callback in self._listeners:
             callback(recorded)

@@ -11,7 +11,9 @@ import asyncio
 import logging
 import ssl
 import stat
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from vnode import errors
@@ -155,7 +157,18 @@ def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeCon
         runtime_problem=lambda: c.pods.runtime_error,
         report_frequency=settings.cluster.node_status_report_frequency,
         on_deleted=settings.cluster.on_node_deleted,
+        store=c.store,
+        offline_summary=lambda since: offline_summary(c, since),
+        record_event=c.events.event,
     )
+
+
+def offline_summary(c: Components, since: datetime) -> str:
+    """What the node's Events say happened since ``since``, by reason, and what was dropped."""
+    reasons = Counter(e.reason for e in c.events.events if e.time >= since and e.kind == "Pod")
+    parts = [f"{reason} x{count}" for reason, count in sorted(reasons.items())]
+    dropped = c.event_poster.dropped if c.event_poster is not None else 0
+    return ", ".join(parts or ["no pod events"]) + (f"; {dropped} events dropped" if dropped else "")
 
 
 async def _build_with_store(

@@ -15,6 +15,12 @@ a condition did not change. The watch also sees the Node deleted; then ``on_dele
 ``reregister`` (the default) registers it again, ``exit`` ends vnode with ``errors.NodeDeleted``
 (its containers keep running) so that a supervisor or an operator decides. Upstream kubelet does
 neither and goes on failing its status updates (kubernetes#71398, #92769 discuss both choices).
+
+The heartbeat is also the node's measure of its link: when no master answers, the node is offline
+since then (kept in the store, so a restart while offline keeps the original time, and
+``vnode status`` shows it). At the first heartbeat that gets through again, the status carries an
+``EdgeOffline`` condition describing the outage and a ``Reconnected`` Event on the Node sums up
+what happened meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from vnode.aiokits import hostinfo
 from vnode.clients.masters import Masters
 from vnode.config.settings import ON_NODE_DELETED
 from vnode.controllers.informer import ListWatch
+from vnode.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ KUBELET_VERSION = f"v1.32.0-vnode.{__version__}"
 MEMORY_PRESSURE_BYTES = 100 << 20  # kubelet's default hard eviction threshold memory.available<100Mi
 DISK_PRESSURE_FRACTION = 0.10  # nodefs.available<10%
 PID_PRESSURE_FRACTION = 0.90
+LINK_TABLE = "link"  # {"offlineSince": iso time} while no master answers the heartbeat
 
 
 def _now() -> str:
@@ -81,6 +89,9 @@ class NodeController:
         runtime_problem: Callable[[], str | None],
         report_frequency: float = 300.0,
         on_deleted: str = "reregister",
+        store: Store | None = None,
+        offline_summary: Callable[[datetime], str] = lambda since: "",
+        record_event: Callable[[dict[str, Any], str, str, str], None] = lambda obj, type_, reason, msg: None,
     ) -> None:
         if on_deleted not in ON_NODE_DELETED:
             raise errors.ConfigError("cluster.onNodeDeleted", f"expected one of {ON_NODE_DELETED}")
@@ -96,6 +107,15 @@ class NodeController:
         self._last_conditions: dict[str, str] = {}
         self._transitions: dict[str, str] = {}
         self._last_report = 0.0
+        self.store = store
+        self.offline_summary = offline_summary
+        self.record_event = record_event
+        link = (store.get(LINK_TABLE, "state") if store is not None else None) or {}
+        self.offline_since: datetime | None = (
+            datetime.fromisoformat(link["offlineSince"]) if link.get("offlineSince") else None
+        )
+        self._outage: dict[str, str] | None = None  # the last outage, for the EdgeOffline condition
+        self._saved_master = link.get("activeMaster")
         self._current: dict[str, Any] | None = None  # the Node as the API last showed it
         self._deleted = False
         self._wake = asyncio.Event()
@@ -164,6 +184,7 @@ class NodeController:
             bad, good, what = reasons[kind]
             message = f"kubelet has {'insufficient' if on else 'sufficient'} {what} available"
             conditions.append(self._condition(kind, on, bad if on else good, message, now))
+        conditions.append(self._offline_condition(now))
         ready = problem is None
         conditions.append(
             self._condition(
@@ -215,6 +236,17 @@ class NodeController:
             "lastTransitionTime": since,
         }
 
+    def _offline_condition(self, now: str) -> dict[str, Any]:
+        """Whether the node ran without its control plane: False, and after an outage its summary."""
+        outage = self._outage
+        message = outage["message"] if outage else "the control plane has been reachable"
+        condition = self._condition(
+            "EdgeOffline", False, outage["reason"] if outage else "Connected", message, now
+        )
+        if outage:
+            condition["lastTransitionTime"] = outage["until"]
+        return condition
+
     def _api_conditions(self) -> dict[str, dict[str, Any]]:
         status = (self._current or {}).get("status") or {}
         return {c.get("type", ""): c for c in status.get("conditions") or []}
@@ -255,9 +287,12 @@ class NodeController:
                 if now >= next_lease:
                     next_lease = now + LEASE_RENEW_SECONDS
                     await self.renew_lease()
+                    await self._link_up()
                 if now >= next_status or self._api_disagrees():
                     next_status = now + STATUS_CHECK_SECONDS
                     await self.report_status(force=self._api_disagrees())
+            except errors.Unavailable as exc:
+                await self._link_down(exc)
             except errors.NotFound:
                 self._deleted = True  # the status patch found no Node: the watch may not have said yet
                 continue
@@ -266,6 +301,46 @@ class NodeController:
             due = min(next_lease, next_status) - loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, due))
+
+    async def _link_down(self, exc: errors.VnodeError) -> None:
+        if self.offline_since is not None:
+            return
+        self.offline_since = datetime.now(tz=UTC)
+        log.warning("control plane unreachable (%s); running offline from now on", exc)
+        await self._save_link({"offlineSince": self.offline_since.isoformat()})
+
+    async def _link_up(self) -> None:
+        """A heartbeat got through: the store records the active master; after an outage the
+        status gets its condition and the Node its Event."""
+        since = self.offline_since
+        if since is None:
+            if self._saved_master != self.masters.server:
+                self._saved_master = self.masters.server
+                await self._save_link({"activeMaster": self.masters.server})
+            return
+        until = datetime.now(tz=UTC)
+        seconds = int((until - since).total_seconds())
+        what = self.offline_summary(since)
+        message = f"ran offline from {since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ} ({seconds}s)"
+        message += f"; meanwhile: {what}" if what else ""
+        log.info("control plane reachable again: %s", message)
+        self._outage = {"reason": "Reconnected", "message": message, "until": f"{until:%Y-%m-%dT%H:%M:%SZ}"}
+        self.offline_since = None
+        self._saved_master = self.masters.server
+        await self._save_link({"activeMaster": self.masters.server})
+        node = {
+            "kind": "Node",
+            "metadata": {"name": self.identity.name, "namespace": "default", "uid": self.uid},
+        }
+        self.record_event(node, "Normal", "Reconnected", message)
+        await self.report_status(force=True)
+
+    async def _save_link(self, state: dict[str, str]) -> None:
+        if self.store is not None:
+            try:
+                await self.store.put(LINK_TABLE, "state", state)
+            except errors.StoreError as exc:
+                log.warning("link state not kept: %s", exc)
 
     async def _node_deleted(self) -> None:
         name = self.identity.name
@@ -311,6 +386,8 @@ class NodeController:
                 await action()
                 return
             except errors.VnodeError as exc:
+                if isinstance(exc, errors.Unavailable):
+                    await self._link_down(exc)
                 log.warning("cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 30.0)
