@@ -68,6 +68,7 @@ class VnodeProcess:
         self.logs_dir = base / "pods-logs"
         self.log_file = base / "vnode.log"
         self.port = free_port()
+        self.local_api_port = free_port()
         self.extra_args = extra_args or []
         self.proc: asyncio.subprocess.Process | None = None
         self.manifests.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ class VnodeProcess:
             f"--pod-logs-dir={self.logs_dir}",
             f"--container-runtime-endpoint={self.endpoint}",
             f"--port={self.port}",
+            f"--local-api-port={self.local_api_port}",
             "--healthz-port=0",
             "--file-check-frequency=2s",
             "--node-ip=127.0.0.1",

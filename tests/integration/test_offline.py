@@ -7,6 +7,7 @@ the session's containerd; SIGKILL stands for a power cut.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from integration.controlplane import ControlPlaneProcess
 from integration.node import running_node, wait_for
 from tests.integration.test_cluster import CONFIGURED, api_running, get_json
+from tests.integration.test_local_api import kubectl
 
 
 async def test_pod_with_config_maps_and_secrets_restarts_offline_from_the_cache(
@@ -56,6 +58,28 @@ async def test_pod_with_config_maps_and_secrets_restarts_offline_from_the_cache(
             await wait_for(recreated, timeout=60, what="the pod recreated offline")
             await node.log_containing("configured", "main", b"env secret edge unset")
             await node.log_containing("configured", "main", b"file hello-1")
+
+            # The operator on site: the real kubectl against the node's local API, still offline.
+            _, out, _ = await kubectl(node, "get", "pods")
+            assert "configured" in out and "Running" in out
+            _, out, _ = await kubectl(node, "get", "configmap", "settings", "-o", "json")
+            assert json.loads(out)["data"]["greeting"] == "hello-1"
+            _, out, _ = await kubectl(node, "get", "secret", "creds", "-o", "json")
+            assert json.loads(out)["data"]["password"] == "c2VjcmV0"
+            _, out, _ = await kubectl(node, "get", "node", "edge1", "-o", "json")
+            assert json.loads(out)["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd")
+            _, out, _ = await kubectl(node, "logs", "configured")
+            assert "env secret edge unset" in out
+
+            # containerd loses the containers under the running node (as a containerd restart
+            # does): the pod is made again, still from the store.
+            adopted = await recreated()
+            assert containerd.remove_sandboxes() == 1
+
+            async def made_again() -> bool:
+                return (await recreated()) not in (None, adopted)
+
+            await wait_for(made_again, timeout=60, what="the pod made again after its containers went")
     finally:
         await plane.kill()
 
@@ -131,8 +155,9 @@ async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tm
     await known.start()
     await other.start()
     manifests = [OUTAGE]
-    for i in range(3):
-        manifests.append(outage_pod(f"steady-{i}", "sleep 3600", trigger))
+    steady = [f"steady-{i}" for i in range(6)]
+    for name in steady:
+        manifests.append(outage_pod(name, "sleep 3600", trigger))
     manifests.append(outage_pod("doomed", "sleep 3600", trigger))
     wait_then = "while [ ! -f /trigger/{0} ]; do sleep 0.2; done; rm /trigger/{0}; exit {1}"
     manifests.append(outage_pod("crasher", wait_then.format("crash", 1), trigger))
@@ -148,7 +173,7 @@ async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tm
             d=("secret", "secretName: d, optional: true"),
         )
     )
-    names = ["steady-0", "steady-1", "steady-2", "doomed", "crasher", "oneshot", "reader"]
+    names = [*steady, "doomed", "crasher", "oneshot", "reader"]  # ten pods
     try:
         async with running_node(
             tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", known.url]
@@ -199,7 +224,7 @@ async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tm
 
             await wait_for(caught_up, timeout=60, what="the API and the node to agree after reconnect")
             await node.log_containing("reader", "main", b"seen b-2 c-2")
-            for name in ("steady-0", "steady-1", "steady-2", "reader"):
+            for name in (*steady, "reader"):
                 now = container(await get_json(known, "pod", name))
                 assert now["containerID"] == before[name]["containerID"], name
                 assert now["restartCount"] == 0, name

@@ -20,8 +20,9 @@ import signal
 from dataclasses import dataclass
 
 from vnode import errors
+from vnode.api import local
 from vnode.api.server import KubeletServer
-from vnode.app.wiring import Components, build
+from vnode.app.wiring import Components, build, serving_cert_path
 from vnode.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Node:
     components: Components
     server: KubeletServer
     healthz: KubeletServer | None
+    local: local.LocalServer | None = None
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run every long-lived task until ``stop`` is set (or one of them fails)."""
@@ -77,12 +79,24 @@ async def start(settings: Settings) -> Node:
     if settings.server.healthz_port:
         healthz = KubeletServer(components.healthz_handlers, name="healthz")
         await healthz.start(settings.server.healthz_bind_address, settings.server.healthz_port, None)
-    return Node(components, server, healthz)
+    node = Node(components, server, healthz)
+    if components.local_api is not None:
+        node.local = await local.serve(
+            components.local_api,
+            settings.server.local_api_address,
+            settings.server.local_api_port,
+            components.ssl_context,
+            serving_cert_path(settings),
+            settings.local_kubeconfig_path,
+        )
+    return node
 
 
 async def shutdown(node: Node) -> None:
     """Close listeners, cancel workers, flush the store; bounded by SHUTDOWN_TIMEOUT."""
     async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+        if node.local is not None:
+            await node.local.stop(timeout=2.0)
         await node.server.stop(timeout=2.0)
         if node.healthz is not None:
             await node.healthz.stop(timeout=1.0)

@@ -13,18 +13,20 @@ import ssl
 import stat
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
+from vnode.api.local import EmptyObjects, LocalApi, LocalSources, ensure_token, minimal_node
 from vnode.api.server import KubeletHandlers
 from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.events import EventPoster
-from vnode.controllers.node import NodeController, NodeIdentity
+from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
 from vnode.controllers.objects import ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
@@ -58,10 +60,12 @@ class Components:
     kubelet_handlers: KubeletHandlers
     healthz_handlers: KubeletHandlers
     masters: Masters | None = None
+    objects: ObjectCache | None = None
     node: NodeController | None = None
     informer: PodInformer | None = None
     status_writer: StatusWriter | None = None
     event_poster: EventPoster | None = None
+    local_api: LocalApi | None = None
 
     async def close(self) -> None:
         await self.pods.stop()
@@ -85,6 +89,14 @@ def check_runtime_endpoint(endpoint: str) -> None:
         raise errors.ConfigError("runtime.containerRuntimeEndpoint", f"{path} exists but is not a socket")
 
 
+def serving_cert_path(settings: Settings) -> Path:
+    """The serving certificate in use: the configured one, or the generated one."""
+    server = settings.server
+    if server.tls_cert_file is not None and server.tls_private_key_file is not None:
+        return server.tls_cert_file
+    return settings.pki_dir / "kubelet.crt"
+
+
 async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
     """The configured serving pair, or a self-signed one kept under the root dir."""
     server = settings.server
@@ -92,7 +104,8 @@ async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
     if cert is None or key is None:
         cert = settings.pki_dir / "kubelet.crt"
         key = settings.pki_dir / "kubelet.key"
-        ips = sorted({host_ip, "127.0.0.1", *([server.address] if server.address != "0.0.0.0" else [])})
+        binds = [server.address] + ([server.local_api_address] if server.local_api_port else [])
+        ips = sorted({host_ip, "127.0.0.1", *(a for a in binds if a not in ("0.0.0.0", "::"))})
         await asyncio.to_thread(ensure_serving_pair, cert, key, hostnames=[settings.node.name], ips=ips)
     return await asyncio.to_thread(server_ssl_context, cert, key)
 
@@ -117,6 +130,7 @@ async def build(settings: Settings) -> Components:
         raise
     if masters is not None:
         components.masters = masters
+        components.objects = objects
         components.node = _node_controller(settings, components, host_ip)
         pods = components.pods
         informer = components.informer = PodInformer(masters, settings.node.name, pods.set_source_pods)
@@ -131,7 +145,28 @@ async def build(settings: Settings) -> Components:
         pods.add_listener(writer.changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name)
         components.events.add_listener(poster.record)
+    if settings.server.local_api_port:
+        components.local_api = await _local_api(settings, components, host_ip)
     return components
+
+
+async def _local_api(settings: Settings, c: Components, host_ip: str) -> LocalApi:
+    """The read-only local API: pods from the pod manager, the Node as the API last showed it
+    (or a minimal one built here), and the objects of the durable cache (none standalone)."""
+    token = await asyncio.to_thread(ensure_token, settings.local_token_path)
+    started = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def node() -> dict[str, Any]:
+        known = c.node.current if c.node is not None else None
+        if known is not None:
+            return known
+        labels = settings.node.labels
+        return minimal_node(
+            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION
+        )
+
+    objects = c.objects if c.objects is not None else EmptyObjects()
+    return LocalApi(LocalSources(c.pods, node, objects, token, KUBELET_VERSION))
 
 
 def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeController:

@@ -201,6 +201,8 @@ FIELDS = [
     Field("server.tlsPrivateKeyFile", "--tls-private-key-file", ("server", "tls_private_key_file"), _path),
     Field("server.healthzPort", "--healthz-port", ("server", "healthz_port"), _int(0, 65535)),
     Field("server.healthzBindAddress", "--healthz-bind-address", ("server", "healthz_bind_address"), _ip),
+    Field("server.localAPIAddress", "--local-api-address", ("server", "local_api_address"), _ip),
+    Field("server.localAPIPort", "--local-api-port", ("server", "local_api_port"), _int(0, 65535)),
     Field(
         "runtime.containerRuntimeEndpoint", "--container-runtime-endpoint", ("runtime", "endpoint"), _endpoint
     ),

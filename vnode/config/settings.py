@@ -30,6 +30,8 @@ class ServerSettings:
     tls_private_key_file: Path | None = None
     healthz_port: int = 10248
     healthz_bind_address: str = "127.0.0.1"
+    local_api_address: str = "127.0.0.1"  # the read-only local API (vnode.api.local)
+    local_api_port: int = 10350  # 0 disables it
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,13 @@ class Settings:
     def pki_dir(self) -> Path:
         """Where a self-signed serving pair is generated when none is configured."""
         return self.root_dir / "pki"
+
+    @property
+    def local_token_path(self) -> Path:
+        """The local API's bearer token (0600)."""
+        return self.root_dir / "local.token"
+
+    @property
+    def local_kubeconfig_path(self) -> Path:
+        """The kubeconfig for the local API (0600), rewritten at every start."""
+        return self.root_dir / "local.kubeconfig"

@@ -53,7 +53,11 @@ KUBELET_VERSION = f"v1.32.0-vnode.{__version__}"
 MEMORY_PRESSURE_BYTES = 100 << 20  # kubelet's default hard eviction threshold memory.available<100Mi
 DISK_PRESSURE_FRACTION = 0.10  # nodefs.available<10%
 PID_PRESSURE_FRACTION = 0.90
-LINK_TABLE = "link"  # {"offlineSince": iso time} while no master answers the heartbeat
+LINK_TABLE = "link"  # "state": active master or offline since; "node": the Node as last seen
+
+
+def _resource_version(obj: dict[str, Any] | None) -> str | None:
+    return str((obj or {}).get("metadata", {}).get("resourceVersion")) if obj else None
 
 
 def _now() -> str:
@@ -116,7 +120,9 @@ class NodeController:
         )
         self._outage: dict[str, str] | None = None  # the last outage, for the EdgeOffline condition
         self._saved_master = link.get("activeMaster")
-        self._current: dict[str, Any] | None = None  # the Node as the API last showed it
+        # The Node as the API last showed it; kept in the store for a restart while offline.
+        self._current: dict[str, Any] | None = store.get(LINK_TABLE, "node") if store is not None else None
+        self._kept_version = _resource_version(self._current)
         self._deleted = False
         self._wake = asyncio.Event()
         self.watch = ListWatch(
@@ -279,6 +285,7 @@ class NodeController:
         next_lease = next_status = 0.0
         while True:
             self._wake.clear()
+            await self._keep_node()
             if self._deleted:
                 await self._node_deleted()  # raises NodeDeleted, or registers again (retrying)
                 next_status = 0.0
@@ -335,6 +342,17 @@ class NodeController:
         self.record_event(node, "Normal", "Reconnected", message)
         await self.report_status(force=True)
 
+    async def _keep_node(self) -> None:
+        """Store the Node as last seen when it changed, for the local API after a restart offline."""
+        version = _resource_version(self._current)
+        if self.store is None or self._current is None or version == self._kept_version:
+            return
+        self._kept_version = version
+        try:
+            await self.store.put(LINK_TABLE, "node", self._current)
+        except errors.StoreError as exc:
+            log.warning("node object not kept: %s", exc)
+
     async def _save_link(self, state: dict[str, str]) -> None:
         if self.store is not None:
             try:
@@ -370,6 +388,11 @@ class NodeController:
 
     async def _settled(self) -> None:
         return None
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """The Node as the API last showed it (after a restart offline: as the store kept it)."""
+        return self._current
 
     def _observe(self, node: dict[str, Any] | None) -> None:
         """The API's current Node (None: there is none); a registered node that is gone is deleted."""

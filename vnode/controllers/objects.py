@@ -113,6 +113,20 @@ class ObjectCache:
         await self._save(key, None, {"token": token, "expires": time.time() + expiration_seconds})
         return token, float(expiration_seconds)
 
+    # -- reading what is kept (the local API's ObjectReader) ----------------------------------
+
+    def read_object(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The object as last known, without asking the control plane."""
+        return self._load(f"{kind}/{namespace}/{name}")[1]
+
+    def list_objects(self, kind: str, namespace: str | None) -> list[Obj]:
+        """Every kept object of ``kind`` (in ``namespace``, or all), known to exist."""
+        if self.store is None or kind == "tokens":
+            return []
+        prefix = f"{kind}/" + (f"{namespace}/" if namespace is not None else "")
+        keys = [key for key, _ in self.store.items(TABLE) if key.startswith(prefix)]
+        return [obj for obj in (self._load(key)[1] for key in keys) if obj is not None]
+
     # -- the store ---------------------------------------------------------------------------
 
     def _stored(self, key: str) -> bool:

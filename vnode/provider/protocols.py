@@ -66,3 +66,17 @@ class ObjectSource(Protocol):
     async def token(self, pod: dict[str, Any], audience: str, expiration_seconds: int) -> tuple[str, float]:
         """A service-account token bound to ``pod`` (TokenRequest), with its lifetime in seconds."""
         ...
+
+
+class ObjectReader(Protocol):
+    """The configMaps, secrets and services the node keeps, for the read-only local API.
+
+    ``kind`` is the plural resource (``configmaps``, ``secrets``, ``services``); ``namespace=None``
+    lists every namespace. In cluster mode the durable object cache is the reader (the objects the
+    node's pods reference, as last known); standalone, an empty one. Reads are synchronous and
+    never reach the control plane: the cache answers from the local store.
+    """
+
+    def list_objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]: ...
+
+    def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
