@@ -48,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from integration.pki import ClusterPki
+from vnode.api.local import status_body
 from vnode.sources.manifests import apply_pod_defaults
 
 TOKEN_KEY = os.urandom(32)
@@ -104,15 +105,7 @@ def now_text() -> str:
 
 def status(code: int, reason: str, message: str, **details: Any) -> web.Response:
     """A metav1.Status error body, as the API server answers."""
-    body = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
+    body = status_body(code, reason, message)
     if details:
         body["details"] = details
     return web.json_response(body, status=code)

@@ -46,6 +46,7 @@ import yaml
 from aiohttp import web
 
 from vnode import errors
+from vnode.api.server import Listener
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
 from vnode.provider.protocols import LogLocator, ObjectReader, PodLister
@@ -88,6 +89,7 @@ class ApiError(Exception):
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    """A metav1.Status failure, as the API server answers errors (the test control plane too)."""
     return {
         "kind": "Status",
         "apiVersion": "v1",
@@ -810,32 +812,6 @@ class LocalApi:
 # -- the listener and its credentials ---------------------------------------------------------
 
 
-class LocalServer:
-    """The local API's HTTPS listener; ``stop`` ends open watches and log streams."""
-
-    def __init__(self, api: LocalApi) -> None:
-        self.runner = web.AppRunner(api.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        self._site: web.TCPSite | None = None
-
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> int:
-        """Listen; returns the bound port."""
-        await self.runner.setup()
-        self._site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        try:
-            await self._site.start()
-        except OSError as exc:
-            await self.runner.cleanup()
-            raise errors.ConfigError("server.localAPIPort", f"cannot listen on {host}:{port}: {exc}") from exc
-        return int(self.runner.addresses[0][1])
-
-    async def stop(self, timeout: float) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await self.runner.cleanup()
-        except TimeoutError:
-            log.warning("local API listener did not close within %.1fs", timeout)
-
-
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600 (the file holds the token)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -928,10 +904,11 @@ def write_kubeconfig(path: Path, server: str, cert_pem: str, token: str) -> None
 
 async def serve(
     api: LocalApi, host: str, port: int, ssl_context: ssl.SSLContext, cert_path: Path, kubeconfig_path: Path
-) -> LocalServer:
+) -> Listener:
     """Start the listener, then write the kubeconfig for the port it got."""
-    server = LocalServer(api)
-    bound = await server.start(host, port, ssl_context)
+    server = Listener(api.app, name="local API", setting="server.localAPIPort")
+    await server.start(host, port, ssl_context)
+    bound = server.bound_port
     try:
         cert_pem = await asyncio.to_thread(cert_path.read_text)
         url = server_url(host, bound)

@@ -157,15 +157,15 @@ class KubeletApp:
         return response
 
 
-class KubeletServer:
-    """One listener (the HTTPS API, or the plain healthz port) serving a ``KubeletApp``."""
+class Listener:
+    """One listener of the node serving an aiohttp app (the kubelet API, the healthz port, the
+    local API); a port it can't bind is a ``ConfigError`` naming the ``setting`` that chose it."""
 
-    def __init__(self, handlers: KubeletHandlers, *, name: str) -> None:
+    def __init__(self, app: web.Application, *, name: str, setting: str) -> None:
         self.name = name
-        # Open streams (``follow``) get one second to end when the listener closes.
-        self.runner = web.AppRunner(
-            KubeletApp(handlers).app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
+        self.setting = setting
+        # Open streams (``follow``, watches) get one second to end when the listener closes.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         self._site: web.TCPSite | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
@@ -176,7 +176,7 @@ class KubeletServer:
         except OSError as exc:
             await self.runner.cleanup()
             raise errors.ConfigError(
-                "server.port", f"{self.name}: cannot listen on {host}:{port}: {exc}"
+                self.setting, f"{self.name}: cannot listen on {host}:{port}: {exc}"
             ) from exc
 
     @property
@@ -194,3 +194,10 @@ class KubeletServer:
                 await self.runner.cleanup()
         except TimeoutError:
             log.warning("%s listener did not close within %.1fs", self.name, timeout)
+
+
+class KubeletServer(Listener):
+    """The kubelet API (or the healthz port) over ``KubeletHandlers``."""
+
+    def __init__(self, handlers: KubeletHandlers, *, name: str, setting: str = "server.port") -> None:
+        super().__init__(KubeletApp(handlers).app, name=name, setting=setting)

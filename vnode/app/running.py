@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from vnode import errors
 from vnode.api import local
-from vnode.api.server import KubeletServer
+from vnode.api.server import KubeletServer, Listener
 from vnode.app.wiring import Components, build, serving_cert_path
 from vnode.config.settings import Settings
 
@@ -38,7 +38,7 @@ class Node:
     components: Components
     server: KubeletServer
     healthz: KubeletServer | None
-    local: local.LocalServer | None = None
+    local: Listener | None = None
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run every long-lived task until ``stop`` is set (or one of them fails)."""
@@ -77,7 +77,7 @@ async def start(settings: Settings) -> Node:
     log.info("kubelet API serving on https://%s:%d", settings.server.address, server.bound_port)
     healthz = None
     if settings.server.healthz_port:
-        healthz = KubeletServer(components.healthz_handlers, name="healthz")
+        healthz = KubeletServer(components.healthz_handlers, name="healthz", setting="server.healthzPort")
         await healthz.start(settings.server.healthz_bind_address, settings.server.healthz_port, None)
     node = Node(components, server, healthz)
     if components.local_api is not None:
