@@ -143,7 +143,7 @@ async def build(settings: Settings) -> Components:
         writer.pods_known = lambda: [w.uid for w in pods.workers()]
         informer.listed = writer.resync
         pods.add_listener(writer.changed)
-        poster = components.event_poster = EventPoster(masters, settings.node.name)
+        poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
     if settings.server.local_api_port:
         components.local_api = await _local_api(settings, components, host_ip)

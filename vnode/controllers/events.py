@@ -6,21 +6,29 @@ Repeats of the same (object, type, reason, message) within ``AGGREGATE_SECONDS``
 the existing Event's ``count`` and ``lastTimestamp`` instead of a new object, as client-go's
 EventCorrelator does; a token bucket per object (burst ``BURST``, one token per ``REFILL_SECONDS``)
 keeps a crash-looping pod from flooding the API.
+
+While no master answers, the queue is also kept in the store (table ``events``, with the dropped
+count), so the Events of an outage survive a restart of vnode and are posted when the link
+returns; each is deleted from the store once posted. Online, nothing is written: an Event posted
+at once never touches the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from vnode import errors
 from vnode.app.events import RecordedEvent
 from vnode.clients.masters import Masters
+from vnode.store import Delete, Op, Put, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ AGGREGATE_SECONDS = 600.0
 BURST = 25
 REFILL_SECONDS = 300.0 / BURST  # client-go's spam filter: 25 burst, refilled over 5 minutes
 RETRY_SECONDS = 5.0
+TABLE = "events"
+DROPPED = "dropped"  # key of the dropped count in TABLE (event keys are zero-padded numbers)
 
 
 @dataclass
@@ -42,22 +52,47 @@ class _Posted:
 class EventPoster:
     """See the module docstring; ``record`` is the EventLog listener, ``run`` the posting task."""
 
-    def __init__(self, masters: Masters, node_name: str) -> None:
+    def __init__(self, masters: Masters, node_name: str, store: Store | None = None) -> None:
         self.masters = masters
         self.node_name = node_name
-        self._queue: deque[RecordedEvent] = deque()
+        self.store = store
+        self._queue: deque[tuple[int, RecordedEvent]] = deque()
         self._wake = asyncio.Event()
         self._posted: dict[tuple[str, str, str, str], _Posted] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, last refill)
+        self._stored: set[int] = set()  # queued events that are in the store
+        self._forget: set[int] = set()  # stored events posted or dropped: delete them
+        self._next = 0
         self.dropped = 0
         self.limited = 0
         self.posts = 0
+        self.offline = False
+        self._load()
+
+    def _load(self) -> None:
+        """The events an earlier run kept while offline, oldest first."""
+        if self.store is None:
+            return
+        for key, row in self.store.items(TABLE):
+            if key == DROPPED:
+                self.dropped = int(row)
+                continue
+            seq = int(key)
+            self._queue.append((seq, RecordedEvent(**{**row, "time": datetime.fromisoformat(row["time"])})))
+            self._stored.add(seq)
+            self._next = seq + 1
+        if self._queue:
+            log.info("%d event(s) kept from before the restart wait to be posted", len(self._queue))
+            self._wake.set()
 
     def record(self, event: RecordedEvent) -> None:
         if len(self._queue) >= QUEUE_SIZE:
-            self._queue.popleft()
+            seq, _ = self._queue.popleft()
+            if seq in self._stored:
+                self._forget.add(seq)
             self.dropped += 1
-        self._queue.append(event)
+        self._queue.append((self._next, event))
+        self._next += 1
         self._wake.set()
 
     def _allow(self, uid: str, now: float) -> bool:
@@ -70,22 +105,64 @@ class EventPoster:
         return True
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_try = 0.0
         while True:
-            await self._wake.wait()
+            due = max(0.0, next_try - loop.time()) if self._queue else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), due)
             self._wake.clear()
+            if self.offline:
+                await self._keep()  # what arrived meanwhile
+            if loop.time() < next_try:
+                continue
+            if await self._drain():
+                self.offline = False
+            else:
+                self.offline = True
+                await self._keep()
+                next_try = loop.time() + RETRY_SECONDS
+
+    async def _drain(self) -> bool:
+        """Post the queue in order; False when no master answers (the rest stays queued)."""
+        try:
             while self._queue:
-                event = self._queue[0]
+                seq, event = self._queue[0]
                 try:
                     await self._post(event)
                 except errors.Unavailable as exc:
                     log.debug("events not posted yet: %s", exc)
-                    await asyncio.sleep(RETRY_SECONDS)
-                    continue
+                    return False
                 except errors.VnodeError as exc:
                     log.warning(
                         "event %s for %s/%s dropped: %s", event.reason, event.namespace, event.name, exc
                     )
                 self._queue.popleft()
+                if seq in self._stored:
+                    self._forget.add(seq)
+            return True
+        finally:
+            await self._keep(new=False)
+
+    async def _keep(self, *, new: bool = True) -> None:
+        """Bring the store up to date: add the queued events it lacks (``new``), delete the ones
+        posted or dropped. One transaction; a store that fails only costs the offline copy."""
+        if self.store is None:
+            return
+        ops: list[Op] = [Delete(TABLE, f"{seq:012d}") for seq in self._forget]
+        added = [(seq, e) for seq, e in self._queue if seq not in self._stored] if new else []
+        ops += [Put(TABLE, f"{seq:012d}", {**asdict(e), "time": e.time.isoformat()}) for seq, e in added]
+        if added or self._forget:
+            ops.append(Put(TABLE, DROPPED, self.dropped))
+        if not ops:
+            return
+        try:
+            await self.store.write(ops)
+        except errors.StoreError as exc:
+            log.warning("events not kept for after a restart: %s", exc)
+            return
+        self._stored = (self._stored - self._forget) | {seq for seq, _ in added}
+        self._forget.clear()
 
     async def _post(self, event: RecordedEvent) -> None:
         now = time.monotonic()
