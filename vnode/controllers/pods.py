@@ -242,7 +242,10 @@ class StatusWriter:
                 await self._finish_deletion(pod)
             return
         pod, status = current
-        if self.source_of(uid) != SOURCE:
+        source = self.source_of(uid)
+        if source is None:
+            return  # gone from its source, being stopped: nothing to write, and no mirror to make
+        if source != SOURCE:
             await self._write_mirror(uid, pod, status)
             return
         if self._written.get(uid) == status:

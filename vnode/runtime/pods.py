@@ -66,6 +66,8 @@ class PodManager:
         for uid, record in self.store.items(PODS):
             self._source_of[uid] = record["source"]
             self._start_worker(record["pod"], states.get(uid))
+            if record["pod"]["metadata"].get("deletionTimestamp"):
+                self._workers[uid].delete()  # it was being deleted: finish that, never start it again
         self._restored = list(self._workers.values())
         return len(self._workers)
 

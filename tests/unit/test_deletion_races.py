@@ -1,0 +1,120 @@
+"""Pods on their way out never come back: found by the offline benchmark, kept as tests.
+
+A pod from the API was being deleted when vnode was SIGKILLed, before the store forgot it. At the
+restart the restored pod must finish its deletion, not start again; and once its source no longer
+has it, the status writer must not make a mirror pod of it (only static pods have mirrors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from vnode.app.events import EventLog
+from vnode.clients.kubeconfig import ClusterAccess
+from vnode.clients.masters import Masters
+from vnode.controllers.pods import SOURCE, StatusWriter
+from vnode.runtime import specs
+from vnode.runtime.backoff import Backoff
+from vnode.runtime.cri import CriClient
+from vnode.runtime.pods import PODS, PodManager
+from vnode.runtime.volumes import VolumeManager
+from vnode.runtime.worker import WorkerContext
+from vnode.store import Put, Store
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web", "namespace": "default", "uid": "u-1"},
+    "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+}
+STATUS = {"phase": "Running"}
+
+
+async def nothing(*args: Any) -> None:
+    return None
+
+
+async def test_a_pod_restored_while_being_deleted_is_not_started_again(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "store", map_size=16 << 20)
+    terminating = {**POD, "metadata": {**POD["metadata"], "deletionTimestamp": "2026-11-24T10:00:00Z"}}
+    await store.write([Put(PODS, "u-1", {"source": SOURCE, "pod": terminating}), Put(PODS, "u-2", {
+        "source": SOURCE, "pod": {**POD, "metadata": {**POD["metadata"], "uid": "u-2", "name": "kept"}}
+    })])  # fmt: skip
+    cri = CriClient(f"unix://{tmp_path}/no-runtime.sock", timeout=1)
+    ctx = WorkerContext(
+        cri=cri,
+        volumes=VolumeManager(tmp_path / "pods"),
+        events=EventLog(),
+        node_name="edge1",
+        host_ip="127.0.0.1",
+        logs_dir=tmp_path / "logs",
+        dns=specs.DNSSettings(),
+        crash_backoff=Backoff(10.0, 300.0),
+        image_backoff=Backoff(10.0, 300.0),
+        persist=nothing,
+        status_changed=lambda uid: None,
+    )
+    manager = PodManager(ctx, store, sources=[SOURCE])
+    try:
+        assert manager.restore() == 2
+        deleting, kept = manager.worker("u-1"), manager.worker("u-2")
+        assert deleting is not None and deleting.deleting
+        assert kept is not None and not kept.deleting
+    finally:
+        await manager.stop()
+        await cri.close()
+        await store.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(f"{request.method} {request.path}")
+        body = await request.json()
+        return web.json_response({**body, "metadata": {**body.get("metadata", {}), "uid": "m-1"}})
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[Recorder, Masters]]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    masters = Masters(ClusterAccess((f"http://127.0.0.1:{runner.addresses[0][1]}",), None))
+    try:
+        yield recorder, masters
+    finally:
+        await masters.close()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("source", "wanted"),
+    [
+        (None, []),  # its source let it go: it is being stopped
+        (SOURCE, ["PATCH /api/v1/namespaces/default/pods/web/status"]),
+        (
+            "file",
+            ["POST /api/v1/namespaces/default/pods", "PATCH /api/v1/namespaces/default/pods/web/status"],
+        ),
+    ],
+)
+async def test_only_static_pods_get_mirrors(
+    api: tuple[Recorder, Masters], source: str | None, wanted: list[str]
+) -> None:
+    recorder, masters = api
+    writer = StatusWriter(masters, lambda uid: (POD, STATUS), lambda uid: source, lambda uid: None)
+    writer.node_uid = lambda: "node-uid"
+    writer.changed("u-1")
+    await writer._write("u-1")
+    assert recorder.requests == wanted
