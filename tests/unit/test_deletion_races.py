@@ -1,8 +1,9 @@
-"""Pods on their way out never come back: found by the offline benchmark, kept as tests.
+"""The pod manager and the status writer at the edges: deletion races and a full store.
 
-A pod from the API was being deleted when vnode was SIGKILLed, before the store forgot it. At the
-restart the restored pod must finish its deletion, not start again; and once its source no longer
-has it, the status writer must not make a mirror pod of it (only static pods have mirrors).
+A pod from the API was being deleted when vnode was SIGKILLed, before the store forgot it (found
+by the offline benchmark). At the restart the restored pod must finish its deletion, not start
+again; and once its source no longer has it, the status writer must not make a mirror pod of it
+(only static pods have mirrors). A full store degrades: the pod's sync goes on, the Node says so.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from vnode import errors
 from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
+from vnode.controllers.node import NodeController, NodeIdentity
 from vnode.controllers.pods import SOURCE, StatusWriter
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
@@ -39,14 +42,8 @@ async def nothing(*args: Any) -> None:
     return None
 
 
-async def test_a_pod_restored_while_being_deleted_is_not_started_again(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "store", map_size=16 << 20)
-    terminating = {**POD, "metadata": {**POD["metadata"], "deletionTimestamp": "2026-11-24T10:00:00Z"}}
-    await store.write([Put(PODS, "u-1", {"source": SOURCE, "pod": terminating}), Put(PODS, "u-2", {
-        "source": SOURCE, "pod": {**POD, "metadata": {**POD["metadata"], "uid": "u-2", "name": "kept"}}
-    })])  # fmt: skip
-    cri = CriClient(f"unix://{tmp_path}/no-runtime.sock", timeout=1)
-    ctx = WorkerContext(
+def worker_context(tmp_path: Path, cri: CriClient) -> WorkerContext:
+    return WorkerContext(
         cri=cri,
         volumes=VolumeManager(tmp_path / "pods"),
         events=EventLog(),
@@ -59,6 +56,52 @@ async def test_a_pod_restored_while_being_deleted_is_not_started_again(tmp_path:
         persist=nothing,
         status_changed=lambda uid: None,
     )
+
+
+async def test_a_full_store_degrades_and_the_node_says_so(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "store", map_size=1 << 20, max_map_size=1 << 20)
+    await store.write([Put(PODS, "u-1", {"source": SOURCE, "pod": POD})])
+    cri = CriClient(f"unix://{tmp_path}/no-runtime.sock", timeout=1)
+    manager = PodManager(worker_context(tmp_path, cri), store, sources=[SOURCE])
+    try:
+        manager.restore()
+        with pytest.raises(errors.StoreFull):
+            await store.put("filler", "x", "x" * (2 << 20))
+        await manager._persist("u-1", {"status": STATUS, "pad": "x" * (2 << 20)})  # no exception
+        assert manager.store_problem is not None
+
+        async def version() -> str:
+            return "containerd://test"
+
+        node = NodeController(
+            Masters(ClusterAccess(("http://127.0.0.1:1",), None)),
+            NodeIdentity("edge1", "127.0.0.1", 10250, tmp_path, 110),
+            runtime_version=version,
+            runtime_problem=lambda: None,
+            store_problem=lambda: manager.store_problem,
+        )
+        conditions = {c["type"]: c for c in (await node.node_status())["conditions"]}
+        assert conditions["EdgeStoreFull"]["status"] == "True"
+        assert conditions["EdgeStoreFull"]["reason"] == "StoreMapFull"
+        assert conditions["Ready"]["status"] == "True"  # the pods run: the node stays Ready
+        await manager._persist("u-1", {"status": STATUS})  # space for a small write again
+        assert manager.store_problem is None
+        conditions = {c["type"]: c for c in (await node.node_status())["conditions"]}
+        assert conditions["EdgeStoreFull"]["status"] == "False"
+    finally:
+        await manager.stop()
+        await cri.close()
+        await store.close()
+
+
+async def test_a_pod_restored_while_being_deleted_is_not_started_again(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "store", map_size=16 << 20)
+    terminating = {**POD, "metadata": {**POD["metadata"], "deletionTimestamp": "2026-11-24T10:00:00Z"}}
+    await store.write([Put(PODS, "u-1", {"source": SOURCE, "pod": terminating}), Put(PODS, "u-2", {
+        "source": SOURCE, "pod": {**POD, "metadata": {**POD["metadata"], "uid": "u-2", "name": "kept"}}
+    })])  # fmt: skip
+    cri = CriClient(f"unix://{tmp_path}/no-runtime.sock", timeout=1)
+    ctx = worker_context(tmp_path, cri)
     manager = PodManager(ctx, store, sources=[SOURCE])
     try:
         assert manager.restore() == 2

@@ -195,6 +195,7 @@ def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeCon
         store=c.store,
         offline_summary=lambda since: offline_summary(c, since),
         record_event=c.events.event,
+        store_problem=lambda: c.pods.store_problem,
     )
 
 

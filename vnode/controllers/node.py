@@ -96,6 +96,7 @@ class NodeController:
         store: Store | None = None,
         offline_summary: Callable[[datetime], str] = lambda since: "",
         record_event: Callable[[dict[str, Any], str, str, str], None] = lambda obj, type_, reason, msg: None,
+        store_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         if on_deleted not in ON_NODE_DELETED:
             raise errors.ConfigError("cluster.onNodeDeleted", f"expected one of {ON_NODE_DELETED}")
@@ -112,6 +113,7 @@ class NodeController:
         self._transitions: dict[str, str] = {}
         self._last_report = 0.0
         self.store = store
+        self.store_problem = store_problem
         self.offline_summary = offline_summary
         self.record_event = record_event
         link = (store.get(LINK_TABLE, "state") if store is not None else None) or {}
@@ -191,6 +193,16 @@ class NodeController:
             message = f"kubelet has {'insufficient' if on else 'sufficient'} {what} available"
             conditions.append(self._condition(kind, on, bad if on else good, message, now))
         conditions.append(self._offline_condition(now))
+        full = self.store_problem()
+        conditions.append(
+            self._condition(
+                "EdgeStoreFull",
+                full is not None,
+                "StoreMapFull" if full else "StoreHasSpace",
+                f"pod state is not kept across restarts: {full}" if full else "the local store takes writes",
+                now,
+            )
+        )
         ready = problem is None
         conditions.append(
             self._condition(

@@ -47,6 +47,7 @@ class PodManager:
         self.store = store
         self.relist_period = relist_period
         self._expected_sources = set(sources)
+        self.store_problem: str | None = None  # set while the store is full
         self._ready_sources: set[str] = set()
         self._workers: dict[str, PodWorker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -128,8 +129,19 @@ class PodManager:
             self._notify(uid)
 
     async def _persist(self, uid: str, state: dict[str, Any]) -> None:
+        """Keep a worker's state; a full store degrades (logged, ``store_problem`` set for the
+        Node's EdgeStoreFull condition) instead of stopping the pod's sync."""
         if uid in self._workers and not self._workers[uid].deleting:
-            await self.store.put(PODSTATE, uid, state)
+            try:
+                await self.store.put(PODSTATE, uid, state)
+            except errors.StoreFull as exc:
+                if self.store_problem is None:
+                    log.error("store full, pod state no longer kept across restarts: %s", exc)
+                self.store_problem = str(exc)
+                return
+            if self.store_problem is not None:
+                log.info("store writable again")
+                self.store_problem = None
 
     # -- status readers ----------------------------------------------------------------------
 
