@@ -36,11 +36,13 @@ class Sink:
 
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.counts: list[int] = []
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.messages.append(body["message"])
+        self.counts.append(body["count"])
         return web.json_response({**body, "metadata": {**body["metadata"], "uid": "e"}}, status=201)
 
 
@@ -119,5 +121,21 @@ async def test_a_long_outage_keeps_the_newest_events_and_counts_the_rest(
             await until(lambda: len(sink.messages) == 5, "the kept events posted")
             assert sink.messages == ["#3", "#4", "#5", "#6", "#7"]
             assert online.dropped == 3
+    finally:
+        await store.close()
+
+
+async def test_repeats_during_an_outage_are_posted_once_with_their_count(tmp_path: Path, sink: Sink) -> None:
+    store = await Store.open(tmp_path / "store", map_size=16 << 20)
+    crash = event(9)
+    try:
+        async with FaultyMaster("error") as dead, running(dead.url, store) as offline:
+            for _ in range(5):
+                offline.record(crash)
+            offline.record(event(10))
+            await until(lambda: len(store.items(TABLE)) == 7, "the events kept")
+        async with running(sink.url, store):
+            await until(lambda: len(sink.messages) == 2, "the backlog posted")
+            assert list(zip(sink.messages, sink.counts, strict=True)) == [("#9", 5), ("#10", 1)]
     finally:
         await store.close()

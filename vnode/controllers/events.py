@@ -49,6 +49,11 @@ class _Posted:
     at: float
 
 
+def _key(event: RecordedEvent) -> tuple[str, str, str, str]:
+    """What makes two events the same Event in the API (its count grows instead)."""
+    return event.uid, event.type, event.reason, event.message
+
+
 class EventPoster:
     """See the module docstring; ``record`` is the EventLog listener, ``run`` the posting task."""
 
@@ -124,12 +129,16 @@ class EventPoster:
                 next_try = loop.time() + RETRY_SECONDS
 
     async def _drain(self) -> bool:
-        """Post the queue in order; False when no master answers (the rest stays queued)."""
+        """Post the queue in order; False when no master answers (the rest stays queued).
+
+        Repeats of one Event waiting together (a crash loop during an outage) are posted once,
+        with their count and the last one's time: a backlog costs a write per distinct Event."""
         try:
             while self._queue:
-                seq, event = self._queue[0]
+                _, event = self._queue[0]
+                repeats = [(seq, e) for seq, e in self._queue if _key(e) == _key(event)]
                 try:
-                    await self._post(event)
+                    await self._post(repeats[-1][1], len(repeats), first=event)
                 except errors.Unavailable as exc:
                     log.debug("events not posted yet: %s", exc)
                     return False
@@ -137,9 +146,9 @@ class EventPoster:
                     log.warning(
                         "event %s for %s/%s dropped: %s", event.reason, event.namespace, event.name, exc
                     )
-                self._queue.popleft()
-                if seq in self._stored:
-                    self._forget.add(seq)
+                done = {seq for seq, _ in repeats}
+                self._queue = deque(item for item in self._queue if item[0] not in done)
+                self._forget |= done & self._stored
             return True
         finally:
             await self._keep(new=False)
@@ -164,13 +173,16 @@ class EventPoster:
         self._stored = (self._stored - self._forget) | {seq for seq, _ in added}
         self._forget.clear()
 
-    async def _post(self, event: RecordedEvent) -> None:
+    async def _post(
+        self, event: RecordedEvent, count: int = 1, *, first: RecordedEvent | None = None
+    ) -> None:
+        """``count`` occurrences of ``event`` (the last of them; ``first`` the earliest)."""
         now = time.monotonic()
-        key = (event.uid, event.type, event.reason, event.message)
+        key = _key(event)
         stamp = event.time.strftime("%Y-%m-%dT%H:%M:%SZ")
         previous = self._posted.get(key)
         if previous is not None and now - previous.at < AGGREGATE_SECONDS:
-            previous.count += 1
+            previous.count += count
             previous.at = now
             patch = {"count": previous.count, "lastTimestamp": stamp}
             try:
@@ -205,12 +217,12 @@ class EventPoster:
             "source": {"component": "kubelet", "host": self.node_name},
             "reportingComponent": "kubelet",
             "reportingInstance": self.node_name,
-            "firstTimestamp": stamp,
+            "firstTimestamp": (first or event).time.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "lastTimestamp": stamp,
-            "count": 1,
+            "count": count,
         }
         await self.masters.request("POST", f"/api/v1/namespaces/{event.namespace}/events", body=body)
-        self._posted[key] = _Posted(event.namespace, name, 1, now)
+        self._posted[key] = _Posted(event.namespace, name, count, now)
         self.posts += 1
         if len(self._posted) > 4 * QUEUE_SIZE:  # forget the oldest aggregation keys
             for old in sorted(self._posted, key=lambda k: self._posted[k].at)[:QUEUE_SIZE]:
