@@ -86,6 +86,11 @@ def _status(root_dir: Path) -> int:
             print(f"control plane: unreachable, running offline since {link['offlineSince']}")
         elif link.get("activeMaster"):
             print(f"control plane: reachable at the last heartbeat, through {link['activeMaster']}")
+        waiting = [key for key, _ in store.items("events") if key != "dropped"]
+        if waiting or store.get("events", "dropped"):
+            print(
+                f"events waiting to be posted: {len(waiting)} ({store.get('events', 'dropped') or 0} dropped)"
+            )
         kinds = Counter(key.split("/", 1)[0] for key, _ in store.items("objects"))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))

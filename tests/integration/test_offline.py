@@ -207,6 +207,12 @@ async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tm
             )
             assert "doomed" in await node.pods()  # nothing is stopped because the API is silent
 
+            async def queued() -> bool:
+                report = await vnode_status(node.root_dir)
+                return "running offline since" in report and "events waiting to be posted" in report
+
+            await wait_for(queued, what="vnode status to show the outage and its queued events")
+
             known = ControlPlaneProcess(tmp_path, store=store, port=known.port)
             await known.start()
 
