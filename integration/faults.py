@@ -1,4 +1,5 @@
-"""Masters that misbehave, for failover tests: each is a real listener on a loopback port.
+"""Test servers: ``serving`` runs any aiohttp handler or app on a free loopback port, and
+``FaultyMaster`` gives masters that misbehave, for failover tests. Each is a real listener.
 
 - ``error``: answers every request with 500 and a Status body, as an API server whose etcd is gone;
 - ``garbage``: answers 200 with a body that is not JSON, as a proxy's error page would;
@@ -9,12 +10,33 @@ Each counts the requests (or connections) it got, so a test can tell it was real
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from types import TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 KINDS = ("error", "garbage", "silent")
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    target: web.Application | Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """Serve ``target`` (an app, or a handler for every method and path) on 127.0.0.1; yields
+    its URL and stops it on exit."""
+    if isinstance(target, web.Application):
+        app = target
+    else:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", target)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 class FaultyMaster:
@@ -25,8 +47,7 @@ class FaultyMaster:
             raise ValueError(f"kind must be one of {KINDS}")
         self.kind = kind
         self.requests = 0
-        self._runner: web.AppRunner | None = None
-        self._socket: socket.socket | None = None
+        self._stack = contextlib.AsyncExitStack()
         self.port = 0
 
     @property
@@ -43,26 +64,14 @@ class FaultyMaster:
 
     async def __aenter__(self) -> FaultyMaster:
         if self.kind == "silent":
-            self._socket = socket.socket()
-            self._socket.bind(("127.0.0.1", 0))
-            self._socket.listen(64)  # nobody ever accepts, reads or answers
-            self.port = int(self._socket.getsockname()[1])
-            return self
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+            sock = self._stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(64)  # nobody ever accepts, reads or answers
+            self.port = int(sock.getsockname()[1])
+        else:
+            url = await self._stack.enter_async_context(serving(self._answer))
+            self.port = int(url.rsplit(":", 1)[1])
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._socket is not None:
-            self._socket.close()
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from integration.faults import serving
 from vnode import errors
 from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import ClusterAccess
@@ -127,18 +128,12 @@ class Recorder:
 @pytest.fixture
 async def api() -> AsyncIterator[tuple[Recorder, Masters]]:
     recorder = Recorder()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recorder.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    masters = Masters(ClusterAccess((f"http://127.0.0.1:{runner.addresses[0][1]}",), None))
-    try:
-        yield recorder, masters
-    finally:
-        await masters.close()
-        await runner.cleanup()
+    async with serving(recorder.handle) as url:
+        masters = Masters(ClusterAccess((url,), None))
+        try:
+            yield recorder, masters
+        finally:
+            await masters.close()
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from integration.faults import FaultyMaster
+from integration.faults import FaultyMaster, serving
 from integration.node import wait_for
 from vnode.app.events import RecordedEvent
 from vnode.clients.kubeconfig import ClusterAccess
@@ -49,17 +49,8 @@ class Sink:
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     state = Sink()
-    app = web.Application()
-    app.router.add_post("/api/v1/namespaces/{ns}/events", state.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(state.handle) as state.url:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 
+from integration.faults import serving
 from vnode import errors
 from vnode.api import local
 from vnode.api.local import ApiError, Filter, PodHistory, parse_selector
@@ -286,14 +286,8 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[str, FakePods]]:
         )
 
     app = local.LocalApi(local.LocalSources(pods, node, local.EmptyObjects(), TOKEN, "v1.32.0-vnode.0.1.0"))
-    runner = web.AppRunner(app.app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", pods
-    finally:
-        await runner.cleanup()
+    async with serving(app.app) as url:
+        yield url, pods
 
 
 async def call(url: str, method: str = "GET", token: str | None = TOKEN, **headers: str) -> tuple[int, Any]:

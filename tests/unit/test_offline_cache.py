@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from integration.faults import FaultyMaster
+from integration.faults import FaultyMaster, serving
 from vnode import errors
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
@@ -46,17 +46,8 @@ class Master:
 @pytest.fixture
 async def master() -> AsyncIterator[Master]:
     state = Master()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", state.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(state.handle) as state.url:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
