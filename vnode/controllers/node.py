@@ -360,17 +360,18 @@ class NodeController:
         if self.store is None or self._current is None or version == self._kept_version:
             return
         self._kept_version = version
-        try:
-            await self.store.put(LINK_TABLE, "node", self._current)
-        except errors.StoreError as exc:
-            log.warning("node object not kept: %s", exc)
+        await self._put("node", self._current)
 
     async def _save_link(self, state: dict[str, str]) -> None:
+        await self._put("state", state)
+
+    async def _put(self, key: str, value: dict[str, Any]) -> None:
+        """Keep ``value`` in the link table; a failing store only costs what a restart would know."""
         if self.store is not None:
             try:
-                await self.store.put(LINK_TABLE, "state", state)
+                await self.store.put(LINK_TABLE, key, value)
             except errors.StoreError as exc:
-                log.warning("link state not kept: %s", exc)
+                log.warning("%s not kept in the store: %s", key, exc)
 
     async def _node_deleted(self) -> None:
         name = self.identity.name

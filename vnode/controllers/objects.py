@@ -75,7 +75,7 @@ class ObjectCache:
         previous = cached[1] if cached is not None else self._load(key)[1]
         self._cache[key] = (now, obj)
         if _version(previous) != _version(obj) or (cached is None and not self._stored(key)):
-            await self._save(key, {"object": obj} if obj is None or kind not in SEALED_KINDS else None, obj)
+            await self._save(key, obj, sealed=kind in SEALED_KINDS and obj is not None)
         return obj
 
     async def token(self, pod: Obj, audience: str, expiration_seconds: int) -> tuple[str, float]:
@@ -110,7 +110,7 @@ class ObjectCache:
                 raise
             return str(stored["token"]), left
         token = str((answer.get("status") or {})["token"])
-        await self._save(key, None, {"token": token, "expires": time.time() + expiration_seconds})
+        await self._save(key, {"token": token, "expires": time.time() + expiration_seconds}, sealed=True)
         return token, float(expiration_seconds)
 
     # -- reading what is kept (the local API's ObjectReader) ----------------------------------
@@ -149,15 +149,17 @@ class ObjectCache:
             log.warning("cached %s is unreadable: %s", key, exc)
             return False, None
 
-    async def _save(self, key: str, plain: Obj | None, value: Obj | None) -> None:
-        """Write ``plain`` as it is, or else ``value`` sealed; a full store only costs the offline copy."""
+    async def _save(self, key: str, value: Obj | None, *, sealed: bool) -> None:
+        """Keep ``value`` (None: known absent), sealed if asked; a full store only costs the
+        offline copy."""
         if self.store is None:
             return
-        row = plain
-        if row is None:
-            if self.sealer is None:
-                return  # never write a secret in the clear
+        if not sealed:
+            row: Obj = {"object": value}
+        elif self.sealer is not None:
             row = {"sealed": self.sealer.seal(json.dumps(value).encode(), key)}
+        else:
+            return  # never write a secret in the clear
         try:
             await self.store.put(TABLE, key, row)
             self.writes += 1
