@@ -307,9 +307,10 @@ class NodeController:
                     next_lease = now + LEASE_RENEW_SECONDS
                     await self.renew_lease()
                     await self._link_up()
-                if now >= next_status or self._api_disagrees():
+                disagrees = self._api_disagrees()
+                if now >= next_status or disagrees:
                     next_status = now + STATUS_CHECK_SECONDS
-                    await self.report_status(force=self._api_disagrees())
+                    await self.report_status(force=disagrees)
             except errors.Unavailable as exc:
                 await self._link_down(exc)
             except errors.NotFound:

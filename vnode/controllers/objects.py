@@ -72,9 +72,13 @@ class ObjectCache:
                 self._cache[key] = cached
             log.debug("serving the cached %s: no master answers", key)
             return cached[1]
-        previous = cached[1] if cached is not None else self._load(key)[1]
+        if cached is not None:
+            changed = _version(cached[1]) != _version(obj)
+        else:  # first fetch since the start: compare with what the store kept
+            found, stored = self._load(key)
+            changed = not found or _version(stored) != _version(obj)
         self._cache[key] = (now, obj)
-        if _version(previous) != _version(obj) or (cached is None and not self._stored(key)):
+        if changed:
             await self._save(key, obj, sealed=kind in SEALED_KINDS and obj is not None)
         return obj
 
@@ -128,9 +132,6 @@ class ObjectCache:
         return [obj for obj in (self._load(key)[1] for key in keys) if obj is not None]
 
     # -- the store ---------------------------------------------------------------------------
-
-    def _stored(self, key: str) -> bool:
-        return self.store is not None and self.store.get(TABLE, key) is not None
 
     def _load(self, key: str) -> tuple[bool, Obj | None]:
         """(found, value) from the store; a value that does not open counts as not found."""
