@@ -67,6 +67,10 @@ class StoreFull(StoreError):
     """The LMDB map is full; writes fail until space is reclaimed or the map grows."""
 
 
+class TooMany(VnodeError):
+    """A limit on concurrent work is reached (CRI ResourceExhausted, stream limits): retry later."""
+
+
 class NodeDeleted(VnodeError):
     """The Node object was deleted from the API and ``cluster.onNodeDeleted`` is ``exit``."""
 
@@ -76,6 +80,7 @@ HTTP_STATUS: dict[type[VnodeError], int] = {
     InvalidInput: 400,
     NotFound: 404,
     Conflict: 409,
+    TooMany: 429,
     Unavailable: 503,
     RuntimeFailure: 500,
     StoreError: 500,

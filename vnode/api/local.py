@@ -47,6 +47,7 @@ from aiohttp import web
 
 from vnode import errors
 from vnode.api.server import Listener
+from vnode.api.streams import PORT_FORWARD, StreamHandlers
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
 from vnode.provider.protocols import LogLocator, ObjectReader, PodLister
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 HISTORY = 256  # pod changes kept for watches that resume from a resourceVersion
 WATCH_QUEUE = 1024  # events a slow watcher may lag behind before its stream is closed
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
+# The pod subresources that open a session (POST for SPDY, GET for WebSocket), not writes.
+STREAM_SUBRESOURCES = ("exec", "attach", "portforward")
+_STREAM_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach|portforward)$")
 CONTEXT = "vnode-local"
 
 # -- Status errors ----------------------------------------------------------------------------
@@ -559,6 +563,7 @@ class LocalSources:
     objects: ObjectReader
     token: str
     version: str  # gitVersion, the node's kubeletVersion
+    streams: StreamHandlers | None = None  # pods/exec, pods/attach, pods/portforward
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -589,11 +594,13 @@ class LocalApi:
             expected = self.sources.token.encode()
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
                 raise ApiError(401, "Unauthorized")
-            if request.method in WRITES:
+            if request.method == "POST" and _STREAM_PATH.match(request.path):
+                pass  # a session, not a write
+            elif request.method in WRITES:
                 raise ApiError(
                     405, f"the local API of this node is read-only: {request.method} is not allowed"
                 )
-            if request.method not in ("GET", "HEAD"):
+            elif request.method not in ("GET", "HEAD"):
                 raise ApiError(405, f"{request.method} is not allowed")
             response: web.StreamResponse = await handler(request)
             return response
@@ -632,6 +639,14 @@ class LocalApi:
         if sub is not None:
             if resource.plural == "pods" and sub == "log" and namespace is not None and name is not None:
                 return await self.pod_log(request, namespace, name)
+            if (
+                resource.plural == "pods"
+                and sub in STREAM_SUBRESOURCES
+                and namespace is not None
+                and name is not None
+                and self.sources.streams is not None
+            ):
+                return await self.pod_stream(request, sub, namespace, name)
             raise ApiError(404, f"the server could not find the requested resource {request.path}")
         if name is not None and resource.namespaced and namespace is None:
             raise ApiError(404, f"the server could not find the requested resource {request.path}")
@@ -646,6 +661,9 @@ class LocalApi:
             if r.plural == "pods":
                 items.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
                               "verbs": ["get"]})  # fmt: skip
+                if self.sources.streams is not None:
+                    items += [{"name": f"pods/{sub}", "singularName": "", "namespaced": True, "kind": "Pod",
+                               "verbs": ["create", "get"]} for sub in STREAM_SUBRESOURCES]  # fmt: skip
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": items}
 
     def _items(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], int]:
@@ -768,6 +786,24 @@ class LocalApi:
             if watcher is not None:
                 self.history.unsubscribe(watcher)
         return response
+
+    async def pod_stream(
+        self, request: web.Request, sub: str, namespace: str, name: str
+    ) -> web.StreamResponse:
+        """pods/exec|attach|portforward: the kubelet API's session handlers, container defaulted
+        as the API server defaults it (the only one; otherwise the caller must name one)."""
+        assert self.sources.streams is not None
+        container = request.query.get("container", "")
+        if sub != PORT_FORWARD and not container:
+            pod = self._get(RESOURCES["pods"], namespace, name)
+            names = [c["name"] for c in pod.get("spec", {}).get("containers") or []]
+            if len(names) != 1:
+                raise ApiError(
+                    400,
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]",
+                )
+            container = names[0]
+        return await self.sources.streams.serve(request, sub, namespace, name, None, container)
 
     async def pod_log(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
         """``pods/{name}/log`` through the same locator and reader as the kubelet's /containerLogs."""

@@ -2,9 +2,9 @@
 
 The handlers see only the narrow protocols of ``vnode.provider.protocols``, so any pod provider
 serves the same API. Errors are vnode errors mapped through ``errors.http_status``; the body is
-the plain-text reason, as kubelet writes it. Every method but GET (and HEAD) gets 405 with
-``Allow``. Streaming endpoints (exec, attach, port-forward) will register here as optional
-capabilities.
+the plain-text reason, as kubelet writes it. A method an endpoint does not take gets 405 with
+``Allow``: GET (and HEAD) everywhere, GET and POST for the streaming endpoints (``vnode.api.streams``,
+registered when the provider has that capability), POST only for ``/run``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -23,9 +23,14 @@ from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
 from vnode.provider.protocols import HealthCheck, LogLocator, PodLister
 
+if TYPE_CHECKING:
+    from vnode.api.streams import StreamHandlers
+
 log = logging.getLogger(__name__)
 
 ALLOWED = "GET, HEAD"
+# Methods by first path segment where they differ from ALLOWED.
+_METHODS = {"exec": "GET, POST", "attach": "GET, POST", "portForward": "GET, POST", "run": "POST"}
 
 
 @dataclass
@@ -35,6 +40,7 @@ class KubeletHandlers:
     pods: PodLister | None
     logs: LogLocator | None
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
+    streams: StreamHandlers | None = None
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
@@ -44,13 +50,16 @@ def _text(status: int, text: str, **headers: str) -> web.Response:
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """vnode errors become their status code with the reason; bugs become a logged 500."""
-    if request.method not in ("GET", "HEAD"):
-        return _text(405, f"method {request.method} is not allowed", Allow=ALLOWED)
+    allowed = _METHODS.get(request.path.split("/", 2)[1], ALLOWED)
+    if request.method not in allowed.split(", "):
+        return _text(405, f"method {request.method} is not allowed", Allow=allowed)
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except web.HTTPException:
         raise
+    except errors.TooMany as exc:
+        return _text(429, str(exc), **{"Retry-After": "60"})
     except errors.VnodeError as exc:
         return _text(errors.http_status(exc), str(exc))
     except (ConnectionResetError, asyncio.CancelledError):
@@ -74,6 +83,8 @@ class KubeletApp:
             routes.append(web.route("*", "/pods", self.pods))
         if handlers.logs is not None:
             routes.append(web.route("*", "/containerLogs/{namespace}/{pod}/{container}", self.container_logs))
+        if handlers.streams is not None:
+            routes += handlers.streams.routes()
         self.app.add_routes(routes)
 
     async def _run_checks(self, names: list[str]) -> list[tuple[str, str | None]]:

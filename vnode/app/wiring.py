@@ -21,6 +21,7 @@ from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
 from vnode.api.local import EmptyObjects, LocalApi, LocalSources, ensure_token, minimal_node
 from vnode.api.server import KubeletHandlers
+from vnode.api.streams import StreamHandlers, StreamLimits
 from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
@@ -166,7 +167,8 @@ async def _local_api(settings: Settings, c: Components, host_ip: str) -> LocalAp
         )
 
     objects = c.objects if c.objects is not None else EmptyObjects()
-    return LocalApi(LocalSources(c.pods, node, objects, token, KUBELET_VERSION))
+    streams = c.kubelet_handlers.streams
+    return LocalApi(LocalSources(c.pods, node, objects, token, KUBELET_VERSION, streams))
 
 
 def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeController:
@@ -259,7 +261,16 @@ async def _build_with_store(
         "runtime": pods.check_runtime,
         "syncloop": pods.check_sync,
     }
-    handlers = KubeletHandlers(pods=pods, logs=pods, health_checks=checks)
+    server = settings.server
+    limits = StreamLimits(
+        idle_timeout=server.streaming_connection_idle_timeout,
+        creation_timeout=server.stream_creation_timeout,
+        per_pod=server.max_streams_per_pod,
+        total=server.max_streams,
+    )
+    handlers = KubeletHandlers(
+        pods=pods, logs=pods, health_checks=checks, streams=StreamHandlers(pods, limits)
+    )
     healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)
     return Components(
         settings=settings,

@@ -204,6 +204,22 @@ FIELDS = [
     Field("server.localAPIAddress", "--local-api-address", ("server", "local_api_address"), _ip),
     Field("server.localAPIPort", "--local-api-port", ("server", "local_api_port"), _int(0, 65535)),
     Field(
+        "server.streamingConnectionIdleTimeout",
+        "--streaming-connection-idle-timeout",
+        ("server", "streaming_connection_idle_timeout"),
+        parse_duration,
+    ),
+    Field(
+        "server.streamCreationTimeout",
+        "--stream-creation-timeout",
+        ("server", "stream_creation_timeout"),
+        parse_duration,
+    ),
+    Field(
+        "server.maxStreamsPerPod", "--max-streams-per-pod", ("server", "max_streams_per_pod"), _int(1, 100000)
+    ),
+    Field("server.maxStreams", "--max-streams", ("server", "max_streams"), _int(1, 100000)),
+    Field(
         "runtime.containerRuntimeEndpoint", "--container-runtime-endpoint", ("runtime", "endpoint"), _endpoint
     ),
     Field(

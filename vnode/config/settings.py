@@ -32,6 +32,11 @@ class ServerSettings:
     healthz_bind_address: str = "127.0.0.1"
     local_api_address: str = "127.0.0.1"  # the read-only local API (vnode.api.local)
     local_api_port: int = 10350  # 0 disables it
+    # exec/attach/port-forward sessions (vnode.api.streams): kubelet's idle timeout and limits
+    streaming_connection_idle_timeout: float = 4 * 3600.0
+    stream_creation_timeout: float = 30.0
+    max_streams_per_pod: int = 16
+    max_streams: int = 256
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,46 @@ class LogLocator(Protocol):
     async def locate_log(self, namespace: str, pod: str, container: str, previous: bool) -> LogTarget: ...
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    """Which standard streams an exec or attach session carries (kubelet's remotecommand options)."""
+
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = True
+    tty: bool = False
+
+
+class StreamProvider(Protocol):
+    """Serves ``/exec``, ``/attach``, ``/portForward`` and ``/run`` (``run_sync``).
+
+    The ``*_url`` calls return the runtime's single-use streaming URL (CRI Exec/Attach/PortForward);
+    the HTTP layer proxies the client's upgraded connection to it. ``uid`` is the optional path
+    segment: when given it must match the pod. Unknown pod or container -> ``NotFound``; a container
+    that is not running -> ``InvalidInput``.
+    """
+
+    async def exec_url(
+        self,
+        namespace: str,
+        pod: str,
+        uid: str | None,
+        container: str,
+        command: list[str],
+        options: StreamOptions,
+    ) -> str: ...
+
+    async def attach_url(
+        self, namespace: str, pod: str, uid: str | None, container: str, options: StreamOptions
+    ) -> str: ...
+
+    async def port_forward_url(self, namespace: str, pod: str, uid: str | None, ports: list[int]) -> str: ...
+
+    async def run_sync(
+        self, namespace: str, pod: str, uid: str | None, container: str, command: list[str]
+    ) -> tuple[bytes, bytes, int]: ...
+
+
 # A health check: returns None when healthy, raises any exception with a reason when not.
 HealthCheck = Callable[[], Awaitable[None]]
 

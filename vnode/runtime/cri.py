@@ -6,6 +6,7 @@ translates ``grpc.aio.AioRpcError`` into vnode's error tree at this edge:
 
 - UNAVAILABLE (socket missing, containerd restarting), DEADLINE_EXCEEDED -> ``Unavailable``
 - NOT_FOUND -> ``NotFound``
+- RESOURCE_EXHAUSTED (the streaming server's 1000 pending requests) -> ``TooMany``
 - everything else -> ``RuntimeFailure`` carrying the runtime's own message.
 
 The channel reconnects by itself when containerd comes back, so the client is created once.
@@ -50,6 +51,8 @@ def _translate(exc: grpc.aio.AioRpcError, what: str) -> errors.VnodeError:
         return errors.Unavailable(message)
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.NotFound(message)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.TooMany(message)
     return errors.RuntimeFailure(message)
 
 
@@ -201,6 +204,31 @@ class CriClient:
             self._runtime.ExecSync, req, "ExecSync", (self.timeout + timeout) if timeout else None
         )
         return bytes(resp.stdout), bytes(resp.stderr), int(resp.exit_code)
+
+    # -- streaming: each call returns a single-use URL on the runtime's own streaming server --
+
+    async def exec_url(
+        self, container_id: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str:
+        req = api_pb2.ExecRequest(
+            container_id=container_id, cmd=cmd, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+        resp = await self._call(self._runtime.Exec, req, f"Exec {container_id[:12]}", timeout=30)
+        return str(resp.url)
+
+    async def attach_url(
+        self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str:
+        req = api_pb2.AttachRequest(
+            container_id=container_id, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+        resp = await self._call(self._runtime.Attach, req, f"Attach {container_id[:12]}", timeout=30)
+        return str(resp.url)
+
+    async def port_forward_url(self, sandbox_id: str, ports: list[int]) -> str:
+        req = api_pb2.PortForwardRequest(pod_sandbox_id=sandbox_id, port=ports)
+        resp = await self._call(self._runtime.PortForward, req, f"PortForward {sandbox_id[:12]}", timeout=30)
+        return str(resp.url)
 
     # -- images -----------------------------------------------------------------------------
 

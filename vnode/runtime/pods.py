@@ -8,7 +8,8 @@ per period and wakes the workers whose objects changed; it also garbage-collects
 pods nobody wants, but only once every source has delivered its first complete set, so that a
 restarted vnode never mistakes a live pod for an orphan.
 
-The HTTP layer reads from here through the ``PodLister`` and ``LogLocator`` protocols.
+The HTTP layer reads from here through the ``PodLister``, ``LogLocator`` and ``StreamProvider``
+protocols.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vnode import errors
-from vnode.provider.protocols import LogTarget
+from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.provider.types import ContainerState
 from vnode.runtime import labels
 from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
@@ -216,6 +217,59 @@ class PodManager:
             return status.state in (ContainerState.RUNNING, ContainerState.CREATED)
 
         return LogTarget(path=instance.log_path, is_running=is_running)
+
+    # -- streams (StreamProvider) ------------------------------------------------------------------
+
+    def _running_container(self, namespace: str, pod: str, uid: str | None, container: str) -> str:
+        """The ID of the running instance of ``container``, with kubelet's 404 for unknown names."""
+        worker = self.find(namespace, pod)
+        if uid is not None and worker.pod["metadata"].get("uid") != uid:
+            raise errors.NotFound(f'pod "{pod}" with UID {uid} not found')
+        spec = worker.pod.get("spec", {})
+        names = [c["name"] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+        if container not in names:
+            raise errors.NotFound(f'container "{container}" in pod "{pod}" not found')
+        instance = worker.last_observed.current(container)
+        if instance is None or instance.state != ContainerState.RUNNING:
+            raise errors.InvalidInput(f'container "{container}" in pod "{pod}" is not running')
+        return instance.id
+
+    async def exec_url(
+        self,
+        namespace: str,
+        pod: str,
+        uid: str | None,
+        container: str,
+        command: list[str],
+        options: StreamOptions,
+    ) -> str:
+        cid = self._running_container(namespace, pod, uid, container)
+        return await self.ctx.cri.exec_url(
+            cid, command, tty=options.tty, stdin=options.stdin, stdout=options.stdout, stderr=options.stderr
+        )
+
+    async def attach_url(
+        self, namespace: str, pod: str, uid: str | None, container: str, options: StreamOptions
+    ) -> str:
+        cid = self._running_container(namespace, pod, uid, container)
+        return await self.ctx.cri.attach_url(
+            cid, tty=options.tty, stdin=options.stdin, stdout=options.stdout, stderr=options.stderr
+        )
+
+    async def port_forward_url(self, namespace: str, pod: str, uid: str | None, ports: list[int]) -> str:
+        worker = self.find(namespace, pod)
+        if uid is not None and worker.pod["metadata"].get("uid") != uid:
+            raise errors.NotFound("pod not found")  # kubelet's text for a UID mismatch
+        sandbox = worker.last_observed.sandbox
+        if sandbox is None or not sandbox.ready:
+            raise errors.InvalidInput(f'pod "{pod}" has no running sandbox')
+        return await self.ctx.cri.port_forward_url(sandbox.id, ports)
+
+    async def run_sync(
+        self, namespace: str, pod: str, uid: str | None, container: str, command: list[str]
+    ) -> tuple[bytes, bytes, int]:
+        cid = self._running_container(namespace, pod, uid, container)
+        return await self.ctx.cri.exec_sync(cid, command)
 
     # -- the relist --------------------------------------------------------------------------
 
