@@ -1,4 +1,4 @@
-"""The ``vnode`` command: ``run`` (kubelet's flag names), ``status`` and ``version``.
+"""The ``vnode`` command: ``run`` (kubelet's flag names), ``join``, ``certs``, ``status``, ``version``.
 
 Config errors print ``vnode: config error: <field or flag>: <reason>`` and exit 2, before
 anything is started. The application modules are imported only by ``run``, so ``version`` and
@@ -24,14 +24,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vnode", description="A Kubernetes node for the edge.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the node in the foreground")
-    run.add_argument("--config", type=Path, help="YAML config file (see conf/vnode.yaml); flags override it")
-    for field in FIELDS:
-        names = [field.flag, "--v"] if field.flag == "-v" else [field.flag]
-        run.add_argument(*names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}")
+    _node_flags(run)
+    join = commands.add_parser("join", help="join a cluster with a bootstrap token, then run the node")
+    join.add_argument("servers", help="the masters' URLs, comma-separated (https://host:6443,...)")
+    join.add_argument("--token", required=True, help="the bootstrap token <id>.<secret>")
+    join.add_argument("--discovery-token-ca-cert-hash", action="append", default=[], metavar="sha256:HEX")
+    join.add_argument("--discovery-token-unsafe-skip-ca-verification", action="store_true")
+    join.add_argument("--discovery-timeout", default="5m", metavar="DURATION")
+    _node_flags(join)
+    from vnode.security import certs  # its heavy imports happen only when it runs
+
+    certs.add_parser(commands)
     status = commands.add_parser("status", help="show what the node's store holds")
     status.add_argument("--root-dir", type=Path, default=Settings().root_dir)
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _node_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="YAML config file (see conf/vnode.yaml); flags override it"
+    )
+    for field in FIELDS:
+        names = [field.flag, "--v"] if field.flag == "-v" else [field.flag]
+        if field.boolean:  # kubelet's boolean flags: ``--flag`` alone means true
+            parser.add_argument(
+                *names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}", nargs="?", const="true"
+            )
+        else:
+            parser.add_argument(*names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -48,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(args.root_dir)
+    if args.command == "certs":
+        from vnode.security import certs
+
+        return certs.main(args)
     flags = {f.flag: getattr(args, f.flag) for f in FIELDS}
     try:
         settings = load_settings(args.config, flags)
@@ -55,9 +80,56 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vnode: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if args.command == "join":
+        try:
+            settings = _join(args, settings)
+        except (errors.ConfigError, errors.JoinRefused) as exc:
+            kind = "config error" if isinstance(exc, errors.ConfigError) else "join refused"
+            print(f"vnode: {kind}: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, errors.ConfigError) else 1
     from vnode.app.running import run  # the application itself, only when running it
 
     return run(settings)
+
+
+def _join(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Bootstrap unless an earlier join left a valid client certificate; the settings to run
+    the joined node with (its kubeconfig, client and serving certificate rotation on)."""
+    import asyncio
+    import dataclasses
+
+    from vnode.config.loader import parse_duration
+    from vnode.security import bootstrap
+
+    token_id, token_secret = bootstrap.parse_token(args.token)
+    pins = bootstrap.parse_pins(args.discovery_token_ca_cert_hash)
+    if not pins and not args.discovery_token_unsafe_skip_ca_verification:
+        raise errors.ConfigError(
+            "--discovery-token-ca-cert-hash",
+            "required (or --discovery-token-unsafe-skip-ca-verification, which trusts any CA)",
+        )
+    servers = tuple(s.strip().rstrip("/") for s in args.servers.split(",") if s.strip())
+    if not servers or not all(s.startswith("https://") for s in servers):
+        raise errors.ConfigError("servers", f"{args.servers!r}: expected https:// URLs, comma-separated")
+    try:
+        timeout = parse_duration(args.discovery_timeout)
+    except Exception as exc:
+        raise errors.ConfigError("--discovery-timeout", str(exc)) from exc
+    kubeconfig = settings.cluster.kubeconfig or settings.root_dir / "kubelet.conf"
+    request = bootstrap.JoinRequest(
+        servers, token_id, token_secret, pins, args.discovery_token_unsafe_skip_ca_verification,
+        settings.node.name, kubeconfig, settings.pki_dir, discovery_timeout=timeout,
+    )  # fmt: skip
+    if asyncio.run(bootstrap.client_certificate_valid(kubeconfig, settings.pki_dir)):
+        logging.getLogger("vnode.join").info(
+            "%s holds a valid client certificate: not joining again", kubeconfig
+        )
+    else:
+        asyncio.run(bootstrap.join(request))
+    cluster = dataclasses.replace(
+        settings.cluster, kubeconfig=kubeconfig, master=None, rotate_certificates=True
+    )
+    return dataclasses.replace(settings, cluster=cluster)
 
 
 def _status(root_dir: Path) -> int:
