@@ -163,6 +163,10 @@ def _status(root_dir: Path) -> int:
             print(
                 f"events waiting to be posted: {len(waiting)} ({store.get('events', 'dropped') or 0} dropped)"
             )
+        from vnode.security.certs import status_lines
+
+        for line in status_lines(root_dir):
+            print(line)
         kinds = Counter(key.split("/", 1)[0] for key, _ in store.items("objects"))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
