@@ -205,8 +205,11 @@ class Bootstrap:
         return web.json_response(stored, status=201)
 
     async def _approval(self, request: web.Request, name: str) -> web.Response:
-        body = await self.plane._body(request)
-        conditions = ((body or {}).get("status") or {}).get("conditions") or []
+        if request.content_type == "application/vnd.kubernetes.protobuf":  # kubectl certificate approve
+            conditions = _protobuf_conditions(await request.read())
+        else:
+            body = await self.plane._body(request)
+            conditions = ((body or {}).get("status") or {}).get("conditions") or []
 
         def mutate(old: dict[str, Any]) -> dict[str, Any]:
             old.setdefault("status", {})["conditions"] = conditions
@@ -355,6 +358,54 @@ class Bootstrap:
 
         with contextlib.suppress(cp.ApiError):
             self.store.write(CONFIGMAPS, "kube-public", "cluster-info", mutate, create=existing is None)
+
+
+def _fields(data: bytes) -> list[tuple[int, bytes]]:
+    """(field number, bytes) of the length-delimited fields of a protobuf message (the others,
+    varints and fixed-size ones, are skipped)."""
+    fields, at = [], 0
+
+    def varint() -> int:
+        nonlocal at
+        value, shift = 0, 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while at < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            size = varint()
+            fields.append((number, data[at : at + size]))
+            at += size
+        elif wire == 0:
+            varint()
+        else:
+            at += 8 if wire == 1 else 4
+    return fields
+
+
+def _protobuf_conditions(body: bytes) -> list[dict[str, Any]]:
+    """status.conditions of a CertificateSigningRequest sent as Kubernetes protobuf: the ``k8s\\0``
+    magic, an ``Unknown`` envelope whose field 2 is the object; CSR field 3 is the status, whose
+    field 1 repeats conditions (1 type, 2 reason, 3 message, 6 status)."""
+    if not body.startswith(b"k8s\x00"):
+        raise cp.ApiError(400, "BadRequest", "not a Kubernetes protobuf body")
+    raw = next(v for n, v in _fields(body[4:]) if n == 2)
+    status = next((v for n, v in _fields(raw) if n == 3), b"")
+    conditions = []
+    for number, value in _fields(status):
+        if number == 1:
+            parts = {n: v.decode() for n, v in _fields(value) if n in (1, 2, 3, 6)}
+            condition = {"type": parts.get(1, ""), "status": parts.get(6, "True")}
+            condition.update(reason=parts.get(2, ""), message=parts.get(3, ""), lastUpdateTime=cp.now_text())
+            conditions.append(condition)
+    return conditions
 
 
 def install(plane: cp.ControlPlane, pki: ClusterPki) -> Bootstrap:

@@ -95,12 +95,13 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def detached_signature(payload: str, token_id: str, token_secret: str) -> str:
+def detached_signature(payload: str, token_id: str, token_secret: str | bytes) -> str:
     """The detached compact JWS cluster-bootstrap computes: a header with the keys in sorted
     order, no spaces, base64url without padding, and an empty payload section."""
+    key = token_secret.encode() if isinstance(token_secret, str) else token_secret
     header = _b64url(json.dumps({"alg": "HS256", "kid": token_id}, separators=(",", ":")).encode())
     signing_input = f"{header}.{_b64url(payload.encode())}".encode()
-    return f"{header}..{_b64url(hmac.new(token_secret.encode(), signing_input, hashlib.sha256).digest())}"
+    return f"{header}..{_b64url(hmac.new(key, signing_input, hashlib.sha256).digest())}"
 
 
 def signature_valid(payload: str, signature: str, token_id: str, token_secret: str) -> bool:
