@@ -290,7 +290,7 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
         await set_knobs(plane, signingDuration="120", approveServing="true")  # renewals go through
 
         node.write_manifest(
-            "ticker.yaml", busybox_pod("ticker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done")
+            "ticker.yaml", busybox_pod("ticker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done")  # noqa: E501
         )
         context = ssl.create_default_context(cafile=str(ca))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))

@@ -170,26 +170,28 @@ async def test_swapping_the_serving_pair_keeps_open_streams_and_serves_new_conne
     port = runner.addresses[0][1]
     client_context = ssl.create_default_context(cadata=ca.decode())
     try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=client_context, force_close=True)
-        ) as session:
-            async with session.get(f"https://localhost:{port}/stream") as old:
-                assert old.connection is not None and old.connection.transport is not None
-                transport = old.connection.transport
-                ticks.put_nowait(1)
-                assert await old.content.readline() == b"1\n"
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_context, force_close=True)
+            ) as session,
+            session.get(f"https://localhost:{port}/stream") as old,
+        ):
+            assert old.connection is not None and old.connection.transport is not None
+            transport = old.connection.transport
+            ticks.put_nowait(1)
+            assert await old.content.readline() == b"1\n"
 
-                context.load_cert_chain(str(pairs[1]))  # the swap
-                _, writer = await asyncio.open_connection("localhost", port, ssl=client_context)
-                subject = writer.get_extra_info("peercert")["subject"]
-                writer.close()
-                await writer.wait_closed()
-                assert (("commonName", "new"),) in subject
-                async with session.get(f"https://localhost:{port}/hello") as fresh:
-                    assert await fresh.text() == "hello"
+            context.load_cert_chain(str(pairs[1]))  # the swap
+            _, writer = await asyncio.open_connection("localhost", port, ssl=client_context)
+            subject = writer.get_extra_info("peercert")["subject"]
+            writer.close()
+            await writer.wait_closed()
+            assert (("commonName", "new"),) in subject
+            async with session.get(f"https://localhost:{port}/hello") as fresh:
+                assert await fresh.text() == "hello"
 
-                ticks.put_nowait(2)
-                assert await asyncio.wait_for(old.content.readline(), 5) == b"2\n"
-                assert (("commonName", "old"),) in transport.get_extra_info("peercert")["subject"]
+            ticks.put_nowait(2)
+            assert await asyncio.wait_for(old.content.readline(), 5) == b"2\n"
+            assert (("commonName", "old"),) in transport.get_extra_info("peercert")["subject"]
     finally:
         await runner.cleanup()
