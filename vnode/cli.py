@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     if args.command == "join":
         try:
-            settings = _join(args, settings)
+            from vnode.security.bootstrap import join_command
+
+            settings = join_command(args, settings)
         except (errors.ConfigError, errors.JoinRefused) as exc:
             kind = "config error" if isinstance(exc, errors.ConfigError) else "join refused"
             print(f"vnode: {kind}: {exc}", file=sys.stderr)
@@ -90,46 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     from vnode.app.running import run  # the application itself, only when running it
 
     return run(settings)
-
-
-def _join(args: argparse.Namespace, settings: Settings) -> Settings:
-    """Bootstrap unless an earlier join left a valid client certificate; the settings to run
-    the joined node with (its kubeconfig, client and serving certificate rotation on)."""
-    import asyncio
-    import dataclasses
-
-    from vnode.config.loader import parse_duration
-    from vnode.security import bootstrap
-
-    token_id, token_secret = bootstrap.parse_token(args.token)
-    pins = bootstrap.parse_pins(args.discovery_token_ca_cert_hash)
-    if not pins and not args.discovery_token_unsafe_skip_ca_verification:
-        raise errors.ConfigError(
-            "--discovery-token-ca-cert-hash",
-            "required (or --discovery-token-unsafe-skip-ca-verification, which trusts any CA)",
-        )
-    servers = tuple(s.strip().rstrip("/") for s in args.servers.split(",") if s.strip())
-    if not servers or not all(s.startswith("https://") for s in servers):
-        raise errors.ConfigError("servers", f"{args.servers!r}: expected https:// URLs, comma-separated")
-    try:
-        timeout = parse_duration(args.discovery_timeout)
-    except Exception as exc:
-        raise errors.ConfigError("--discovery-timeout", str(exc)) from exc
-    kubeconfig = settings.cluster.kubeconfig or settings.root_dir / "kubelet.conf"
-    request = bootstrap.JoinRequest(
-        servers, token_id, token_secret, pins, args.discovery_token_unsafe_skip_ca_verification,
-        settings.node.name, kubeconfig, settings.pki_dir, discovery_timeout=timeout,
-    )  # fmt: skip
-    if asyncio.run(bootstrap.client_certificate_valid(kubeconfig, settings.pki_dir)):
-        logging.getLogger("vnode.join").info(
-            "%s holds a valid client certificate: not joining again", kubeconfig
-        )
-    else:
-        asyncio.run(bootstrap.join(request))
-    cluster = dataclasses.replace(
-        settings.cluster, kubeconfig=kubeconfig, master=None, rotate_certificates=True
-    )
-    return dataclasses.replace(settings, cluster=cluster)
 
 
 def _status(root_dir: Path) -> int:

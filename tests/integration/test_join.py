@@ -290,7 +290,8 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
         await set_knobs(plane, signingDuration="120", approveServing="true")  # renewals go through
 
         node.write_manifest(
-            "ticker.yaml", busybox_pod("ticker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done")  # noqa: E501
+            "ticker.yaml",
+            busybox_pod("ticker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done"),
         )
         context = ssl.create_default_context(cafile=str(ca))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
@@ -347,4 +348,32 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
     finally:
         if session is not None:
             await session.close()
+        await node.terminate()
+
+
+async def test_join_waits_while_the_approver_holds_its_csr(
+    plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """A held client CSR keeps the join waiting (nothing written yet); released, it completes."""
+    await set_knobs(plane, hold="true")
+    pin = ca_pin(pki_of(plane) / "ca.crt")
+    node = JoiningNode(
+        tmp_path, f"unix://{tmp_path}/no-containerd.sock",
+        [plane.url, "--token", TOKEN, "--discovery-token-ca-cert-hash", pin], node_name="held1",
+    )  # fmt: skip
+    await node.start(wait=False)
+    try:
+
+        async def pending() -> list[dict[str, Any]]:
+            return await csrs(plane)
+
+        (csr,) = await wait_for(pending, what="the held client CSR")
+        assert not (csr.get("status") or {}).get("conditions")
+        assert not (node.root_dir / "kubelet.conf").exists()
+        assert node.proc is not None and node.proc.returncode is None
+
+        await set_knobs(plane, hold="false")
+        await wait_for(node._healthy, what="the node to start once its CSR is issued")
+        assert "held1" in await plane.kubectl("get", "nodes")
+    finally:
         await node.terminate()

@@ -19,6 +19,7 @@ child process (``vnode.security.keys``), so the node never loads ``cryptography`
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -40,6 +41,7 @@ import yaml
 from vnode import errors
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
+from vnode.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -401,3 +403,39 @@ async def client_certificate_valid(kubeconfig: Path, pki_dir: Path) -> bool:
     except (errors.InvalidInput, OSError):
         return False
     return float(facts["notAfter"]) - time.time() > 60
+
+
+def join_command(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Bootstrap unless an earlier join left a valid client certificate; the settings to run
+    the joined node with (its kubeconfig; client certificate rotation on, as kubeadm sets it)."""
+    import dataclasses
+
+    from vnode.config.loader import parse_duration
+
+    token_id, token_secret = parse_token(args.token)
+    pins = parse_pins(args.discovery_token_ca_cert_hash)
+    if not pins and not args.discovery_token_unsafe_skip_ca_verification:
+        raise errors.ConfigError(
+            "--discovery-token-ca-cert-hash",
+            "required (or --discovery-token-unsafe-skip-ca-verification, which trusts any CA)",
+        )
+    servers = tuple(s.strip().rstrip("/") for s in args.servers.split(",") if s.strip())
+    if not servers or not all(s.startswith("https://") for s in servers):
+        raise errors.ConfigError("servers", f"{args.servers!r}: expected https:// URLs, comma-separated")
+    try:
+        timeout = parse_duration(args.discovery_timeout)
+    except Exception as exc:
+        raise errors.ConfigError("--discovery-timeout", str(exc)) from exc
+    kubeconfig = settings.cluster.kubeconfig or settings.root_dir / "kubelet.conf"
+    request = JoinRequest(
+        servers, token_id, token_secret, pins, args.discovery_token_unsafe_skip_ca_verification,
+        settings.node.name, kubeconfig, settings.pki_dir, discovery_timeout=timeout,
+    )  # fmt: skip
+    if asyncio.run(client_certificate_valid(kubeconfig, settings.pki_dir)):
+        log.info("%s holds a valid client certificate: not joining again", kubeconfig)
+    else:
+        asyncio.run(join(request))
+    cluster = dataclasses.replace(
+        settings.cluster, kubeconfig=kubeconfig, master=None, rotate_certificates=True
+    )
+    return dataclasses.replace(settings, cluster=cluster)
