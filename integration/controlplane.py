@@ -971,9 +971,12 @@ TOKENS: web.AppKey[set[str]] = web.AppKey("tokens", set)
 async def serve(
     host: str, port: int, store_path: Path, kubeconfig_out: Path | None, tls: bool, tokens: set[str]
 ) -> None:
+    from integration import bootstrapapi  # CSRs, cluster-info, bootstrap tokens
+
     plane = ControlPlane(Store(store_path))
     ssl_context = None
     pki = None
+    bootstrap = None
     if tls:
         pki = ClusterPki(store_path)
         cert, key = pki.issue("apiserver", server=True)
@@ -982,6 +985,7 @@ async def serve(
         ssl_context.load_verify_locations(cafile=str(pki.ca_cert))
         ssl_context.verify_mode = ssl.CERT_OPTIONAL  # a token is the other way in
         plane.app[TOKENS] = tokens
+        bootstrap = bootstrapapi.install(plane, pki)  # its gate runs before authenticate
         plane.app.middlewares.append(authenticate)
     runner = web.AppRunner(plane.app, access_log=None, handle_signals=True, shutdown_timeout=0.5)
     await runner.setup()
@@ -989,6 +993,8 @@ async def serve(
     await site.start()
     bound = runner.addresses[0][1]
     scheme = "https" if tls else "http"
+    if bootstrap is not None:
+        bootstrap.server = f"{scheme}://{host}:{bound}"
     if kubeconfig_out is not None:
         write_kubeconfig(kubeconfig_out, f"{scheme}://{host}:{bound}", pki)
     print(f"serving on {scheme}://{host}:{bound} with store {store_path}", flush=True)
@@ -1016,8 +1022,10 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the imported module, so that it is the one other modules see
+    from integration.controlplane import main as _main
+
+    _main()
 
 
 def ensure_kubectl() -> None:

@@ -1,4 +1,4 @@
-"""The ``vnode`` command: ``run`` (kubelet's flag names), ``status`` and ``version``.
+"""The ``vnode`` command: ``run`` (kubelet's flag names), ``join``, ``certs``, ``status``, ``version``.
 
 Config errors print ``vnode: config error: <field or flag>: <reason>`` and exit 2, before
 anything is started. The application modules are imported only by ``run``, so ``version`` and
@@ -24,14 +24,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vnode", description="A Kubernetes node for the edge.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the node in the foreground")
-    run.add_argument("--config", type=Path, help="YAML config file (see conf/vnode.yaml); flags override it")
-    for field in FIELDS:
-        names = [field.flag, "--v"] if field.flag == "-v" else [field.flag]
-        run.add_argument(*names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}")
+    _node_flags(run)
+    join = commands.add_parser("join", help="join a cluster with a bootstrap token, then run the node")
+    join.add_argument("servers", help="the masters' URLs, comma-separated (https://host:6443,...)")
+    join.add_argument("--token", required=True, help="the bootstrap token <id>.<secret>")
+    join.add_argument("--discovery-token-ca-cert-hash", action="append", default=[], metavar="sha256:HEX")
+    join.add_argument("--discovery-token-unsafe-skip-ca-verification", action="store_true")
+    join.add_argument("--discovery-timeout", default="5m", metavar="DURATION")
+    _node_flags(join)
+    from vnode.security import certs  # its heavy imports happen only when it runs
+
+    certs.add_parser(commands)
     status = commands.add_parser("status", help="show what the node's store holds")
     status.add_argument("--root-dir", type=Path, default=Settings().root_dir)
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _node_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="YAML config file (see conf/vnode.yaml); flags override it"
+    )
+    for field in FIELDS:
+        names = [field.flag, "--v"] if field.flag == "-v" else [field.flag]
+        if field.boolean:  # kubelet's boolean flags: ``--flag`` alone means true
+            parser.add_argument(
+                *names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}", nargs="?", const="true"
+            )
+        else:
+            parser.add_argument(*names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -48,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(args.root_dir)
+    if args.command == "certs":
+        from vnode.security import certs
+
+        return certs.main(args)
     flags = {f.flag: getattr(args, f.flag) for f in FIELDS}
     try:
         settings = load_settings(args.config, flags)
@@ -55,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vnode: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if args.command == "join":
+        try:
+            from vnode.security.bootstrap import join_command
+
+            settings = join_command(args, settings)
+        except (errors.ConfigError, errors.JoinRefused) as exc:
+            kind = "config error" if isinstance(exc, errors.ConfigError) else "join refused"
+            print(f"vnode: {kind}: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, errors.ConfigError) else 1
     from vnode.app.running import run  # the application itself, only when running it
 
     return run(settings)
@@ -91,6 +125,10 @@ def _status(root_dir: Path) -> int:
             print(
                 f"events waiting to be posted: {len(waiting)} ({store.get('events', 'dropped') or 0} dropped)"
             )
+        from vnode.security.certs import status_lines
+
+        for line in status_lines(root_dir):
+            print(line)
         kinds = Counter(key.split("/", 1)[0] for key, _ in store.items("objects"))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))

@@ -14,6 +14,8 @@ translated where they enter (``raise ... from exc``), so callers catch by meanin
      +-- StoreError           the LMDB store can't be opened or written
      |    +-- StoreFull        the map is full: callers degrade instead of crashing
      +-- NodeDeleted          the Node object was deleted and the config says exit (exit code 3)
+     +-- JoinRefused          join: the cluster is not the one pinned, the token is wrong or unknown,
+                              or the CSR was denied; nothing was written
 
 ``HTTP_STATUS`` maps each class to the status code the kubelet API answers with; the HTTP layer
 looks codes up there and nowhere else.
@@ -69,6 +71,10 @@ class StoreFull(StoreError):
 
 class TooMany(VnodeError):
     """A limit on concurrent work is reached (CRI ResourceExhausted, stream limits): retry later."""
+
+
+class JoinRefused(VnodeError):
+    """``vnode join`` will not trust this cluster or was not let in; nothing was written."""
 
 
 class NodeDeleted(VnodeError):

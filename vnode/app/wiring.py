@@ -38,6 +38,7 @@ from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
 from vnode.runtime.worker import WorkerContext
+from vnode.security import rotation
 from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
 from vnode.sources.manifests import SOURCE as FILE_SOURCE
@@ -67,6 +68,7 @@ class Components:
     status_writer: StatusWriter | None = None
     event_poster: EventPoster | None = None
     local_api: LocalApi | None = None
+    rotator: rotation.CertificateRotator | None = None
 
     async def close(self) -> None:
         await self.pods.stop()
@@ -102,6 +104,10 @@ async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
     """The configured serving pair, or a self-signed one kept under the root dir."""
     server = settings.server
     cert, key = server.tls_cert_file, server.tls_private_key_file
+    if (cert is None or key is None) and server.rotate_server_certificates and settings.cluster.configured:
+        issued = await rotation.current_pair(settings.pki_dir, "server")  # one issued through a CSR
+        if issued is not None:
+            return await asyncio.to_thread(server_ssl_context, issued, issued)
     if cert is None or key is None:
         cert = settings.pki_dir / "kubelet.crt"
         key = settings.pki_dir / "kubelet.key"
@@ -146,6 +152,7 @@ async def build(settings: Settings) -> Components:
         pods.add_listener(writer.changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
+        components.rotator = _rotator(settings, components, masters, host_ip)
     if settings.server.local_api_port:
         components.local_api = await _local_api(settings, components, host_ip)
     return components
@@ -169,6 +176,32 @@ async def _local_api(settings: Settings, c: Components, host_ip: str) -> LocalAp
     objects = c.objects if c.objects is not None else EmptyObjects()
     streams = c.kubelet_handlers.streams
     return LocalApi(LocalSources(c.pods, node, objects, token, KUBELET_VERSION, streams))
+
+
+def _rotator(
+    settings: Settings, c: Components, masters: Masters, host_ip: str
+) -> rotation.CertificateRotator | None:
+    """Client rotation for a joined node's certificate, serving rotation unless files are configured."""
+    rotator = rotation.CertificateRotator(
+        masters,
+        settings.pki_dir,
+        settings.node.name,
+        c.events.event,
+        node_uid=lambda: c.node.uid if c.node is not None else None,
+    )
+    client_pem = settings.pki_dir / "kubelet-client-current.pem"
+    if settings.cluster.rotate_certificates and masters.access.ssl_context is not None:
+        if client_pem.exists():
+            rotator.rotate_client(masters.access.ssl_context)
+        else:
+            log.warning("--rotate-certificates: no %s (written by vnode join); not rotating", client_pem)
+    server = settings.server
+    if server.rotate_server_certificates and (
+        server.tls_cert_file is None or server.tls_private_key_file is None
+    ):
+        ips = sorted({host_ip, *(a for a in [server.address] if a not in ("0.0.0.0", "::"))})
+        rotator.rotate_serving(c.ssl_context, lambda: ([settings.node.name], ips))
+    return rotator if rotator.kinds else None
 
 
 def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeController:

@@ -137,6 +137,13 @@ def _labels(value: Any, base: Path) -> dict[str, str]:
     return result
 
 
+def _bool(value: Any, base: Path) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise _Bad(f"expected true or false, got {value!r}")
+    return text == "true"
+
+
 def _choice(*choices: str) -> Callable[[Any, Path], str]:
     def parse(value: Any, base: Path) -> str:
         text = str(value).strip().lower()
@@ -190,6 +197,11 @@ class Field:
     target: tuple[str, str]  # (settings group or "", attribute)
     parse: Callable[[Any, Path], Any]
 
+    @property
+    def boolean(self) -> bool:
+        """A kubelet boolean flag: ``--flag`` alone means true."""
+        return self.parse is _bool
+
 
 FIELDS = [
     Field("node.name", "--hostname-override", ("node", "name"), _node_name),
@@ -199,6 +211,12 @@ FIELDS = [
     Field("server.port", "--port", ("server", "port"), _int(0, 65535)),
     Field("server.tlsCertFile", "--tls-cert-file", ("server", "tls_cert_file"), _path),
     Field("server.tlsPrivateKeyFile", "--tls-private-key-file", ("server", "tls_private_key_file"), _path),
+    Field(
+        "server.rotateServerCertificates",
+        "--rotate-server-certificates",
+        ("server", "rotate_server_certificates"),
+        _bool,
+    ),
     Field("server.healthzPort", "--healthz-port", ("server", "healthz_port"), _int(0, 65535)),
     Field("server.healthzBindAddress", "--healthz-bind-address", ("server", "healthz_bind_address"), _ip),
     Field("server.localAPIAddress", "--local-api-address", ("server", "local_api_address"), _ip),
@@ -264,6 +282,7 @@ FIELDS = [
         ("cluster", "on_node_deleted"),
         _choice(*ON_NODE_DELETED),
     ),
+    Field("cluster.rotateCertificates", "--rotate-certificates", ("cluster", "rotate_certificates"), _bool),
     Field("rootDir", "--root-dir", ("", "root_dir"), _path),
 ]
 BY_PATH = {f.path: f for f in FIELDS}

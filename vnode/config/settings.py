@@ -28,6 +28,7 @@ class ServerSettings:
     port: int = 10250
     tls_cert_file: Path | None = None
     tls_private_key_file: Path | None = None
+    rotate_server_certificates: bool = False  # ask the CSR API for the serving pair (kubelet-serving)
     healthz_port: int = 10248
     healthz_bind_address: str = "127.0.0.1"
     local_api_address: str = "127.0.0.1"  # the read-only local API (vnode.api.local)
@@ -81,6 +82,7 @@ class ClusterSettings:
     node_status_report_frequency: float = 300.0
     register_with_taints: tuple[dict[str, str], ...] = ()
     on_node_deleted: str = "reregister"  # or "exit": see vnode.controllers.node
+    rotate_certificates: bool = False  # renew the client certificate through CSRs (vnode join sets it)
 
     @property
     def configured(self) -> bool:

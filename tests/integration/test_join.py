@@ -1,0 +1,379 @@
+"""``vnode join`` against the test control plane: discovery, TLS bootstrap, refusals, rotation.
+
+The control plane runs over TLS with its bootstrap pieces (``integration/bootstrapapi.py``); the
+CA pin is computed with the real openssl, as kubeadm's docs do it; CSRs are approved with the
+real ``kubectl certificate approve``; the node is a real ``vnode join`` process on the session's
+containerd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from integration.controlplane import ControlPlaneProcess
+from integration.node import VnodeProcess, busybox_pod, wait_for
+
+TOKEN_ID, TOKEN_SECRET = "abcdef", "0123456789abcdef"
+TOKEN = f"{TOKEN_ID}.{TOKEN_SECRET}"
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: joined1
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      command: [sh, -c, "trap 'exit 0' TERM; echo started; sleep 3600 & wait"]
+"""
+
+
+def token_secret(token_id: str, secret: str, **extra: str) -> bytes:
+    data = {
+        "token-id": token_id,
+        "token-secret": secret,
+        "usage-bootstrap-authentication": "true",
+        "usage-bootstrap-signing": "true",
+        **extra,
+    }
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    return json.dumps(body).encode()
+
+
+def ca_pin(ca_cert: Path) -> str:
+    """kubeadm's documented recipe: openssl x509 -pubkey | openssl pkey -pubin -outform der | sha256."""
+    pubkey = subprocess.run(
+        ["openssl", "x509", "-in", str(ca_cert), "-pubkey", "-noout"], capture_output=True, check=True
+    ).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=pubkey, capture_output=True, check=True
+    ).stdout
+    digest = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hex"], input=der, capture_output=True, check=True
+    )
+    return "sha256:" + digest.stdout.decode().split()[-1]
+
+
+class JoiningNode(VnodeProcess):
+    """``vnode join <servers> --token ...`` instead of ``vnode run``, with the same node flags."""
+
+    def __init__(self, base: Path, endpoint: str, join_args: list[str], **kwargs: Any) -> None:
+        super().__init__(base, endpoint, **kwargs)
+        self.join_args = join_args
+
+    def args(self) -> list[str]:
+        args = super().args()
+        at = args.index("run")
+        return [*args[:at], "join", *self.join_args, *args[at + 1 :]]
+
+
+async def set_knobs(plane: ControlPlaneProcess, **knobs: str) -> None:
+    """The test approver/signer's settings (see integration/bootstrapapi.py)."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "vnode-test-csr", "namespace": "kube-system"},
+        "data": knobs,
+    }
+    await plane.kubectl("apply", "-f", "-", stdin=json.dumps(body).encode())
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[ControlPlaneProcess]:
+    plane = ControlPlaneProcess(tmp_path, tls=True)
+    await plane.start()
+    try:
+        await plane.kubectl("apply", "-f", "-", stdin=token_secret(TOKEN_ID, TOKEN_SECRET))
+        yield plane
+    finally:
+        await plane.kill()
+
+
+def pki_of(plane: ControlPlaneProcess) -> Path:
+    return Path(str(plane.store) + ".pki")
+
+
+async def csrs(plane: ControlPlaneProcess) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(await plane.kubectl("get", "csr", "-o", "json"))["items"]
+    return items
+
+
+async def api_pod_running(plane: ControlPlaneProcess, name: str) -> bool:
+    out = await plane.kubectl("get", "pod", name, "-o", "json", check=False)
+    statuses = (json.loads(out).get("status") or {}).get("containerStatuses") or [] if out else []
+    return bool(statuses) and "running" in statuses[0]["state"]
+
+
+def assert_private(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == 0o600, f"{path} has mode {oct(mode)}"
+
+
+async def test_join_gets_a_client_certificate_registers_and_runs_a_pod(
+    containerd: Any, plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    pin = ca_pin(pki_of(plane) / "ca.crt")
+    node = JoiningNode(
+        tmp_path, containerd.endpoint, [plane.url, "--token", TOKEN, "--discovery-token-ca-cert-hash", pin],
+        node_name="joined1",
+    )  # fmt: skip
+    await node.start()
+    try:
+        await plane.kubectl("apply", "-f", "-", stdin=POD.encode())
+        await wait_for(
+            lambda: api_pod_running(plane, "web"), timeout=90, what="the pod to run on the joined node"
+        )
+        assert "Ready" in await plane.kubectl("get", "node", "joined1")
+
+        (csr,) = await csrs(plane)
+        assert csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+        assert csr["spec"]["username"] == f"system:bootstrap:{TOKEN_ID}"
+        assert "system:bootstrappers" in csr["spec"]["groups"]
+        cert_pem = base64.b64decode(csr["status"]["certificate"])
+        subject = await asyncio.to_thread(
+            subprocess.run,
+            ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253"],
+            input=cert_pem, capture_output=True, check=True,
+        )  # fmt: skip
+        assert "CN=system:node:joined1" in subject.stdout.decode()
+        assert "O=system:nodes" in subject.stdout.decode()
+
+        kubeconfig = node.root_dir / "kubelet.conf"
+        current = node.root_dir / "pki" / "kubelet-client-current.pem"
+        for path in (kubeconfig, current.resolve()):
+            assert_private(path)
+        assert cert_pem.strip() in current.read_bytes()
+        config = kubeconfig.read_text()
+        assert plane.url in config and TOKEN_SECRET not in config  # the token is not kept
+        took = re.search(r"joined: .*\((\d+\.\d+)s\)", node.log_tail(200))
+        assert took is not None
+        print(f"join took {took.group(1)}s (discovery, CSR, approval, issue)")
+    finally:
+        await node.terminate()
+
+
+async def _refused(
+    tmp_path: Path, plane: ControlPlaneProcess, *args: str, name: str = "refused"
+) -> tuple[int, str, Path]:
+    root = tmp_path / name
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vnode", "join", plane.url, *args, f"--root-dir={root}",
+        "--hostname-override=refused1", "--discovery-timeout=3s",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode(), root
+
+
+async def test_join_refuses_a_wrong_hash_or_token_and_writes_nothing(
+    plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    pin = ca_pin(pki_of(plane) / "ca.crt")
+    expired = (time.time() - 3600, "zyxwvu", "zyxwvu0123456789")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expired[0]))
+    await plane.kubectl("apply", "-f", "-", stdin=token_secret(expired[1], expired[2], expiration=when))
+    wrong_pin = "sha256:" + "0" * 64
+    cases = [
+        (
+            ["--token", TOKEN, "--discovery-token-ca-cert-hash", wrong_pin],
+            1,
+            "matches no --discovery-token-ca-cert-hash",
+        ),
+        (
+            ["--token", f"{TOKEN_ID}.ffffffffffffffff", "--discovery-token-ca-cert-hash", pin],
+            1,
+            "token is wrong",
+        ),
+        (
+            ["--token", "unknwn.0123456789abcdef", "--discovery-token-ca-cert-hash", pin],
+            1,
+            "unknown, expired",
+        ),
+        (
+            ["--token", f"{expired[1]}.{expired[2]}", "--discovery-token-ca-cert-hash", pin],
+            1,
+            "unknown, expired",
+        ),
+        (["--token", "not-a-token", "--discovery-token-ca-cert-hash", pin], 2, "--token: expected"),
+        (["--token", TOKEN], 2, "--discovery-token-ca-cert-hash: required"),
+        (["--token", TOKEN, "--discovery-token-ca-cert-hash", "md5:abc"], 2, "is not sha256:"),
+    ]
+    for number, (args, code, message) in enumerate(cases):
+        returncode, stderr, root = await _refused(tmp_path, plane, *args, name=f"case{number}")
+        assert (returncode, message in stderr) == (code, True), f"{args}: {returncode} {stderr}"
+        assert not root.exists(), f"{args}: {root} was written"
+    assert await csrs(plane) == []  # no CSR was created by any refused join
+
+
+async def _peer_serial(url: str, ca: Path) -> str:
+    """The serial of the certificate a new TLS connection to ``url`` sees, verified by ``ca``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    host, port = url.removeprefix("https://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port), ssl=context)
+    try:
+        cert = writer.get_extra_info("peercert")
+        return str(cert["serialNumber"])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_serving_certificate_waits_for_approval_then_rotates_live(
+    containerd: Any, plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """A 2-minute serving certificate (and client certificate) is renewed before it expires; an
+    open log stream survives the swap and new connections see the new certificate."""
+    await set_knobs(plane, signingDuration="120")
+    pin = ca_pin(pki_of(plane) / "ca.crt")
+    ca = pki_of(plane) / "ca.crt"
+    node = JoiningNode(
+        tmp_path, containerd.endpoint,
+        [plane.url, "--token", TOKEN, "--discovery-token-ca-cert-hash", pin, "--rotate-server-certificates"],
+        node_name="joined1",
+    )  # fmt: skip
+    await node.start()
+    session = None
+    try:
+        # The serving CSR waits (Kubernetes does not approve kubelet-serving): log, Event, status.
+        async def pending() -> dict[str, Any] | None:
+            return next(
+                (c for c in await csrs(plane) if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"),
+                None,
+            )
+
+        serving = await wait_for(pending, what="a kubelet-serving CSR")
+        assert serving["spec"]["username"] == "system:node:joined1"  # made with the node's own certificate
+        name = serving["metadata"]["name"]
+        assert "waiting for approval" in node.log_tail(100)
+
+        async def pending_event() -> bool:
+            events = json.loads(await plane.kubectl("get", "events", "-A", "-o", "json"))["items"]
+            return any(e.get("reason") == "ServingCertificatePending" for e in events)
+
+        await wait_for(pending_event, what="the ServingCertificatePending Event")
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "vnode", "status", f"--root-dir={node.root_dir}"],
+            capture_output=True,
+            text=True,
+        )
+        assert f"CSR {name} waiting for approval" in status.stdout, status.stdout + status.stderr
+        with pytest.raises(ssl.SSLCertVerificationError):  # still the self-signed one
+            await _peer_serial(node.url, ca)
+
+        await plane.kubectl("certificate", "approve", name)
+        first = await wait_for(lambda: _peer_serial(node.url, ca), what="the issued serving certificate")
+        issued_at = time.time()
+        await set_knobs(plane, signingDuration="120", approveServing="true")  # renewals go through
+
+        node.write_manifest(
+            "ticker.yaml",
+            busybox_pod("ticker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done"),
+        )
+        context = ssl.create_default_context(cafile=str(ca))
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        await node.log_containing(node.static_name("ticker"), "main", b"tick 2")
+        stream = await session.get(
+            f"{node.url}/containerLogs/default/{node.static_name('ticker')}/main",
+            params={"follow": "true"}, timeout=aiohttp.ClientTimeout(total=None, sock_read=30),
+        )  # fmt: skip
+        assert stream.status == 200
+        transport = stream.connection.transport if stream.connection is not None else None
+        assert transport is not None
+        stream_serial = transport.get_extra_info("peercert")["serialNumber"]
+        assert stream_serial == first
+
+        async def renewed() -> str | None:
+            serial = await _peer_serial(node.url, ca)
+            return serial if serial != first else None
+
+        second = await wait_for(
+            renewed, timeout=130, interval=1.0, what="the serving certificate to be renewed"
+        )
+        renewed_after = time.time() - issued_at
+        print(f"serving certificate renewed {renewed_after:.0f}s into its 120s life")
+        assert renewed_after < 115  # before it expired (70-90 % is 84-108 s, plus approval and polling)
+
+        # The stream opened before the swap still flows, on its old connection: it delivers a
+        # line written after a new connection saw the new certificate.
+        _, log = await node.get(f"/containerLogs/default/{node.static_name('ticker')}/main")
+        last = max(int(n) for n in re.findall(rb"tick (\d+)", log))
+        while True:
+            line = await asyncio.wait_for(stream.content.readline(), 10)
+            assert line, "the log stream ended at the certificate swap"
+            if int(line.split()[-1]) > last:
+                break
+        assert transport.get_extra_info("peercert")["serialNumber"] == first != second
+        stream.close()
+
+        for path in (node.root_dir / "pki").glob("kubelet-*.pem"):
+            if not path.is_symlink():
+                assert_private(path)
+
+        async def client_renewed() -> bool:
+            return any(
+                c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+                and c["spec"]["username"] == "system:node:joined1"  # renewed with its own certificate
+                and (c.get("status") or {}).get("certificate")
+                for c in await csrs(plane)
+            )
+
+        await wait_for(
+            client_renewed, timeout=60, interval=1.0, what="the 2-minute client certificate's renewal"
+        )
+        assert "Ready" in await plane.kubectl("get", "node", "joined1")
+    finally:
+        if session is not None:
+            await session.close()
+        await node.terminate()
+
+
+async def test_join_waits_while_the_approver_holds_its_csr(
+    plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """A held client CSR keeps the join waiting (nothing written yet); released, it completes."""
+    await set_knobs(plane, hold="true")
+    pin = ca_pin(pki_of(plane) / "ca.crt")
+    node = JoiningNode(
+        tmp_path, f"unix://{tmp_path}/no-containerd.sock",
+        [plane.url, "--token", TOKEN, "--discovery-token-ca-cert-hash", pin], node_name="held1",
+    )  # fmt: skip
+    await node.start(wait=False)
+    try:
+
+        async def pending() -> list[dict[str, Any]]:
+            return await csrs(plane)
+
+        (csr,) = await wait_for(pending, what="the held client CSR")
+        assert not (csr.get("status") or {}).get("conditions")
+        assert not (node.root_dir / "kubelet.conf").exists()
+        assert node.proc is not None and node.proc.returncode is None
+
+        await set_knobs(plane, hold="false")
+        await wait_for(node._healthy, what="the node to start once its CSR is issued")
+        assert "held1" in await plane.kubectl("get", "nodes")
+    finally:
+        await node.terminate()

@@ -1,0 +1,58 @@
+"""``vnode certs``: the dev CA, an admin certificate that chains to it (checked by openssl), the
+pin printed for join, key modes, and no CA ever overwritten."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vnode.cli import main
+from vnode.security import keys
+
+
+def test_ca_admin_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca_dir, out = tmp_path / "ca", tmp_path / "out"
+    assert main(["certs", "ca", "--dir", str(ca_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert keys.pins((ca_dir / "ca.crt").read_bytes())[0] in printed
+    assert stat.S_IMODE((ca_dir / "ca.key").stat().st_mode) == 0o600
+    assert main(["certs", "ca", "--dir", str(ca_dir)]) == 1  # never overwritten
+
+    assert (
+        main(
+            [
+                "certs",
+                "issue",
+                "admin",
+                "--ca-dir",
+                str(ca_dir),
+                "--out",
+                str(out),
+                "--server",
+                "https://h:6443",
+            ]
+        )
+        == 0
+    )
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca_dir / "ca.crt"), str(out / "vnode-admin.crt")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    subject = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(out / "vnode-admin.crt")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "O=system:masters" in subject and "CN=vnode-admin" in subject
+    for name in ("vnode-admin.key", "vnode-admin.kubeconfig"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+    config = yaml.safe_load((out / "vnode-admin.kubeconfig").read_text())
+    assert config["clusters"][0]["cluster"]["server"] == "https://h:6443"
+
+    capsys.readouterr()
+    assert main(["certs", "show", "--root-dir", str(tmp_path / "nothing")]) == 1
+    assert "no certificates" in capsys.readouterr().out
