@@ -43,7 +43,7 @@ def serving_tls(pki: ClusterPki) -> ssl.SSLContext:
 
 
 def client_cn(peer: Any) -> str:
-    return next(v for rdn in peer["subject"] for k, v in rdn if k == "commonName")
+    return str(next(v for rdn in peer["subject"] for k, v in rdn if k == "commonName"))
 
 
 async def spdy_kubelet(seen: Kubelet, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
