@@ -109,6 +109,8 @@ class Containerd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.snapshotter = "overlayfs"
         self.log_file = self.base / "containerd.log"
+        # Nodes whose sandboxes outlive single tests (a module fixture's): remove_sandboxes skips them.
+        self.spared_nodes: set[str] = set()
 
     @property
     def endpoint(self) -> str:
@@ -239,10 +241,12 @@ disabled_plugins = [
             return found
 
     def remove_sandboxes(self) -> int:
-        """Stop and remove every pod sandbox (and so their containers); returns how many."""
+        """Stop and remove every pod sandbox (and so their containers) but those of
+        ``spared_nodes``; returns how many."""
         with grpc.insecure_channel(self.endpoint) as channel:
             runtime = api_pb2_grpc.RuntimeServiceStub(channel)
-            sandboxes = runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items
+            listed = runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items
+            sandboxes = [sb for sb in listed if sb.labels.get("vnode.io/node") not in self.spared_nodes]
             for sb in sandboxes:
                 with contextlib.suppress(grpc.RpcError):
                     runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sb.id), timeout=60)

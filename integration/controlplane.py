@@ -47,6 +47,8 @@ from typing import Any
 
 from aiohttp import web
 
+from integration.kubeletproxy import SUBRESOURCES as KUBELET_SUBRESOURCES
+from integration.kubeletproxy import KubeletProxy
 from integration.pki import ClusterPki
 from vnode.api.local import status_body
 from vnode.sources.manifests import apply_pod_defaults
@@ -395,6 +397,13 @@ class ControlPlane:
         self.app.router.add_route("*", "/api/{version}/{rest:.*}", self.dispatch)
         self.app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self.dispatch)
         self.app.cleanup_ctx.append(self._poller)
+        self.kubelet = KubeletProxy(self._get, store.path)
+
+    def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.store.get(
+            next(r for r in RESOURCES if r.plural == plural), namespace, name
+        )
+        return found
 
     @web.middleware
     async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -534,6 +543,8 @@ class ControlPlane:
             res, namespace, name, sub = self._route(request)
             if sub == "token" and res.plural == "serviceaccounts" and name and request.method == "POST":
                 return await self.token_request(request, namespace or "", name)
+            if res.plural == "pods" and name and sub in KUBELET_SUBRESOURCES:
+                return await self.kubelet.handle(request, namespace or "", name, sub)
             if sub not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served")
             method = request.method

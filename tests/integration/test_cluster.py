@@ -7,17 +7,21 @@ session's real containerd; the client is the real kubectl.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
-from collections.abc import AsyncIterator, Awaitable
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from integration.controlplane import ControlPlaneProcess
 from integration.faults import FaultyMaster
-from integration.node import VnodeProcess, busybox_pod, running_node, wait_for
+from integration.node import VnodeProcess, busybox_pod, free_port, running_node, wait_for
 
 POD = """
 apiVersion: v1
@@ -62,6 +66,183 @@ async def api_running(cluster: ControlPlaneProcess, name: str) -> dict[str, Any]
 async def get_json(cluster: ControlPlaneProcess, *args: str) -> Any:
     out = await cluster.kubectl("get", *args, "-o", "json", check=False)
     return json.loads(out) if out.strip() else None
+
+
+T = TypeVar("T")
+IDLE_SECONDS = 135  # the container's silence; the follow streams must outlast 120 s of it
+
+
+class LoopThread:
+    """An event loop on a thread of its own, for processes and streams that outlive one test
+    (each test has its own loop): run coroutines there and wait for them from anywhere."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Follower:
+    """A ``kubectl logs -f`` and the lines it printed, with when each arrived."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    lines: list[tuple[float, str]] = field(default_factory=list)
+
+    async def collect(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.lines.append((time.monotonic(), line.decode().rstrip("\n")))
+
+    def arrived(self, text: str) -> float | None:
+        return next((t for t, line in self.lines if line == text), None)
+
+
+@dataclass
+class IdleFollow:
+    """Two ``kubectl logs -f`` of one pod that prints, is silent for ``IDLE_SECONDS``, then
+    prints again: one through the control plane (the kubelet proxy), one through the node's local
+    API. Started by the first test of this module and checked by its last, so the silence passes
+    while the other tests run."""
+
+    loop: LoopThread
+    followers: list[Follower]
+    collecting: list[concurrent.futures.Future[None]]
+    node: VnodeProcess
+
+
+IDLE_POD = f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: idle}}
+spec:
+  nodeName: idle1
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      command: [sh, -c, "echo before-idle; sleep {IDLE_SECONDS}; echo after-idle; sleep 3600"]
+"""
+
+
+@pytest.fixture(scope="module")
+def idle_follow(containerd: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdleFollow]:
+    base = tmp_path_factory.mktemp("idle")
+    loop = LoopThread()
+    containerd.spared_nodes.add("idle1")  # other tests' clean-up must leave this pod running
+    plane = ControlPlaneProcess(base, port=free_port())
+    node = VnodeProcess(
+        base / "node", containerd.endpoint, node_name="idle1", extra_args=["--master", plane.url]
+    )
+    followers: list[Follower] = []
+
+    async def start() -> list[Follower]:
+        await plane.start()
+        await node.start()
+        await plane.kubectl("apply", "-f", "-", stdin=IDLE_POD.encode())
+        await wait_for(lambda: api_running(plane, "idle"), what="the idle pod to run")
+        local = node.root_dir / "local.kubeconfig"
+        for name, kubeconfig in (("control plane", plane.kubeconfig), ("local API", local)):
+            proc = await asyncio.create_subprocess_exec(
+                "kubectl", "--kubeconfig", str(kubeconfig), "logs", "-f", "idle",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            followers.append(Follower(name, proc))
+        return followers
+
+    async def stop() -> None:
+        for follower in followers:
+            if follower.proc.returncode is None:
+                follower.proc.kill()
+                await follower.proc.wait()
+        if node.proc is not None and node.proc.returncode is None:
+            await node.terminate()
+        await plane.kill()
+
+    try:
+        loop.run(start(), 120)
+        collecting = [loop.submit(f.collect()) for f in followers]
+        yield IdleFollow(loop, followers, collecting, node)
+    finally:
+        try:
+            loop.run(stop(), 60)
+        finally:
+            loop.close()
+            containerd.spared_nodes.discard("idle1")
+            containerd.remove_sandboxes()
+
+
+async def _arrival(follower: Follower, text: str, timeout: float) -> float:
+    """When ``text`` reached the follower (whose lines another thread appends), waiting for it."""
+
+    async def probe() -> float | None:
+        return follower.arrived(text)
+
+    return await wait_for(probe, timeout=timeout, what=f"{text!r} from kubectl logs -f via {follower.name}")
+
+
+async def test_kubectl_logs_follow_starts_before_a_long_silence(idle_follow: IdleFollow) -> None:
+    """The first half of the idle-follow check (the second is the last test of this module)."""
+    for follower in idle_follow.followers:
+        try:
+            await _arrival(follower, "before-idle", 60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {follower.lines}\n{idle_follow.node.log_tail()}") from None
+
+
+async def test_kubectl_logs_through_the_control_plane(
+    cluster: ControlPlaneProcess, node: VnodeProcess
+) -> None:
+    ticker = POD.replace("name: web", "name: ticker").replace(
+        "trap 'exit 0' TERM; echo started; sleep 3600 & wait",
+        "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.3; done",
+    )
+    await cluster.kubectl("apply", "-f", "-", stdin=ticker.encode())
+    await wait_for(lambda: api_running(cluster, "ticker"), what="the ticker to run")
+    await node.log_containing("ticker", "main", b"tick-2\n")
+
+    out = await cluster.kubectl("logs", "ticker")
+    assert out.startswith("tick-0\ntick-1\ntick-2\n"), out
+    out = await cluster.kubectl("logs", "ticker", "-c", "main", "--tail=1", "--timestamps")
+    assert len(out.splitlines()) == 1 and " tick-" in out, out
+    code, _, stderr = await _kubectl_status(cluster, "logs", "nope")
+    assert code != 0 and 'pods "nope" not found' in stderr, stderr
+
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl", "--kubeconfig", str(cluster.kubeconfig), "logs", "-f", "--tail=1", "ticker",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            first = int((await proc.stdout.readline()).decode().strip().removeprefix("tick-"))
+            later = int((await proc.stdout.readline()).decode().strip().removeprefix("tick-"))
+        assert later == first + 1  # written after the command started, streamed through the proxy
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def _kubectl_status(cluster: ControlPlaneProcess, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl", "--kubeconfig", str(cluster.kubeconfig), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_node_registers_ready_and_renews_its_lease(
@@ -514,3 +695,18 @@ async def test_projected_token_and_downward_api_volumes(
     await wait_for(lambda: api_running(cluster, "projected"), what="the projected pod to run")
     body = await node.log_containing("projected", "main", b"ns=")
     assert b"ns=default ca=test-ca tier=edge dots=2" in body  # a three-part JWT from TokenRequest
+
+
+async def test_kubectl_logs_follow_delivers_a_line_after_two_silent_minutes(idle_follow: IdleFollow) -> None:
+    """The acceptance check: both follow streams stay open through the pod's silence and deliver
+    the line it prints afterwards (this module's other tests ran during the silence)."""
+    for follower in idle_follow.followers:
+        try:
+            after = await _arrival(follower, "after-idle", IDLE_SECONDS + 90)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {follower.lines} (exit {follower.proc.returncode})\n{idle_follow.node.log_tail()}"
+            ) from None
+        before = follower.arrived("before-idle")
+        assert before is not None and after - before >= 120, follower.lines
+        assert follower.proc.returncode is None  # still following

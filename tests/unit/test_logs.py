@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from vnode import errors
 from vnode.logs import cri as cri_module
-from vnode.logs.cri import LogEntry, PartialJoiner, format_timestamp, parse_line
+from vnode.logs.cri import ContentJoiner, LogEntry, PartialJoiner, format_timestamp, parse_line, split_lines
 from vnode.logs.inotify import DirectoryWatcher
 from vnode.logs.options import LogOptions, parse_log_query
 from vnode.logs.reader import BLOCK, read_log, tail_offset
@@ -437,3 +438,67 @@ async def test_follow_drains_lines_written_as_the_container_stopped(log_file: Pa
     task = read_log(LogTarget(str(log_file), is_running), options, write, poll_interval=0.05)
     await asyncio.wait_for(task, 5)
     assert b"".join(received) == b"four\nbye\n"
+
+
+ODD_LINES = [
+    b"junk\n",
+    b"\n",
+    b"2026-11-23T10:00:00Z stdout F\n",  # an empty line written without its last space
+    b"2026-11-23T10:00:00Z stdout F:x tagged\n",
+    b"2026-11-23T10:00:00Z stderr P:y half-tagged \n",
+    b"2026-13-23T10:00:00Z stdout F bad month\n",
+    b"2026-11-23T10:00:00.1234567891Z stdout F ten digits\n",
+    b"2026-11-23T10:00:00Z stdin F x\n",
+    b'{"log":"json\\n","stream":"stderr","time":"2026-11-23T10:00:00.5Z"}\n',
+    b"2026-11-23T10:00:00+02:00 stdout F carriage\rreturn\n",
+]
+
+
+def test_split_lines_ends_lines_at_newlines_only() -> None:
+    assert split_lines(b"a\rb\nc\n") == [b"a\rb\n", b"c\n"]
+    assert split_lines(b"a\nrest") == [b"a\n", b"rest"]
+    assert split_lines(b"") == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_content_joiner_matches_the_full_parser(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (no since, no timestamps) prints exactly what the line-by-line parser does,
+    whatever the mix of plain lines, fragments across streams and odd lines, and wherever the
+    chunks and pieces are cut."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(cri_module, "PIECE", rng.choice([1, 40, 300, 1 << 15]))
+    lines: list[bytes] = []
+    for i in range(rng.randint(1, 300)):
+        roll = rng.random()
+        if roll < 0.1:
+            lines.append(rng.choice(ODD_LINES))
+        else:
+            tag = "P" if roll < 0.3 else "F"
+            text = "".join(rng.choices("ab ", k=rng.randint(0, 30)))
+            lines.append(
+                cri(i % 60, rng.choice(["stdout", "stderr"]), text, tag, frac=str(rng.randint(1, 999)))
+            )
+    if rng.random() < 0.3:
+        lines[-1] = lines[-1].rstrip(b"\n")  # an unfinished last line, printed when not following
+    expected: list[bytes] = []
+    joiner = PartialJoiner()
+    for line in split_lines(b"".join(lines)):
+        entry = joiner.feed(line)
+        if entry is not None:
+            expected.append(entry.content)
+
+    data = b"".join(lines)
+    contents = ContentJoiner()
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(data):  # chunks of whole lines, as the reader hands them over
+        end = data.find(b"\n", pos + rng.randint(0, 500)) + 1 or len(data)
+        got += contents.feed_chunk(data[pos:end], None)
+        pos = end
+    assert b"".join(got) == b"".join(expected)
+    stdout = ContentJoiner().feed_chunk(data, "stdout")
+    assert b"".join(stdout) == b"".join(
+        e.content
+        for e in map(PartialJoiner().feed, split_lines(data))
+        if e is not None and e.stream == "stdout"
+    )

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vnode import errors
-from vnode.logs.cri import PARTIAL, LogEntry, PartialJoiner, format_timestamp, parse_line
+from vnode.logs.cri import (
+    PARTIAL,
+    ContentJoiner,
+    LogEntry,
+    PartialJoiner,
+    format_timestamp,
+    parse_line,
+    split_lines,
+)
 from vnode.logs.inotify import DirectoryWatcher
 from vnode.logs.options import LogOptions
 from vnode.provider.protocols import LogTarget
@@ -105,21 +113,23 @@ class _Cursor:
             raise
         self.rest = b""
 
-    def read_lines(self) -> list[bytes]:
-        """Complete lines appended since the last call, up to about ``BATCH`` bytes (blocking)."""
-        lines: list[bytes] = []
+    def read_chunk(self) -> bytes:
+        """The complete lines appended since the last call, up to about ``BATCH`` bytes (blocking)."""
+        pieces: list[bytes] = []
         size = 0
         while size < BATCH:
             block = self.file.read(BLOCK)
             if not block:
                 break
             size += len(block)
-            data = self.rest + block
-            cut = data.rfind(b"\n") + 1
-            self.rest = data[cut:]
+            cut = block.rfind(b"\n") + 1
             if cut:
-                lines.extend(data[:cut].splitlines(keepends=True))
-        return lines
+                pieces.append(self.rest)
+                pieces.append(block[:cut])
+                self.rest = block[cut:]
+            else:
+                self.rest += block
+        return b"".join(pieces)
 
     def take_rest(self) -> bytes:
         """The incomplete last line, for a reader that is not waiting for it to be finished."""
@@ -149,6 +159,8 @@ class _Printer:
         self.options = options
         self.write = write
         self.joiner = PartialJoiner()
+        # Without since or timestamps no line's time is needed: the cheaper joiner will do.
+        self.contents = ContentJoiner() if options.since is None and not options.timestamps else None
         self.budget = options.limit_bytes
 
     def _format(self, entry: LogEntry) -> bytes | None:
@@ -161,13 +173,16 @@ class _Printer:
             return format_timestamp(entry.time, entry.nanosecond).encode() + b" " + entry.content
         return entry.content
 
-    async def emit(self, lines: list[bytes]) -> bool:
-        """Write the selected entries of ``lines``; True once ``limitBytes`` is used up."""
+    async def emit(self, chunk: bytes) -> bool:
+        """Write the selected entries of the lines in ``chunk``; True once ``limitBytes`` is used up."""
         out: list[bytes] = []
-        for line in lines:
-            entry = self.joiner.feed(line)
-            if entry is not None and (data := self._format(entry)) is not None:
-                out.append(data)
+        if self.contents is not None:
+            out = self.contents.feed_chunk(chunk, self.options.stream)
+        else:
+            for line in split_lines(chunk):
+                entry = self.joiner.feed(line)
+                if entry is not None and (data := self._format(entry)) is not None:
+                    out.append(data)
         if not out:
             return False
         data = b"".join(out)
@@ -199,15 +214,15 @@ async def read_log(
         if options.tail_lines == 0 and not options.follow:
             return
         while True:
-            lines = await asyncio.to_thread(cursor.read_lines)
-            if lines:
-                if await printer.emit(lines):
+            chunk = await asyncio.to_thread(cursor.read_chunk)
+            if chunk:
+                if await printer.emit(chunk):
                     return
                 continue  # read on to EOF before waiting
             if not options.follow:
                 rest = cursor.take_rest()  # kubelet prints an unfinished last line when not following
                 if rest:
-                    await printer.emit([rest])
+                    await printer.emit(rest)
                 return
             if await asyncio.to_thread(cursor.rotated):
                 # The old file is drained (EOF above); its unfinished line will never be finished.
