@@ -14,12 +14,15 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from integration.node import VnodeProcess, busybox_pod, free_port, is_running, wait_for
+from integration.controlplane import ControlPlaneProcess, ensure_kubectl
+from integration.node import VnodeProcess, busybox_pod, free_port, is_running, running_node, wait_for
 from tests.integration.test_local_api import client, kubeconfig_path, node, start_pod
 
 __all__ = ["node"]  # the fixture, imported for this module's tests
@@ -28,36 +31,88 @@ SPDY = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBS
 PATHS = pytest.mark.parametrize("env", [{}, SPDY], ids=["websocket-v5", "spdy"])
 
 
-async def run_kubectl(
-    node: VnodeProcess, *args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 60
-) -> tuple[int, bytes, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(kubeconfig_path(node)), *args,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
-    )  # fmt: skip
+class Target:
+    """Where kubectl points: the node's local API, or the test control plane (which proxies
+    pods/exec|attach|portforward to the node's kubelet API as kube-apiserver does)."""
+
+    def __init__(self, node: VnodeProcess, kubeconfig: Path, plane: ControlPlaneProcess | None) -> None:
+        self.node = node
+        self.kubeconfig = kubeconfig
+        self.plane = plane
+
+    async def start_pod(self, name: str, command: str, **spec: Any) -> str:
+        """A running busybox pod; its name as kubectl knows it."""
+        if self.plane is None:
+            pod = busybox_pod(name, command, **spec)
+            self.node.write_manifest(f"{name}.yaml", pod)
+            await self.node.wait_pod(name, lambda p: is_running(p, "main"), what=f"{name} running")
+            return self.node.static_name(name)
+        pod = busybox_pod(name, command, nodeName=self.node.node_name, **spec)
+        await self.plane.kubectl("apply", "-f", "-", stdin=json.dumps(pod).encode())
+
+        async def running() -> bool | None:
+            out = await self.plane.kubectl("get", "pod", name, "-o", "json", check=False)  # type: ignore[union-attr]
+            return True if out.strip() and is_running(json.loads(out), "main") else None
+
+        await wait_for(running, timeout=60, what=f"{name} running in the API")
+        return name
+
+    async def kubectl(
+        self, *args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 60
+    ) -> tuple[int, bytes, bytes]:
+        proc = await self.spawn(*args, env=env, stdin=stdin is not None)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(
+                f"kubectl {' '.join(args)} did not finish in {timeout}s\n{self.node.log_tail()}"
+            ) from None
+        return proc.returncode or 0, out, err
+
+    async def spawn(self, *args: str, env: dict[str, str], stdin: bool = False) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            "kubectl", "--kubeconfig", str(self.kubeconfig), *args,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
+        )  # fmt: skip
+
+
+@pytest.fixture(params=["local-api", "control-plane"])
+async def target(request: pytest.FixtureRequest, containerd: Any, tmp_path: Path) -> AsyncIterator[Target]:
+    if request.param == "local-api":
+        await asyncio.to_thread(ensure_kubectl)
+        async with running_node(tmp_path, containerd.endpoint) as proc:
+            await wait_for(lambda: _exists(kubeconfig_path(proc)), timeout=30, what="local.kubeconfig")
+            yield Target(proc, kubeconfig_path(proc), None)
+        return
+    plane = ControlPlaneProcess(tmp_path)
+    await plane.start()
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(
-            f"kubectl {' '.join(args)} did not finish within {timeout}s\n{node.log_tail()}"
-        ) from None
-    return proc.returncode or 0, out, err
+        async with running_node(
+            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", plane.url]
+        ) as proc:
+            yield Target(proc, plane.kubeconfig, plane)
+    finally:
+        await plane.kill()
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists()
 
 
 @pytest.fixture
-async def sleeper(node: VnodeProcess) -> str:
-    return await start_pod(node, "sleeper", "sleep 3600")
+async def sleeper(target: Target) -> str:
+    return await target.start_pod("sleeper", "sleep 3600")
 
 
 @PATHS
 async def test_exec_prints_both_streams_and_exits_with_the_code(
-    node: VnodeProcess, sleeper: str, env: dict[str, str]
+    target: Target, sleeper: str, env: dict[str, str]
 ) -> None:
-    code, out, err = await run_kubectl(
-        node, "exec", sleeper, "--", "sh", "-c", "echo out; echo err >&2; exit 3", env=env
+    code, out, err = await target.kubectl(
+        "exec", sleeper, "--", "sh", "-c", "echo out; echo err >&2; exit 3", env=env
     )
     assert out == b"out\n"
     assert b"err\n" in err
@@ -66,32 +121,27 @@ async def test_exec_prints_both_streams_and_exits_with_the_code(
 
 @PATHS
 async def test_exec_stdin_is_piped_whole_and_closes(
-    node: VnodeProcess, sleeper: str, env: dict[str, str]
+    target: Target, sleeper: str, env: dict[str, str]
 ) -> None:
     data = os.urandom(10 * 1024 * 1024)
-    code, out, err = await run_kubectl(node, "exec", "-i", sleeper, "--", "md5sum", env=env, stdin=data)
+    code, out, err = await target.kubectl("exec", "-i", sleeper, "--", "md5sum", env=env, stdin=data)
     assert code == 0, err
     assert out.split()[0].decode() == hashlib.md5(data).hexdigest()
     # stdin EOF must reach cat, or this never ends
-    code, out, err = await run_kubectl(
-        node, "exec", "-i", sleeper, "--", "cat", env=env, stdin=b"x\n", timeout=30
+    code, out, err = await target.kubectl(
+        "exec", "-i", sleeper, "--", "cat", env=env, stdin=b"x\n", timeout=30
     )
     assert (code, out) == (0, b"x\n"), err
 
 
 @PATHS
-async def test_port_forward_serves_two_concurrent_connections(
-    node: VnodeProcess, tmp_path: Path, env: dict[str, str]
-) -> None:
+async def test_port_forward_serves_two_concurrent_connections(target: Target, env: dict[str, str]) -> None:
     port = free_port()
-    name = await start_pod(
-        node, "web", f"mkdir -p /www && echo hello-from-pod > /www/index.html && httpd -f -p {port} -h /www"
+    name = await target.start_pod(
+        "web", f"mkdir -p /www && echo hello-from-pod > /www/index.html && httpd -f -p {port} -h /www"
     )
     local = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(kubeconfig_path(node)), "port-forward", name, f"{local}:{port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
-    )  # fmt: skip
+    proc = await target.spawn("port-forward", name, f"{local}:{port}", env=env)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -108,15 +158,12 @@ async def test_port_forward_serves_two_concurrent_connections(
         await proc.wait()
 
 
-async def test_attach_sends_stdin_to_the_container(node: VnodeProcess) -> None:
-    pod = busybox_pod("reader", "while read line; do echo got:$line; done", container={"stdin": True})
-    node.write_manifest("reader.yaml", pod)
-    await node.wait_pod("reader", lambda p: is_running(p, "main"), what="reader running")
-    name = node.static_name("reader")
-    proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(kubeconfig_path(node)), "attach", "-i", name,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+@PATHS
+async def test_attach_sends_stdin_to_the_container(target: Target, env: dict[str, str]) -> None:
+    name = await target.start_pod(
+        "reader", "while read line; do echo got:$line; done", container={"stdin": True}
+    )
+    proc = await target.spawn("attach", "-i", name, env=env, stdin=True)
     try:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(b"hello\n")
@@ -128,11 +175,11 @@ async def test_attach_sends_stdin_to_the_container(node: VnodeProcess) -> None:
         await proc.wait()
 
 
-async def test_exec_with_a_tty_follows_a_pane_resize(node: VnodeProcess, sleeper: str) -> None:
+async def test_exec_with_a_tty_follows_a_pane_resize(target: Target, sleeper: str) -> None:
     if shutil.which("tmux") is None:
         await asyncio.to_thread(_install, "tmux")
     tmux = Tmux(f"vnode-{os.getpid()}")
-    command = f"kubectl --kubeconfig {kubeconfig_path(node)} exec -it {sleeper} -- sh"
+    command = f"kubectl --kubeconfig {target.kubeconfig} exec -it {sleeper} -- sh"
     await tmux("new-session", "-d", "-x", "100", "-y", "30", command)
     try:
         await wait_for(lambda: tmux.shows("/ #"), timeout=30, what="a shell prompt in the pane")
@@ -167,8 +214,9 @@ def _install(package: str) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, capture_output=True)
 
 
-async def test_plain_websocket_v4_client(node: VnodeProcess, sleeper: str) -> None:
+async def test_plain_websocket_v4_client(node: VnodeProcess) -> None:
     """A v4 WebSocket client (no kubectl) passes through to the runtime: channels and the status."""
+    sleeper = await start_pod(node, "sleeper", "sleep 3600")
     session, server = client(node)
     async with session:
         url = server.replace("https", "wss") + f"/api/v1/namespaces/default/pods/{sleeper}/exec"
@@ -186,7 +234,8 @@ async def test_plain_websocket_v4_client(node: VnodeProcess, sleeper: str) -> No
         assert status["details"]["causes"][0] == {"reason": "ExitCode", "message": "7"}
 
 
-async def test_bad_requests_get_clear_errors(node: VnodeProcess, sleeper: str) -> None:
+async def test_bad_requests_get_clear_errors(node: VnodeProcess) -> None:
+    sleeper = await start_pod(node, "sleeper", "sleep 3600")
     session, server = client(node)
     async with session:
         base = f"{server}/api/v1/namespaces/default/pods"
@@ -205,24 +254,24 @@ async def test_bad_requests_get_clear_errors(node: VnodeProcess, sleeper: str) -
             assert "at least 1 of stdin, stdout, stderr" in (await resp.json())["message"]
 
 
-async def test_a_dropped_client_leaves_nothing_behind(node: VnodeProcess, sleeper: str) -> None:
+async def test_a_dropped_client_leaves_nothing_behind(target: Target, sleeper: str) -> None:
     """kubectl killed mid-exec: the exec'd process sees its stdin end and goes, and vnode's
     descriptors return to what they were. (A process that neither reads stdin nor writes stays,
     as with kubelet: CRI has no call to signal an exec'd process.)"""
-    assert node.proc is not None
-    pid = node.proc.pid
+    assert target.node.proc is not None
+    pid = target.node.proc.pid
     before = len(os.listdir(f"/proc/{pid}/fd"))
     for env in ({}, SPDY):
-        proc = await asyncio.create_subprocess_exec(
-            "kubectl", "--kubeconfig", str(kubeconfig_path(node)),
-            "exec", "-i", sleeper, "--", "sh", "-c", f"cat >/dev/null; echo {MARK}",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **env},
-        )  # fmt: skip
-        await wait_for(lambda: _exec_running(node, sleeper, True), timeout=30, what="the exec'd cat to start")
+        proc = await target.spawn("exec", "-i", sleeper, "--", "sh", "-c", f"cat >/dev/null; echo {MARK}",
+                                  env=env, stdin=True)  # fmt: skip
+        await wait_for(
+            lambda: _exec_running(target, sleeper, True), timeout=30, what="the exec'd cat to start"
+        )
         proc.kill()
         await proc.wait()
-        await wait_for(lambda: _exec_running(node, sleeper, False), timeout=30, what="the exec'd cat to end")
+        await wait_for(
+            lambda: _exec_running(target, sleeper, False), timeout=30, what="the exec'd cat to end"
+        )
 
     async def descriptors_back() -> bool | None:
         return True if len(os.listdir(f"/proc/{pid}/fd")) <= before else None
@@ -233,7 +282,7 @@ async def test_a_dropped_client_leaves_nothing_behind(node: VnodeProcess, sleepe
 MARK = "vnode-dropped-client"
 
 
-async def _exec_running(node: VnodeProcess, pod: str, want: bool) -> bool | None:
-    _, out, _ = await run_kubectl(node, "exec", pod, "--", "ps", env={})
+async def _exec_running(target: Target, pod: str, want: bool) -> bool | None:
+    _, out, _ = await target.kubectl("exec", pod, "--", "ps", env={})
     running = MARK.encode() in out
     return True if running == want else None
