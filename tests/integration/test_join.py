@@ -306,6 +306,17 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
         stream_serial = transport.get_extra_info("peercert")["serialNumber"]
         assert stream_serial == first
 
+        # An exec session through the control plane's kubelet proxy, opened on the first certificate.
+        ticker = node.static_name("ticker")
+        await wait_for(lambda: _in_api(plane, ticker), what="the ticker's mirror pod in the API")
+        session_exec = await asyncio.create_subprocess_exec(
+            "kubectl", "--kubeconfig", str(plane.kubeconfig), "exec", "-i", ticker, "--", "cat",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert session_exec.stdin is not None and session_exec.stdout is not None
+        session_exec.stdin.write(b"before the swap\n")
+        assert await asyncio.wait_for(session_exec.stdout.readline(), 30) == b"before the swap\n"
+
         async def renewed() -> str | None:
             serial = await _peer_serial(node.url, ca)
             return serial if serial != first else None
@@ -328,6 +339,11 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
                 break
         assert transport.get_extra_info("peercert")["serialNumber"] == first != second
         stream.close()
+        # ... and the exec session opened before the swap still carries stdin and stdout.
+        session_exec.stdin.write(b"after the swap\n")
+        assert await asyncio.wait_for(session_exec.stdout.readline(), 30) == b"after the swap\n"
+        session_exec.stdin.close()
+        assert await asyncio.wait_for(session_exec.wait(), 30) == 0
 
         for path in (node.root_dir / "pki").glob("kubelet-*.pem"):
             if not path.is_symlink():
@@ -349,6 +365,10 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
         if session is not None:
             await session.close()
         await node.terminate()
+
+
+async def _in_api(plane: ControlPlaneProcess, name: str) -> bool:
+    return bool((await plane.kubectl("get", "pod", name, "-o", "name", check=False)).strip())
 
 
 async def test_join_waits_while_the_approver_holds_its_csr(
