@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 
 from vnode.provider.protocols import StreamOptions
 from vnode.streaming import spdy
-from vnode.streaming.upgrade import Activity, Upstream, first_of, read_or_idle
+from vnode.streaming.upgrade import Activity, Upstream, first_of, pump, read_or_idle
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 
 
 async def _receive(ws: web.WebSocketResponse, activity: Activity, idle_timeout: float) -> bytes | None:
-    """The next binary message; None when the client closed or the session idled out."""
+    """The next binary message; b"" when the client closed, None when the session idled out."""
     while True:
         remaining = idle_timeout - activity.idle_for()
         if remaining <= 0:
@@ -42,11 +42,11 @@ async def _receive(ws: web.WebSocketResponse, activity: Activity, idle_timeout: 
         except TimeoutError:
             continue
         activity.touch()
-        if msg.type == WSMsgType.BINARY:
+        if msg.type == WSMsgType.BINARY and msg.data:
             return bytes(msg.data)
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            return None
-        # text messages have no meaning in these binary protocols: ignore them
+            return b""
+        # text and empty messages have no meaning in these binary protocols: ignore them
 
 
 async def remote_command(
@@ -72,9 +72,9 @@ async def remote_command(
         while True:
             message = await _receive(ws, activity, idle_timeout)
             if message is None:
-                return "client closed" if activity.idle_for() < idle_timeout else "idle timeout"
+                return "idle timeout"
             if not message:
-                continue
+                return "client closed"
             channel, payload = message[0], message[1:]
             if channel == STDIN and stdin is not None and stdin_open:
                 await conn.send(stdin, payload)
@@ -106,24 +106,15 @@ async def tunnel(ws: web.WebSocketResponse, upstream: Upstream, idle_timeout: fl
     """Carry the client's SPDY frames from WebSocket messages to the runtime and back."""
     activity = Activity()
 
-    async def from_client() -> str:
-        while True:
-            message = await _receive(ws, activity, idle_timeout)
-            if message is None:
-                return "client closed" if activity.idle_for() < idle_timeout else "idle timeout"
-            upstream.writer.write(message)
-            await upstream.writer.drain()
+    async def to_runtime(message: bytes) -> None:
+        upstream.writer.write(message)
+        await upstream.writer.drain()
 
-    async def from_runtime() -> str:
-        while True:
-            chunk = await read_or_idle(upstream.reader, activity, idle_timeout)
-            if chunk is None:
-                return "idle timeout"
-            if not chunk:
-                return "runtime closed"
-            await ws.send_bytes(chunk)
-
-    return await first_of(from_client(), from_runtime(), cleanup=upstream.close)
+    return await first_of(
+        pump(lambda: _receive(ws, activity, idle_timeout), to_runtime, "client closed"),
+        pump(lambda: read_or_idle(upstream.reader, activity, idle_timeout), ws.send_bytes, "runtime closed"),
+        cleanup=upstream.close,
+    )
 
 
 def offered_protocols(request: web.Request) -> list[str]:

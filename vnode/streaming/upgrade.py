@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -224,26 +224,28 @@ async def splice(client: ClientConnection, upstream: Upstream, idle_timeout: flo
     """
     activity = Activity()
 
-    async def client_to_upstream() -> str:
-        while True:
-            chunk = await read_or_idle(client.reader, activity, idle_timeout)
-            if chunk is None:
-                return "idle timeout"
-            if not chunk:
-                return "client closed"
-            upstream.writer.write(chunk)
-            await upstream.writer.drain()
+    async def to_upstream(chunk: bytes) -> None:
+        upstream.writer.write(chunk)
+        await upstream.writer.drain()
 
-    async def upstream_to_client() -> str:
-        while True:
-            chunk = await read_or_idle(upstream.reader, activity, idle_timeout)
-            if chunk is None:
-                return "idle timeout"
-            if not chunk:
-                return "runtime closed"
-            await client.write(chunk)
+    return await first_of(
+        pump(lambda: read_or_idle(client.reader, activity, idle_timeout), to_upstream, "client closed"),
+        pump(lambda: read_or_idle(upstream.reader, activity, idle_timeout), client.write, "runtime closed"),
+        cleanup=upstream.close,
+    )
 
-    return await first_of(client_to_upstream(), upstream_to_client(), cleanup=upstream.close)
+
+async def pump(
+    read: Callable[[], Awaitable[bytes | None]], write: Callable[[bytes], Awaitable[None]], closed: str
+) -> str:
+    """Copy from ``read`` (b"" at the end, None when idle too long) to ``write``; why it stopped."""
+    while True:
+        chunk = await read()
+        if chunk is None:
+            return "idle timeout"
+        if not chunk:
+            return closed
+        await write(chunk)
 
 
 async def first_of(*coros: Any, cleanup: Any) -> str:
