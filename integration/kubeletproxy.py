@@ -105,7 +105,7 @@ class KubeletProxy:
                 path = f"/portForward/{namespace}/{name}"
                 query = _portforward_query(request)
             else:
-                container = _stream_container(pod, request.query.get("container", ""))
+                container = _container(pod, request.query.get("container", ""), for_logs=False)
                 path = f"/{sub}/{namespace}/{name}/{container}"
                 query = _stream_query(request, with_command=sub == "exec")
             return await upgrade_proxy(request, host, port, path + (f"?{query}" if query else ""), self.tls())
@@ -130,7 +130,7 @@ class KubeletProxy:
 
     async def _logs(self, request: web.Request, pod: dict[str, Any]) -> web.StreamResponse:
         meta = pod["metadata"]
-        container = _log_container(pod, request.query.get("container", ""))
+        container = _container(pod, request.query.get("container", ""), for_logs=True)
         options = _log_query(request)
         if not (pod.get("spec") or {}).get("nodeName"):
             return web.Response(status=200, content_type="text/plain")  # no location: an empty log
@@ -262,9 +262,10 @@ def _has(pod: dict[str, Any], container: str) -> bool:
     return any(container in _names(spec.get(kind)) for kind in kinds)
 
 
-def _log_container(pod: dict[str, Any], container: str) -> str:
-    """kube-apiserver's ``validateContainer`` for logs: the only container when there is one;
-    with several, the choices (init containers first, Go's ``%s`` of a string slice)."""
+def _container(pod: dict[str, Any], container: str, *, for_logs: bool) -> str:
+    """kube-apiserver's choice of container: the named one if the pod has it, else the only one.
+    With several, the error lists the choices as it does: for logs init containers first in one
+    list (``validateContainer``), for exec and attach a second list of them (``streamLocation``)."""
     name, spec = pod["metadata"]["name"], pod.get("spec") or {}
     if container:
         if not _has(pod, container):
@@ -275,25 +276,13 @@ def _log_container(pod: dict[str, Any], container: str) -> str:
         return containers[0]
     if not containers:
         raise bad_request(f"a container name must be specified for pod {name}")
-    every = _names(spec.get("initContainers")) + containers + _names(spec.get("ephemeralContainers"))
-    message = f"a container name must be specified for pod {name}, choose one of: [{' '.join(every)}]"
-    raise bad_request(message)
-
-
-def _stream_container(pod: dict[str, Any], container: str) -> str:
-    """kube-apiserver's choice for exec and attach (``streamLocation``)."""
-    name, spec = pod["metadata"]["name"], pod.get("spec") or {}
-    if container:
-        if not _has(pod, container):
-            raise bad_request(f"container {container} is not valid for pod {name}")
-        return container
-    containers = _names(spec.get("containers"))
-    if len(containers) == 1:
-        return containers[0]
-    if not containers:
-        raise bad_request(f"a container name must be specified for pod {name}")
-    message = f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
     inits = _names(spec.get("initContainers"))
+    if for_logs:
+        every = inits + containers + _names(spec.get("ephemeralContainers"))
+        raise bad_request(
+            f"a container name must be specified for pod {name}, choose one of: [{' '.join(every)}]"
+        )
+    message = f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
     if inits:
         message += f" or one of the init containers: [{' '.join(inits)}]"
     raise bad_request(message)
