@@ -36,7 +36,7 @@ import re
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -559,6 +559,9 @@ class LocalSources:
     objects: ObjectReader
     token: str
     version: str  # gitVersion, the node's kubeletVersion
+    # authn/authz (vnode.api.guard.Guard.local): None to go on, else (code, message); without
+    # it only ``token`` is accepted
+    access: Callable[[web.Request], Awaitable[tuple[int, str] | None]] | None = None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -584,11 +587,16 @@ class LocalApi:
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Token first, then read-only, then Status bodies for every error."""
         try:
-            given = request.headers.get("Authorization", "")
-            scheme, _, token = given.partition(" ")
-            expected = self.sources.token.encode()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-                raise ApiError(401, "Unauthorized")
+            if self.sources.access is not None:
+                denied = await self.sources.access(request)
+                if denied is not None:
+                    raise ApiError(*denied, reason={403: "Forbidden"}.get(denied[0]))
+            else:
+                given = request.headers.get("Authorization", "")
+                scheme, _, token = given.partition(" ")
+                expected = self.sources.token.encode()
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                    raise ApiError(401, "Unauthorized")
             if request.method in WRITES:
                 raise ApiError(
                     405, f"the local API of this node is read-only: {request.method} is not allowed"
