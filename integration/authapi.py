@@ -56,7 +56,10 @@ class AuthApi:
             data = json.loads(policy_path(self.store).read_text())
         except (OSError, ValueError):
             data = {}
-        return {"tokens": data.get("tokens", {}), "rules": [MASTERS, KUBELET_API_ADMIN, *data.get("rules", [])]}
+        return {
+            "tokens": data.get("tokens", {}),
+            "rules": [MASTERS, KUBELET_API_ADMIN, *data.get("rules", [])],
+        }
 
     def _count(self, request: web.Request, kind: str) -> None:
         counts = request.app[COUNTS]
