@@ -83,7 +83,7 @@ async def run(*command: str) -> tuple[int, str, str]:
 async def curl(node: VnodeProcess, identity: Identity, method: str, path: str) -> tuple[int, str]:
     """(HTTP status, body) with curl; status 0 when the TLS handshake failed."""
     method_args = ["-I"] if method == "HEAD" else ["-X", method]
-    code, out, err = await run(
+    _, out, _ = await run(
         "curl", "-sk", "--max-time", "20", *method_args, *identity.curl,
         "-o", "/dev/stdout", "-w", "\n%{http_code}", f"https://127.0.0.1:{node.port}{path}",
     )  # fmt: skip
@@ -172,7 +172,7 @@ async def test_authorization_matrix(setup: tuple[VnodeProcess, list[Identity], P
 
 
 async def test_kubectl_and_openssl(setup: tuple[VnodeProcess, list[Identity], Path]) -> None:
-    node, _, tmp_path = setup
+    node, _, _ = setup
     server = f"https://127.0.0.1:{node.port}"
 
     async def kubectl(*args: str) -> tuple[int, str, str]:
