@@ -409,3 +409,15 @@ def test_auth_settings_defaults_and_cross_checks() -> None:
         },
     )
     assert tuned.auth.offline_authorized_ttl == 86400 and tuned.auth.token_webhook_cache_ttl == 0
+
+
+def test_huge_since_seconds_is_a_client_error_not_a_crash() -> None:
+    """Found by the fuzzer: an int64 sinceSeconds overflowed timedelta (a 500)."""
+    import datetime as dt
+
+    from vnode.logs.options import parse_log_query
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert parse_log_query({"sinceSeconds": str((1 << 63) - 1)}, now).since is not None
+    with pytest.raises(errors.InvalidInput):
+        parse_log_query({"sinceSeconds": "99999999999999999999"}, now)
