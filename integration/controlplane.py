@@ -47,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from integration import authapi
 from integration.kubeletproxy import SUBRESOURCES as KUBELET_SUBRESOURCES
 from integration.kubeletproxy import KubeletProxy
 from integration.pki import ClusterPki
@@ -394,6 +395,7 @@ class ControlPlane:
         self.app.router.add_get("/apis", self.api_groups)
         self.app.router.add_get("/api/{version}", self.resource_list)
         self.app.router.add_get("/apis/{group}/{version}", self.resource_list)
+        authapi.install(self.app, store.path)  # TokenReview, SubjectAccessReview
         self.app.router.add_route("*", "/api/{version}/{rest:.*}", self.dispatch)
         self.app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self.dispatch)
         self.app.cleanup_ctx.append(self._poller)

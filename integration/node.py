@@ -73,6 +73,8 @@ class VnodeProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.manifests.mkdir(parents=True, exist_ok=True)
         self._session: aiohttp.ClientSession | None = None
+        self._session_has_cert = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -138,11 +140,25 @@ class VnodeProcess:
             await self._session.close()
             self._session = None
 
+    @property
+    def admin_cert(self) -> tuple[Path, Path]:
+        """The operator's client certificate the node creates at first start (vnode.security.localca)."""
+        return self.root_dir / "pki" / "admin.crt", self.root_dir / "pki" / "admin.key"
+
     def session(self) -> aiohttp.ClientSession:
+        """A client of the kubelet API authenticated with the node's admin certificate (once the
+        node has written it: until then a session without one, replaced when it appears)."""
+        cert, key = self.admin_cert
+        if self._session is not None and not self._session_has_cert and cert.exists():
+            stale, self._session = self._session, None
+            self._closing.add(asyncio.get_running_loop().create_task(stale.close()))
         if self._session is None:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+            self._session_has_cert = cert.exists() and key.exists()
+            if self._session_has_cert:
+                ctx.load_cert_chain(str(cert), str(key))
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
         return self._session
 

@@ -36,7 +36,7 @@ import re
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -564,6 +564,9 @@ class LocalSources:
     token: str
     version: str  # gitVersion, the node's kubeletVersion
     streams: StreamHandlers | None = None  # pods/exec, pods/attach, pods/portforward
+    # authn/authz (vnode.api.guard.Guard.local): None to go on, else (code, message); without
+    # it only ``token`` is accepted
+    access: Callable[[web.Request], Awaitable[tuple[int, str] | None]] | None = None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -589,11 +592,16 @@ class LocalApi:
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Token first, then read-only, then Status bodies for every error."""
         try:
-            given = request.headers.get("Authorization", "")
-            scheme, _, token = given.partition(" ")
-            expected = self.sources.token.encode()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-                raise ApiError(401, "Unauthorized")
+            if self.sources.access is not None:
+                denied = await self.sources.access(request)
+                if denied is not None:
+                    raise ApiError(*denied, reason={403: "Forbidden"}.get(denied[0]))
+            else:
+                given = request.headers.get("Authorization", "")
+                scheme, _, token = given.partition(" ")
+                expected = self.sources.token.encode()
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                    raise ApiError(401, "Unauthorized")
             if request.method == "POST" and _STREAM_PATH.match(request.path):
                 pass  # a session, not a write
             elif request.method in WRITES:

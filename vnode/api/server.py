@@ -41,6 +41,7 @@ class KubeletHandlers:
     logs: LogLocator | None
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
     streams: StreamHandlers | None = None
+    guard: Any = None  # authn/authz middleware (vnode.api.guard); None on the plain healthz port
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
@@ -74,7 +75,8 @@ class KubeletApp:
 
     def __init__(self, handlers: KubeletHandlers) -> None:
         self.handlers = handlers
-        self.app = web.Application(middlewares=[_errors], handler_args={"max_field_size": 16384})
+        guard = [handlers.guard] if handlers.guard is not None else []
+        self.app = web.Application(middlewares=[*guard, _errors], handler_args={"max_field_size": 16384})
         routes = [
             web.route("*", "/healthz", self.healthz),
             web.route("*", "/healthz/{check}", self.healthz_one),

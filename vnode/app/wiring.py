@@ -22,6 +22,7 @@ from vnode.aiokits.hostinfo import primary_ipv4
 from vnode.api.local import EmptyObjects, LocalApi, LocalSources, ensure_token, minimal_node
 from vnode.api.server import KubeletHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
+from vnode.app import access as node_access
 from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
@@ -114,11 +115,13 @@ async def tls_context(settings: Settings, host_ip: str) -> ssl.SSLContext:
         binds = [server.address] + ([server.local_api_address] if server.local_api_port else [])
         ips = sorted({host_ip, "127.0.0.1", *(a for a in binds if a not in ("0.0.0.0", "::"))})
         await asyncio.to_thread(ensure_serving_pair, cert, key, hostnames=[settings.node.name], ips=ips)
-    return await asyncio.to_thread(server_ssl_context, cert, key)
+    context = await asyncio.to_thread(server_ssl_context, cert, key)
+    return await node_access.secure_context(settings, context)
 
 
 async def build(settings: Settings) -> Components:
     check_runtime_endpoint(settings.runtime.endpoint)
+    node_access.check(settings)
     access = None
     if settings.cluster.configured:
         access = await asyncio.to_thread(load_access, settings.cluster.kubeconfig, settings.cluster.master)
@@ -153,8 +156,16 @@ async def build(settings: Settings) -> Components:
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)
+    token = (
+        await asyncio.to_thread(ensure_token, settings.local_token_path)
+        if settings.server.local_api_port
+        else None
+    )
+    guards = node_access.build_access(settings, masters, token)
+    components.kubelet_handlers.guard = guards.kubelet.kubelet
     if settings.server.local_api_port:
         components.local_api = await _local_api(settings, components, host_ip)
+        components.local_api.sources.access = guards.local.local
     return components
 
 

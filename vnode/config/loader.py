@@ -24,6 +24,7 @@ import yaml
 from vnode import errors
 from vnode.config.settings import ON_NODE_DELETED, Settings
 from vnode.runtime.quantity import to_bytes
+from vnode.security import tlspolicy
 
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -154,6 +155,16 @@ def _choice(*choices: str) -> Callable[[Any, Path], str]:
     return parse
 
 
+def _choice_exact(*choices: str) -> Callable[[Any, Path], str]:
+    def parse(value: Any, base: Path) -> str:
+        text = str(value).strip()
+        if text not in choices:
+            raise _Bad(f"must be one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
 def _domain(value: Any, base: Path) -> str:
     text = str(value).strip().rstrip(".")
     if not DNS_SUBDOMAIN.match(text):
@@ -188,6 +199,30 @@ def _taints(value: Any, base: Path) -> tuple[dict[str, str], ...]:
             taint["value"] = match.group(2)
         taints.append(taint)
     return tuple(taints)
+
+
+def _ttl(value: Any, base: Path) -> float:
+    """A duration that may be zero (``0`` or ``0s``: off)."""
+    if str(value).strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return parse_duration(value, base)
+
+
+def _tls_version(value: Any, base: Path) -> str:
+    try:
+        return tlspolicy.parse_min_version(str(value).strip())
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _cipher_suites(value: Any, base: Path) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise _Bad(f"expected a list of cipher suite names, got {value!r}")
+    try:
+        return tlspolicy.parse_cipher_suites([str(v).strip() for v in items if str(v).strip()])
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -283,6 +318,41 @@ FIELDS = [
         _choice(*ON_NODE_DELETED),
     ),
     Field("cluster.rotateCertificates", "--rotate-certificates", ("cluster", "rotate_certificates"), _bool),
+    Field("server.tlsMinVersion", "--tls-min-version", ("server", "tls_min_version"), _tls_version),
+    Field("server.tlsCipherSuites", "--tls-cipher-suites", ("server", "tls_cipher_suites"), _cipher_suites),
+    Field("auth.clientCAFile", "--client-ca-file", ("auth", "client_ca_file"), _path),
+    Field("auth.anonymous", "--anonymous-auth", ("auth", "anonymous"), _bool),
+    Field("auth.tokenWebhook", "--authentication-token-webhook", ("auth", "token_webhook"), _bool),
+    Field(
+        "auth.tokenWebhookCacheTTL",
+        "--authentication-token-webhook-cache-ttl",
+        ("auth", "token_webhook_cache_ttl"),
+        _ttl,
+    ),
+    Field(
+        "auth.authorizationMode",
+        "--authorization-mode",
+        ("auth", "authorization_mode"),
+        _choice_exact("AlwaysAllow", "Webhook"),
+    ),
+    Field(
+        "auth.webhookCacheAuthorizedTTL",
+        "--authorization-webhook-cache-authorized-ttl",
+        ("auth", "webhook_cache_authorized_ttl"),
+        _ttl,
+    ),
+    Field(
+        "auth.webhookCacheUnauthorizedTTL",
+        "--authorization-webhook-cache-unauthorized-ttl",
+        ("auth", "webhook_cache_unauthorized_ttl"),
+        _ttl,
+    ),
+    Field(
+        "auth.offlineAuthorizedTTL",
+        "--authorization-offline-authorized-ttl",
+        ("auth", "offline_authorized_ttl"),
+        _ttl,
+    ),
     Field("rootDir", "--root-dir", ("", "root_dir"), _path),
 ]
 BY_PATH = {f.path: f for f in FIELDS}

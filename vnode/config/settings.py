@@ -38,6 +38,8 @@ class ServerSettings:
     stream_creation_timeout: float = 30.0
     max_streams_per_pod: int = 16
     max_streams: int = 256
+    tls_min_version: str = "VersionTLS12"  # see vnode.security.tlspolicy
+    tls_cipher_suites: tuple[str, ...] = ()  # Go names; empty: ECDHE with AEAD only
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,20 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the kubelet API and the local API (vnode.security.authn, .authz, .localca)."""
+
+    client_ca_file: Path | None = None  # besides the node's local CA, always trusted
+    anonymous: bool = False
+    token_webhook: bool | None = None  # None: on when a control plane is configured
+    token_webhook_cache_ttl: float = 120.0
+    authorization_mode: str | None = None  # None: Webhook with a control plane, else AlwaysAllow
+    webhook_cache_authorized_ttl: float = 300.0
+    webhook_cache_unauthorized_ttl: float = 30.0
+    offline_authorized_ttl: float = 0.0  # how much longer allowed answers serve while offline
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -98,6 +114,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     root_dir: Path = Path("/var/lib/vnode")
 
     @property

@@ -82,9 +82,12 @@ def _int(query: Mapping[str, str], name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value, 10)
+        number = int(value, 10)
     except ValueError:
         raise errors.InvalidInput(f"{name}: invalid integer value {value!r}") from None
+    if not -(1 << 63) <= number < 1 << 63:  # kubelet decodes an int64: anything else doesn't decode
+        raise errors.InvalidInput(f"{name}: invalid integer value {value!r}")
+    return number
 
 
 def parse_log_query(query: Mapping[str, str], now: datetime) -> LogOptions:
@@ -126,7 +129,8 @@ def parse_log_query(query: Mapping[str, str], now: datetime) -> LogOptions:
     if problems:
         raise errors.Unprocessable("; ".join(problems))
 
-    since = now - timedelta(seconds=since_seconds) if since_seconds is not None else since_time
+    # capped at ~300 years: further back is the same (every line), and timedelta would overflow
+    since = now - timedelta(seconds=min(since_seconds, 10**10)) if since_seconds is not None else since_time
     return LogOptions(
         follow=follow,
         tail_lines=tail,
