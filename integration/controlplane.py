@@ -1072,6 +1072,16 @@ class ControlPlaneProcess:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
+    @property
+    def client_ca(self) -> Path:
+        """The CA of the clients this master sends to kubelets (its kubelet proxy): a node that
+        serves it through the proxy trusts this as ``--client-ca-file``, as kubeadm sets it up."""
+        return ClusterPki(self.store).ca_cert
+
+    def node_args(self) -> list[str]:
+        """What a node of this master runs with: the master, and its clients' CA."""
+        return ["--master", self.url, f"--client-ca-file={self.client_ca}"]
+
     async def start(self) -> None:
         import socket
         import sys

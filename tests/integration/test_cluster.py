@@ -51,7 +51,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[ControlPlaneProcess]:
 @pytest.fixture
 async def node(containerd: Any, cluster: ControlPlaneProcess, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
     async with running_node(
-        tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", cluster.url]
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=cluster.node_args()
     ) as proc:
         yield proc
 
@@ -144,9 +144,7 @@ def idle_follow(containerd: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     loop = LoopThread()
     containerd.spared_nodes.add("idle1")  # other tests' clean-up must leave this pod running
     plane = ControlPlaneProcess(base, port=free_port())
-    node = VnodeProcess(
-        base / "node", containerd.endpoint, node_name="idle1", extra_args=["--master", plane.url]
-    )
+    node = VnodeProcess(base / "node", containerd.endpoint, node_name="idle1", extra_args=plane.node_args())
     followers: list[Follower] = []
 
     async def start() -> list[Follower]:

@@ -294,6 +294,7 @@ async def test_serving_certificate_waits_for_approval_then_rotates_live(
             busybox_pod("ticker", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done"),
         )
         context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(*(str(p) for p in node.admin_cert))  # the node's local admin
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
         await node.log_containing(node.static_name("ticker"), "main", b"tick 2")
         stream = await session.get(

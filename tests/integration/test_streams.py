@@ -91,7 +91,7 @@ async def target(request: pytest.FixtureRequest, containerd: Any, tmp_path: Path
     await plane.start()
     try:
         async with running_node(
-            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", plane.url]
+            tmp_path, containerd.endpoint, node_name="edge1", extra_args=plane.node_args()
         ) as proc:
             yield Target(proc, plane.kubeconfig, plane)
     finally:

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from integration.faults import serving
+from integration.node import wait_for
 from vnode import errors
-from vnode.api import local
+from vnode.api import local, server
 from vnode.api.local import ApiError, Filter, PodHistory, parse_selector
 from vnode.provider.protocols import LogTarget
 from vnode.security.tls import ensure_self_signed
@@ -386,3 +387,26 @@ def test_settings_flags_and_the_sample_config() -> None:
     assert (flags.server.local_api_address, flags.server.local_api_port) == ("0.0.0.0", 0)
     with pytest.raises(errors.ConfigError, match="--local-api-port"):
         load_settings(None, {"--local-api-port": "70000"})
+
+
+async def test_a_watch_whose_client_left_ends_while_nothing_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp does not cancel the handler of a closed connection: the watch notices by itself,
+    so silent watches do not pile up connections and queues (found by the fuzzer's fd count)."""
+    monkeypatch.setattr(server, "CLIENT_CHECK", 0.05)
+    pods = FakePods(tmp_path / "0.log")
+    pods.change(make_pod("a"))
+    node = local.minimal_node("edge-1", "192.0.2.1", {}, None, "2026-11-24T10:00:00Z", "v1")
+    app = local.LocalApi(local.LocalSources(pods, lambda: node, local.EmptyObjects(), TOKEN, "v1"))
+    async with serving(app.app) as base:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+            resp = await session.get(f"{base}/api/v1/pods?watch=true")
+            assert yaml.safe_load(await resp.content.readline())["type"] == "ADDED"
+            assert len(app.history._watchers) == 1
+            resp.close()
+
+        async def unsubscribed() -> bool:
+            return not app.history._watchers
+
+        await wait_for(unsubscribed, timeout=10, interval=0.02, what="the watch to notice its client left")

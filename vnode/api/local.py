@@ -46,7 +46,7 @@ import yaml
 from aiohttp import web
 
 from vnode import errors
-from vnode.api.server import Listener
+from vnode.api.server import Listener, while_connected
 from vnode.api.streams import PORT_FORWARD, StreamHandlers
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
@@ -595,7 +595,8 @@ class LocalApi:
             if self.sources.access is not None:
                 denied = await self.sources.access(request)
                 if denied is not None:
-                    raise ApiError(*denied, reason={403: "Forbidden"}.get(denied[0]))
+                    code, message = denied
+                    raise ApiError(code, message, reason={403: "Forbidden"}.get(code))
             else:
                 given = request.headers.get("Authorization", "")
                 scheme, _, token = given.partition(" ")
@@ -777,10 +778,11 @@ class LocalApi:
                     last = event.rv
             async with asyncio.timeout(timeout):
                 if watcher is None:
-                    await self._closing.wait()  # no change feed: hold the stream until the end
+                    # no change feed: hold the stream until the end
+                    await while_connected(request, self._closing.wait())
                     return response
                 while True:
-                    change = await watcher.queue.get()
+                    change = await while_connected(request, watcher.queue.get())
                     if change is None or (watcher.closed and watcher.queue.empty()):
                         break
                     if change.rv <= last:
@@ -839,7 +841,7 @@ class LocalApi:
             await response.write(data)
 
         try:
-            await read_log(target, options, write)
+            await while_connected(request, read_log(target, options, write))
         except errors.VnodeError:
             if not response.prepared:
                 raise

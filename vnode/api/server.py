@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ALLOWED = "GET, HEAD"
 # Methods by first path segment where they differ from ALLOWED.
 _METHODS = {"exec": "GET, POST", "attach": "GET, POST", "portForward": "GET, POST", "run": "POST"}
@@ -154,7 +156,7 @@ class KubeletApp:
             await response.write(data)
 
         try:
-            await read_log(target, options, write)
+            await while_connected(request, read_log(target, options, write))
         except errors.VnodeError:
             if prepared:  # headers are gone: end the stream where it is
                 log.warning(
@@ -168,6 +170,28 @@ class KubeletApp:
             await response.prepare(request)
         await response.write_eof()
         return response
+
+
+CLIENT_CHECK = 5.0  # seconds between checks that a silent stream's client is still there
+
+
+async def while_connected(request: web.Request, work: Awaitable[T]) -> T:
+    """``work``'s result; ``ConnectionResetError`` once the client's connection has closed.
+
+    aiohttp does not cancel a handler whose client left, so a silent follow or watch would hold
+    its task, connection and file descriptors until its next write; this looks every few seconds.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+    finally:
+        task.cancel()
 
 
 class Listener:

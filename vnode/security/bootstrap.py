@@ -298,6 +298,8 @@ async def wait_issued(masters: Masters, name: str, timeout: float) -> bytes:
                 continue
 
 
+CLUSTER_CA = "ca.crt"  # the pinned cluster CA, kept beside the client certificate
+
 # -- files ---------------------------------------------------------------------------------
 
 
@@ -383,6 +385,7 @@ async def join(req: JoinRequest) -> float:
         await masters.close()
     current = install_pair(req.pki_dir, "client", cert, made["key"].encode())
     write_private(req.kubeconfig, kubeconfig_text(req.servers, info.ca_pem, current).encode())
+    write_private(req.pki_dir / CLUSTER_CA, info.ca_pem)
     took = time.monotonic() - started
     log.info("joined: client certificate %s, kubeconfig %s (%.2fs)", current, req.kubeconfig, took)
     return took
@@ -438,4 +441,10 @@ def join_command(args: argparse.Namespace, settings: Settings) -> Settings:
     cluster = dataclasses.replace(
         settings.cluster, kubeconfig=kubeconfig, master=None, rotate_certificates=True
     )
-    return dataclasses.replace(settings, cluster=cluster)
+    auth = settings.auth
+    cluster_ca = settings.pki_dir / CLUSTER_CA
+    if auth.client_ca_file is None and cluster_ca.exists():
+        # as kubeadm configures a kubelet: the API server's client certificate (kubelet proxy,
+        # logs, exec) is issued by the cluster CA this join pinned
+        auth = dataclasses.replace(auth, client_ca_file=cluster_ca)
+    return dataclasses.replace(settings, cluster=cluster, auth=auth)
