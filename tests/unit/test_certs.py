@@ -56,3 +56,32 @@ def test_ca_admin_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     capsys.readouterr()
     assert main(["certs", "show", "--root-dir", str(tmp_path / "nothing")]) == 1
     assert "no certificates" in capsys.readouterr().out
+
+
+def test_break_glass_is_signed_by_the_nodes_local_ca_and_recognised(tmp_path: Path) -> None:
+    """``vnode certs issue break-glass`` makes exactly what the kubelet API authorizes locally."""
+    import ssl
+
+    from vnode.config.settings import Settings
+    from vnode.security.authn import x509_user
+    from vnode.security.localca import LocalPki, generate, local_ca_name
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    pki = LocalPki(Settings(root_dir=root).pki_dir)
+    pki.dir.mkdir(parents=True)
+    generate(pki, "edge-1")  # what the node does at its first start
+    assert main(["certs", "issue", "break-glass", "--name", "operator", "--out", str(out),
+                 "--root-dir", str(root)]) == 0  # fmt: skip
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(pki.ca_cert), str(out / "operator.crt")],
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert stat.S_IMODE((out / "operator.key").stat().st_mode) == 0o600
+    peer = ssl._ssl._test_decode_cert(str(out / "operator.crt"))  # type: ignore[attr-defined]
+    user = x509_user(peer, local_ca_name(pki))
+    assert (user.name, user.full_access) == ("operator", True)
+    assert (
+        main(["certs", "issue", "break-glass", "--out", str(out), "--root-dir", str(tmp_path / "none")]) == 1
+    )

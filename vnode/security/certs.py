@@ -3,10 +3,13 @@
 - ``vnode certs ca --dir DIR``: a self-signed CA (``ca.crt``, ``ca.key`` 0600) for a lab cluster,
   and its discovery pin (what ``vnode join --discovery-token-ca-cert-hash`` takes). An existing CA
   is never overwritten.
-- ``vnode certs issue admin|break-glass --ca-dir DIR --out DIR [--server URL]``: a client
-  certificate signed directly by the CA, in group ``system:masters``: ``admin`` for a year,
-  ``break-glass`` for an hour (for when the API's own authentication is what is broken), with a
-  kubeconfig when ``--server`` is given. Keys are 0600.
+- ``vnode certs issue admin --ca-dir DIR --out DIR [--server URL]``: a cluster client certificate
+  signed directly by the CA in ``DIR``, in group ``system:masters``, for a year.
+- ``vnode certs issue break-glass --out DIR [--root-dir DIR]``: the operator's certificate for the
+  node itself when the control plane (or its authentication) is what is broken: signed by the
+  node's local CA (``<root>/pki/local-ca.key``) in group ``vnode:break-glass``, which the kubelet
+  API and the local API authorize locally (``vnode.security.localca``), for an hour.
+  A kubeconfig is written too when ``--server`` is given. Keys are 0600.
 - ``vnode certs show [--root-dir DIR]``: the node's client and serving certificates (issued,
   self-signed), their subjects and expiry, and a serving CSR waiting for approval.
 
@@ -28,6 +31,7 @@ from typing import Any
 import yaml
 
 from vnode.config.settings import Settings
+from vnode.security.localca import BREAK_GLASS_GROUP, LocalPki
 
 ROTATION_STATE = "rotation.json"  # written by vnode.security.rotation beside the certificates
 
@@ -41,7 +45,10 @@ def add_parser(commands: Any) -> None:
     ca.add_argument("--days", type=int, default=3650)
     issue = sub.add_parser("issue", help="issue a system:masters client certificate from the CA")
     issue.add_argument("kind", choices=("admin", "break-glass"))
-    issue.add_argument("--ca-dir", type=Path, required=True)
+    issue.add_argument("--ca-dir", type=Path, help="the CA of an admin certificate (ca.crt, ca.key)")
+    issue.add_argument(
+        "--root-dir", type=Path, default=Settings().root_dir, help="the node's, for break-glass"
+    )
     issue.add_argument("--out", type=Path, required=True)
     issue.add_argument("--name", help="the user (CN); default vnode-admin or break-glass-<time>")
     issue.add_argument("--hours", type=float, help="validity; default 8760 (admin) or 1 (break-glass)")
@@ -86,10 +93,15 @@ def _issue(args: argparse.Namespace) -> int:
     admin = args.kind == "admin"
     name = args.name or ("vnode-admin" if admin else f"break-glass-{time.strftime('%Y%m%d%H%M%S')}")
     hours = args.hours if args.hours is not None else (8760.0 if admin else 1.0)
-    ca_pem = (args.ca_dir / "ca.crt").read_bytes()
-    cert, key = keys.issue(
-        ca_pem, (args.ca_dir / "ca.key").read_bytes(), name, ["system:masters"], dt.timedelta(hours=hours)
-    )
+    if admin:
+        if args.ca_dir is None:
+            raise ValueError("--ca-dir is required for an admin certificate")
+        ca_cert, ca_key, groups = args.ca_dir / "ca.crt", args.ca_dir / "ca.key", ["system:masters"]
+    else:
+        local = LocalPki(Settings(root_dir=args.root_dir).pki_dir)  # made by the node at its first start
+        ca_cert, ca_key, groups = local.ca_cert, local.ca_key, [BREAK_GLASS_GROUP]
+    ca_pem = ca_cert.read_bytes()
+    cert, key = keys.issue(ca_pem, ca_key.read_bytes(), name, groups, dt.timedelta(hours=hours))
     cert_path, key_path = args.out / f"{name}.crt", args.out / f"{name}.key"
     write_private(key_path, key)
     write_private(cert_path, cert)
