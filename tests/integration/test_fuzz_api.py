@@ -28,7 +28,8 @@ from vnode import errors
 from vnode.api import local
 from vnode.api.guard import Guard
 from vnode.api.server import KubeletHandlers, KubeletServer, Listener
-from vnode.provider.protocols import LogTarget
+from vnode.api.streams import StreamHandlers, StreamLimits
+from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.security.authn import Authenticator, User
 from vnode.security.authz import AlwaysAllow
 
@@ -66,6 +67,43 @@ class Pods:
 
         return LogTarget(str(self.log), stopped)
 
+    # StreamProvider: the known container's sessions go to a runtime that refuses every upgrade
+    # (as containerd does for a protocol it lacks), so that no fuzzed session stays open.
+    runtime_url = ""
+
+    def _url(self, namespace: str, pod: str, container: str | None = None) -> str:
+        if (namespace, pod) != ("default", "p") or container not in (None, "main"):
+            raise errors.NotFound(f'pod "{pod}" not found')
+        return self.runtime_url
+
+    async def exec_url(self, namespace: str, pod: str, uid: str | None, container: str,
+                       command: list[str], options: StreamOptions) -> str:  # fmt: skip
+        return self._url(namespace, pod, container)
+
+    async def attach_url(self, namespace: str, pod: str, uid: str | None, container: str,
+                         options: StreamOptions) -> str:  # fmt: skip
+        return self._url(namespace, pod, container)
+
+    async def port_forward_url(self, namespace: str, pod: str, uid: str | None, ports: list[int]) -> str:
+        return self._url(namespace, pod)
+
+    async def run_sync(self, namespace: str, pod: str, uid: str | None, container: str,
+                       command: list[str]) -> tuple[bytes, bytes, int]:  # fmt: skip
+        self._url(namespace, pod, container)
+        return b"ran\n", b"", 0
+
+
+async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The stand-in runtime streaming server: 403 to every request."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nrefused\r\n")
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        pass
+    finally:
+        writer.close()
+
 
 async def ok() -> None:
     return None
@@ -87,13 +125,19 @@ class Servers:
         admin = User("admin", full_access=True)
         authn = Authenticator(static_tokens={TOKEN: admin}, anonymous=False)
         guard = Guard(authn, AlwaysAllow(), "edge1")
-        handlers = KubeletHandlers(self.pods, self.pods, {"ping": ok, "log": ok}, guard=guard.kubelet)
+        self.runtime = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        self.pods.runtime_url = f"http://127.0.0.1:{self.runtime.sockets[0].getsockname()[1]}/exec/token"
+        streams = StreamHandlers(self.pods, StreamLimits(creation_timeout=5))
+        handlers = KubeletHandlers(
+            self.pods, self.pods, {"ping": ok, "log": ok}, guard=guard.kubelet, streams=streams
+        )
         kubelet = KubeletServer(handlers, name="kubelet")
         await kubelet.start("127.0.0.1", 0, None)
         sources = local.LocalSources(
             self.pods, lambda: {"metadata": {"name": "edge1"}}, local.EmptyObjects(), TOKEN, "v1.31.0-vnode"
         )
         sources.access = guard.local
+        sources.streams = streams
         api = local.LocalApi(sources)
         localapi = Listener(api.app, name="local", setting="x")
         await localapi.start("127.0.0.1", 0, None)
@@ -109,6 +153,7 @@ class Servers:
         async def stop() -> None:
             for listener in self.listeners:
                 await listener.stop(timeout=2)
+            self.runtime.close()
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -169,6 +214,7 @@ QUERY_KEYS = [
     "follow", "tailLines", "tail", "sinceSeconds", "sinceTime", "timestamps", "limitBytes", "previous",
     "stream", "verbose", "exclude", "watch", "resourceVersion", "labelSelector", "fieldSelector",
     "limit", "continue", "command", "input", "output", "tty", "port", "cmd", "timeoutSeconds",
+    "stdin", "stdout", "stderr", "error", "container", "ports",
 ]  # fmt: skip
 QUERY_VALUES = ["", "1", "0", "-1", "true", "false", "abc", "2026-01-01T00:00:00Z", "99999999999999999999",
                 "All", "Stdout", "bogus", "a=b,c!=d", "in (x", "metadata.name=p", "%zz", "1e9"]  # fmt: skip
@@ -205,6 +251,12 @@ upgrade = st.sampled_from(
         [("Connection", "Upgrade"), ("Upgrade", "websocket"),
          ("Sec-WebSocket-Protocol", "base64url.bearer.authorization.k8s.io.!!!notbase64")],
         [("Connection", "Upgrade"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA")],
+        [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+         ("Sec-WebSocket-Protocol", "v5.channel.k8s.io, v4.channel.k8s.io")],
+        [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+         ("Sec-WebSocket-Protocol", "SPDY/3.1+portforward.k8s.io")],
     ]
 )  # fmt: skip
 header = st.tuples(
