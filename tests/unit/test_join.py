@@ -19,6 +19,7 @@ from aiohttp import web
 from vnode import errors
 from vnode.clients.kubeconfig import load_access
 from vnode.security import bootstrap, keys
+from vnode.security.files import write_file
 from vnode.security.rotation import rotation_deadline
 
 # RFC 7515-style HS256 JWS with a kid, from jose4j's tests (an independent JOSE implementation):
@@ -109,7 +110,7 @@ def test_written_kubeconfig_lists_every_master_and_loads_the_client_pair(tmp_pat
     )
     servers = ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
     path = tmp_path / "kubelet.conf"
-    bootstrap.write_private(path, bootstrap.kubeconfig_text(servers, ca, current).encode())
+    write_file(path, bootstrap.kubeconfig_text(servers, ca, current).encode())
     access = load_access(path, None)
     assert access.servers == servers and access.ssl_context is not None and access.ca_hash
 

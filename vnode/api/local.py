@@ -30,7 +30,6 @@ import copy
 import hmac
 import json
 import logging
-import os
 import platform
 import re
 import secrets
@@ -51,6 +50,7 @@ from vnode.api.streams import PORT_FORWARD, StreamHandlers
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
 from vnode.provider.protocols import LogLocator, ObjectReader, PodLister
+from vnode.security.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -858,19 +858,6 @@ class LocalApi:
 # -- the listener and its credentials ---------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (the file holds the token)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def ensure_token(path: Path) -> str:
     """The bearer token kept in ``path`` (0600), generated when missing or unreadable."""
     try:
@@ -881,7 +868,7 @@ def ensure_token(path: Path) -> str:
         pass
     token = secrets.token_urlsafe(32)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(path, token.encode() + b"\n")
+    write_file(path, token.encode() + b"\n")
     return token
 
 
@@ -943,9 +930,7 @@ def server_url(address: str, port: int) -> str:
 
 def write_kubeconfig(path: Path, server: str, cert_pem: str, token: str) -> None:
     header = b"# Written by vnode at start: its read-only local API (see vnode.api.local).\n"
-    _write_private(
-        path, header + yaml.safe_dump(kubeconfig(server, cert_pem, token), sort_keys=False).encode()
-    )
+    write_file(path, header + yaml.safe_dump(kubeconfig(server, cert_pem, token), sort_keys=False).encode())
 
 
 async def serve(

@@ -42,6 +42,7 @@ from vnode import errors
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
+from vnode.security.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -303,25 +304,12 @@ CLUSTER_CA = "ca.crt"  # the pinned cluster CA, kept beside the client certifica
 # -- files ---------------------------------------------------------------------------------
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 from the start."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def install_pair(pki_dir: Path, kind: str, cert_pem: bytes, key_pem: bytes) -> Path:
     """kubelet's layout: ``kubelet-<kind>-<time>.pem`` (certificate then key, 0600) and the
     symlink ``kubelet-<kind>-current.pem`` switched to it atomically; returns the symlink."""
     stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
     target = pki_dir / f"kubelet-{kind}-{stamp}.pem"
-    write_private(target, cert_pem.rstrip(b"\n") + b"\n" + key_pem)
+    write_file(target, cert_pem.rstrip(b"\n") + b"\n" + key_pem)
     current = pki_dir / f"kubelet-{kind}-current.pem"
     link = pki_dir / f".{current.name}.{os.getpid()}.tmp"
     link.unlink(missing_ok=True)
@@ -384,8 +372,8 @@ async def join(req: JoinRequest) -> float:
     finally:
         await masters.close()
     current = install_pair(req.pki_dir, "client", cert, made["key"].encode())
-    write_private(req.kubeconfig, kubeconfig_text(req.servers, info.ca_pem, current).encode())
-    write_private(req.pki_dir / CLUSTER_CA, info.ca_pem)
+    write_file(req.kubeconfig, kubeconfig_text(req.servers, info.ca_pem, current).encode())
+    write_file(req.pki_dir / CLUSTER_CA, info.ca_pem)
     took = time.monotonic() - started
     log.info("joined: client certificate %s, kubeconfig %s (%.2fs)", current, req.kubeconfig, took)
     return took

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from vnode.config.settings import Settings
+from vnode.security.files import write_file
 from vnode.security.localca import BREAK_GLASS_GROUP, LocalPki
 
 ROTATION_STATE = "rotation.json"  # written by vnode.security.rotation beside the certificates
@@ -71,15 +72,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _ca(args: argparse.Namespace) -> int:
     from vnode.security import keys
-    from vnode.security.bootstrap import write_private
 
     cert_path, key_path = args.dir / "ca.crt", args.dir / "ca.key"
     if cert_path.exists() or key_path.exists():
         print(f"vnode certs: {cert_path} or {key_path} exists; not overwriting a CA", file=sys.stderr)
         return 1
     cert, key = keys.new_ca(args.name, dt.timedelta(days=args.days))
-    write_private(key_path, key)
-    write_private(cert_path, cert)
+    write_file(key_path, key)
+    write_file(cert_path, cert)
     cert_path.chmod(0o644)
     print(f"CA {cert_path} (key {key_path}), valid {args.days} days")
     print(f"--discovery-token-ca-cert-hash {keys.pins(cert)[0]}")
@@ -88,7 +88,6 @@ def _ca(args: argparse.Namespace) -> int:
 
 def _issue(args: argparse.Namespace) -> int:
     from vnode.security import keys
-    from vnode.security.bootstrap import write_private
 
     admin = args.kind == "admin"
     name = args.name or ("vnode-admin" if admin else f"break-glass-{time.strftime('%Y%m%d%H%M%S')}")
@@ -103,8 +102,8 @@ def _issue(args: argparse.Namespace) -> int:
     ca_pem = ca_cert.read_bytes()
     cert, key = keys.issue(ca_pem, ca_key.read_bytes(), name, groups, dt.timedelta(hours=hours))
     cert_path, key_path = args.out / f"{name}.crt", args.out / f"{name}.key"
-    write_private(key_path, key)
-    write_private(cert_path, cert)
+    write_file(key_path, key)
+    write_file(cert_path, cert)
     facts = keys.describe(cert)
     print(f"{args.kind} certificate {cert_path} (key {key_path}) for {facts['subject']}")
     print(f"expires {_when(facts['notAfter'])}")
@@ -125,7 +124,7 @@ def _issue(args: argparse.Namespace) -> int:
             "current-context": name,
         }
         path = args.out / f"{name}.kubeconfig"
-        write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
+        write_file(path, yaml.safe_dump(config, sort_keys=False).encode())
         print(f"kubeconfig {path}")
     return 0
 

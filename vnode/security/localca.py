@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
+from vnode.security.files import write_file
 
 BREAK_GLASS_GROUP = "vnode:break-glass"
 ADMIN_USER = "vnode:admin"
@@ -71,18 +71,6 @@ class LocalPki:
     @property
     def stamp(self) -> Path:
         return self.dir / "local-ca.json"
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _stamp_ok(pki: LocalPki) -> bool:
@@ -137,8 +125,8 @@ def generate(pki: LocalPki, node_name: str) -> None:
             )
             .sign(ca_key, hashes.SHA256())
         )  # fmt: skip
-        _write(pki.ca_key, key_pem(ca_key), 0o600)
-        _write(pki.ca_cert, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file(pki.ca_key, key_pem(ca_key), 0o600)
+        write_file(pki.ca_cert, ca.public_bytes(serialization.Encoding.PEM), 0o644)
         for stale in (pki.admin_cert, pki.admin_key):  # issued by a CA that is gone
             stale.unlink(missing_ok=True)
     ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
@@ -164,8 +152,8 @@ def generate(pki: LocalPki, node_name: str) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(signer, hashes.SHA256())
     )  # fmt: skip
-    _write(pki.admin_key, key_pem(key), 0o600)
-    _write(pki.admin_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(pki.admin_key, key_pem(key), 0o600)
+    write_file(pki.admin_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write_stamp(pki, ca, not_after)
 
 
@@ -175,7 +163,7 @@ def _write_stamp(pki: LocalPki, ca: Any, admin_not_after: dt.datetime) -> None:
 
     (cn,) = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     record = {"caCommonName": cn.value, "adminNotAfter": admin_not_after.timestamp()}
-    _write(pki.stamp, json.dumps(record).encode(), 0o644)
+    write_file(pki.stamp, json.dumps(record).encode(), 0o644)
 
 
 def local_ca_name(pki: LocalPki) -> str:

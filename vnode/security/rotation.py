@@ -34,6 +34,7 @@ from vnode import errors
 from vnode.clients.masters import Masters
 from vnode.security import bootstrap
 from vnode.security.certs import ROTATION_STATE
+from vnode.security.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,6 @@ class CertificateRotator:
         """Keep ``rotation.json`` current for ``vnode status`` (a small file, written rarely)."""
         self._state["serving" if kind.name == "server" else "client"] = entry
         try:
-            bootstrap.write_private(self.pki_dir / ROTATION_STATE, json.dumps(self._state).encode())
+            write_file(self.pki_dir / ROTATION_STATE, json.dumps(self._state).encode())
         except OSError as exc:
             log.warning("cannot record the rotation state: %s", exc)

@@ -18,7 +18,6 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import os
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vnode import errors
+from vnode.security.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +101,11 @@ def ensure_self_signed(
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_atomic(key_path, key_bytes, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(key_path, key_bytes, 0o600)
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write_stamp(cert_path, hostnames, ips)
     log.info("wrote a self-signed serving certificate %s for %s", cert_path, ", ".join([*hostnames, *ips]))
     return True
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
@@ -142,7 +131,7 @@ def _stamp(hostnames: Sequence[str], ips: Sequence[str]) -> dict[str, object]:
 
 def _write_stamp(cert_path: Path, hostnames: Sequence[str], ips: Sequence[str]) -> None:
     record = {**_stamp(hostnames, ips), "checked": time.time()}
-    _write_atomic(_stamp_path(cert_path), json.dumps(record).encode(), 0o644)
+    write_file(_stamp_path(cert_path), json.dumps(record).encode(), 0o644)
 
 
 def ensure_serving_pair(
