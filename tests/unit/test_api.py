@@ -97,3 +97,24 @@ async def test_other_methods_get_405_with_allow(base_url: str) -> None:
         status, _, headers = await fetch(f"{base_url}/pods", method)
         assert status == 405 and headers["Allow"] == "GET, HEAD"
     assert (await fetch(f"{base_url}/no/such/path"))[0] == 404
+
+
+async def test_malformed_requests_get_400_without_an_error_log(
+    base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad request is the client's doing: 400, and no ERROR with a traceback per request."""
+    import asyncio
+    import logging
+
+    host, port = base_url.removeprefix("http://").split(":")
+    caplog.set_level(logging.DEBUG)
+    for garbage in (
+        b"GET /pods HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"GET /pods HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(garbage)
+        assert b" 400 " in await reader.readline()
+        writer.close()
+    assert not [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= logging.WARNING]
+    assert any(r.getMessage().startswith("bad request:") for r in caplog.records)

@@ -194,6 +194,23 @@ async def while_connected(request: web.Request, work: Awaitable[T]) -> T:
         task.cancel()
 
 
+class _BadRequests(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback; on a port exposed to the
+    network that is the client's fault and a flood waiting to happen: one debug line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.debug("bad request: %s", exc)
+            return False
+        return True
+
+
+_BAD_REQUESTS = _BadRequests()
+
+
 class Listener:
     """One listener of the node serving an aiohttp app (the kubelet API, the healthz port, the
     local API); a port it can't bind is a ``ConfigError`` naming the ``setting`` that chose it."""
@@ -201,6 +218,7 @@ class Listener:
     def __init__(self, app: web.Application, *, name: str, setting: str) -> None:
         self.name = name
         self.setting = setting
+        logging.getLogger("aiohttp.server").addFilter(_BAD_REQUESTS)  # a set: once however many listeners
         # Open streams (``follow``, watches) get one second to end when the listener closes.
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         self._site: web.TCPSite | None = None
