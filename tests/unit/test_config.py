@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_are_kubelets() -> None:
     s = load_settings(None, {"--hostname-override": "edge1"})
     assert s.node.name == "edge1"
-    assert s.server.port == 10250 and s.server.address == "127.0.0.1"
+    assert s.server.port == 10250 and s.server.address == "0.0.0.0"
     assert s.runtime.endpoint == "unix:///run/containerd/containerd.sock"
     assert s.root_dir == Path("/var/lib/vnode") and s.store_path == Path("/var/lib/vnode/store")
     assert s.pods.max_pods == 110 and s.pods.manifest_path is None

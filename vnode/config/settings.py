@@ -24,7 +24,7 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    address: str = "127.0.0.1"
+    address: str = "0.0.0.0"  # kubelet's: the API server reaches it at the node's IP; auth guards it
     port: int = 10250
     tls_cert_file: Path | None = None
     tls_private_key_file: Path | None = None
