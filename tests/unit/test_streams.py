@@ -146,6 +146,7 @@ async def test_a_runtime_refusal_is_relayed() -> None:
         ("GET /exec/ns/pod/c?output=1", 400, None),  # no command
         ("GET /portForward/ns/pod?port=0", 400, None),
         ("GET /portForward/ns/pod?port=http", 400, None),
+        ("CONNECT /", 405, "GET, HEAD"),  # no path segment at all (found by the fuzzer: was a 500)
     ],
 )
 async def test_bad_requests_are_4xx_with_a_reason(request_line: str, status: int, allow: str | None) -> None:

@@ -53,7 +53,7 @@ def _text(status: int, text: str, **headers: str) -> web.Response:
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """vnode errors become their status code with the reason; bugs become a logged 500."""
-    allowed = _METHODS.get(request.path.split("/", 2)[1], ALLOWED)
+    allowed = _METHODS.get(request.path.lstrip("/").split("/", 1)[0], ALLOWED)
     if request.method not in allowed.split(", "):
         return _text(405, f"method {request.method} is not allowed", Allow=allowed)
     try:
