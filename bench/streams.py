@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
-import ssl
 import statistics
 import tempfile
 import time
@@ -37,7 +35,7 @@ from integration.containerd import Containerd
 from integration.node import VnodeProcess, busybox_pod, free_port, is_running, running_node
 from vnode.runtime.cri import CriClient
 from vnode.streaming import spdy
-from vnode.streaming.upgrade import parse_head
+from vnode.streaming.upgrade import parse_head, unverified_tls
 
 Connect = Callable[[str, str], Awaitable[spdy.SpdyConnection]]
 
@@ -45,7 +43,7 @@ Connect = Callable[[str, str], Awaitable[spdy.SpdyConnection]]
 async def upgrade(url: str, method: str, protocol: str, token: str | None = None) -> spdy.SpdyConnection:
     """A SPDY/3.1 upgrade to ``url`` (http or https without verification)."""
     parts = urlsplit(url)
-    context = _insecure_context() if parts.scheme == "https" else None
+    context = unverified_tls() if parts.scheme == "https" else None
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=context, limit=1 << 20)
     lines = [f"{method} {parts.path}?{parts.query} HTTP/1.1", f"Host: {parts.netloc}", "Connection: Upgrade",
              "Upgrade: SPDY/3.1", f"X-Stream-Protocol-Version: {protocol}"]  # fmt: skip
@@ -56,15 +54,6 @@ async def upgrade(url: str, method: str, protocol: str, token: str | None = None
     if head.status != 101:
         raise RuntimeError(f"upgrade to {url} refused: {head.status} {head.raw!r}")
     return spdy.SpdyConnection(reader, writer)
-
-
-@functools.cache
-def _insecure_context() -> ssl.SSLContext:
-    """One client context for the run: building one loads the system CAs (~20 ms each time)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -19,7 +19,6 @@ SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDAT
 FLAG_FIN = 0x01
 RST_CANCEL = 5
 MAX_DATA = 1 << 16  # bytes per DATA frame written (the format allows up to 2**24 - 1)
-MAX_FRAME = 1 << 24
 
 # The SPDY/3 header-compression dictionary (draft 3, section 2.6.10.1): length-prefixed header
 # names and common values, then a run of status lines, dates and media types.

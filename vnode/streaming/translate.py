@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 
 from vnode.provider.protocols import StreamOptions
 from vnode.streaming import spdy
-from vnode.streaming.upgrade import Activity, Upstream, first_of, pump, read_or_idle
+from vnode.streaming.upgrade import Activity, Upstream, first_of, pump, read_or_idle, within_idle
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,9 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 async def _receive(ws: web.WebSocketResponse, activity: Activity, idle_timeout: float) -> bytes | None:
     """The next binary message; b"" when the client closed, None when the session idled out."""
     while True:
-        remaining = idle_timeout - activity.idle_for()
-        if remaining <= 0:
+        msg = await within_idle(activity, idle_timeout, ws.receive)
+        if msg is None:
             return None
-        try:
-            msg = await ws.receive(timeout=remaining)
-        except TimeoutError:
-            continue
-        activity.touch()
         if msg.type == WSMsgType.BINARY and msg.data:
             return bytes(msg.data)
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

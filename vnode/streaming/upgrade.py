@@ -10,11 +10,13 @@ that the two sides are plain byte streams.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -23,6 +25,7 @@ from multidict import CIMultiDict
 from vnode import errors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK = 1 << 16
 MAX_HEAD = 1 << 16
@@ -51,21 +54,20 @@ class Upstream:
         self.writer.close()
 
 
-def forwarded_headers(request: web.Request, *, drop_protocols: bool = False) -> list[tuple[str, str]]:
-    """The client's headers as kubelet's upgrade-aware proxy passes them, plus X-Forwarded-For."""
+def forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
+    """The client's headers as kubelet's upgrade-aware proxy passes them, plus X-Forwarded-For;
+    a bearer token riding in the WebSocket protocol list is taken out, like Authorization."""
     out = [
-        (k, v)
+        (k, _without_bearer(v) if k.lower() == "sec-websocket-protocol" else v)
         for k, v in request.headers.items()
-        if k.lower() not in _DROP and not (drop_protocols and k.lower() == "sec-websocket-protocol")
+        if k.lower() not in _DROP and k.lower() != "x-forwarded-for"
     ]
-    if not drop_protocols:
-        # A bearer token may ride in the WebSocket protocol list; it stays here.
-        out = [(k, _without_bearer(v)) if k.lower() == "sec-websocket-protocol" else (k, v) for k, v in out]
     peer = request.remote
+    prior = request.headers.get("X-Forwarded-For")
     if peer:
-        prior = request.headers.get("X-Forwarded-For")
-        out = [(k, v) for k, v in out if k.lower() != "x-forwarded-for"]
         out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    elif prior:
+        out.append(("X-Forwarded-For", prior))
     return out
 
 
@@ -75,12 +77,27 @@ def _without_bearer(value: str) -> str:
     )
 
 
+@functools.cache
+def unverified_tls() -> ssl.SSLContext:
+    """A client context that does not verify the peer, as kubelet trusts the runtime's
+    self-signed streaming server; one per process (building one loads the system CAs, ~20 ms)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def open_upstream(
-    url: str, method: str, headers: Iterable[tuple[str, str]], timeout: float
+    url: str,
+    method: str,
+    headers: Iterable[tuple[str, str]],
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
 ) -> Upstream:
     """Connect to the runtime's streaming URL and send the upgrade request; read its answer.
 
-    A non-101 answer comes back with its body (bounded) so the caller can relay it.
+    A non-101 answer comes back with its body (bounded) so the caller can relay it. An https URL
+    uses ``tls``, by default one that does not verify the peer.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -92,14 +109,8 @@ async def open_upstream(
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     try:
         async with asyncio.timeout(timeout):
-            ssl: Any = None
-            if parts.scheme == "https":  # the runtime's self-signed streaming server, as kubelet trusts it
-                import ssl as ssl_module
-
-                ssl = ssl_module.create_default_context()
-                ssl.check_hostname = False
-                ssl.verify_mode = ssl_module.CERT_NONE
-            reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=ssl, limit=CHUNK * 4)
+            context = (tls or unverified_tls()) if parts.scheme == "https" else None
+            reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context, limit=CHUNK * 4)
             writer.write(request)
             await writer.drain()
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -201,19 +212,26 @@ class Activity:
         return time.monotonic() - self.last
 
 
-async def read_or_idle(reader: asyncio.StreamReader, activity: Activity, idle_timeout: float) -> bytes | None:
-    """The next chunk; b"" at EOF; None when the session has been idle for ``idle_timeout``."""
+async def within_idle(
+    activity: Activity, idle_timeout: float, receive: Callable[[], Awaitable[T]]
+) -> T | None:
+    """What ``receive`` gives next, or None once nothing moved either way for ``idle_timeout``."""
     while True:
         remaining = idle_timeout - activity.idle_for()
         if remaining <= 0:
             return None
         try:
             async with asyncio.timeout(remaining):
-                chunk = await reader.read(CHUNK)
+                got = await receive()
         except TimeoutError:
             continue  # the other direction may have moved meanwhile: re-check
         activity.touch()
-        return chunk
+        return got
+
+
+async def read_or_idle(reader: asyncio.StreamReader, activity: Activity, idle_timeout: float) -> bytes | None:
+    """The next chunk; b"" at EOF; None when the session has been idle for ``idle_timeout``."""
+    return await within_idle(activity, idle_timeout, lambda: reader.read(CHUNK))
 
 
 async def splice(client: ClientConnection, upstream: Upstream, idle_timeout: float) -> str:
