@@ -18,13 +18,11 @@ whose body is written raw.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -33,13 +31,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from integration.pki import ClusterPki
+from vnode import errors
 from vnode.api.local import status_body
+from vnode.streaming.upgrade import forwarded_headers, open_upstream, splice, take_over
 
 SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward"})
 CLIENT_CERT_NAME = "kube-apiserver-kubelet-client"
-HEAD_LIMIT = 1 << 20  # the kubelet's own limit on a header block
-CHUNK = 1 << 16
-HIGH_WATER = 1 << 20  # client bytes buffered before the client's socket stops being read
+IDLE_TIMEOUT = 4 * 3600.0  # kube-apiserver leaves idle streams to the kubelet's own timeout
 ADDRESS_TYPES = ("InternalIP", "ExternalIP", "Hostname")  # Hostname last: test nodes' don't resolve
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
@@ -302,146 +300,26 @@ def _kubelet_error(code: int, body: bytes, name: str) -> ApiStatus:
 # -- the upgrade splice -----------------------------------------------------------------------
 
 
-class RawResponse(web.StreamResponse):
-    """A response whose body bytes are written as they are: no chunking, no length check."""
-
-    _length_check = False
-
-
-class _Inbox:
-    """Takes the place of aiohttp's payload parser on a taken-over connection: every byte the
-    client sends lands here; the socket stops being read while too much is waiting."""
-
-    def __init__(self, transport: asyncio.Transport | None) -> None:
-        self.transport = transport
-        self.buffer = bytearray()
-        self.eof = False
-        self.paused = False
-        self.ready = asyncio.Event()
-
-    def feed_data(self, data: bytes, size: int = 0) -> tuple[bool, bytes]:
-        self.buffer += data
-        self.ready.set()
-        if len(self.buffer) > HIGH_WATER and self.transport is not None and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self.eof = True
-        self.ready.set()
-
-    async def read(self) -> bytes:
-        """What has arrived (waiting for something), or b"" at the end."""
-        while not self.buffer and not self.eof:
-            self.ready.clear()
-            await self.ready.wait()
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        if self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
-        return data
-
-
-def take_over(request: web.Request) -> _Inbox:
-    """From now on the client's bytes go to the returned inbox, not to the HTTP parser."""
-    inbox = _Inbox(request.transport)
-    protocol = request.protocol
-    protocol.set_parser(cast(Any, inbox))
-    protocol.keep_alive(False)
-    return inbox
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, CIMultiDict[str]]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    _, code, *reason = lines[0].split(" ", 2)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines[1:]:
-        if line:
-            key, _, value = line.partition(":")
-            headers.add(key.strip(), value.strip())
-    return int(code), (reason[0] if reason else ""), headers
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: CIMultiDict[str]) -> bytes:
-    if "chunked" in headers.get("Transfer-Encoding", "").lower():
-        body = bytearray()
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")  # no trailers expected from a kubelet
-                return bytes(body)
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-    if "Content-Length" in headers:
-        return await reader.readexactly(int(headers["Content-Length"]))
-    return await reader.read()
-
-
 async def upgrade_proxy(
     request: web.Request, host: str, port: int, target: str, tls: ssl.SSLContext | None
 ) -> web.StreamResponse:
     """kube-apiserver's upgrade-aware proxy: send the request with the client's headers to
     ``host:port``; relay a non-101 answer as it is; after a 101, copy bytes both ways until either
-    side closes."""
+    side closes. The byte work is vnode's own (``vnode.streaming.upgrade``), which does the same
+    between a kubelet and its runtime."""
+    scheme = "https" if tls is not None else "http"
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=tls, limit=HEAD_LIMIT), 30
+        upstream = await open_upstream(
+            f"{scheme}://{host}:{port}{target}", request.method, forwarded_headers(request), 30, tls
         )
-    except (OSError, TimeoutError) as exc:
-        message = f"Internal error occurred: error dialing backend: {exc}"
-        return ApiStatus(500, "InternalError", message).response()
-    try:
-        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {host}:{port}"]
-        for key, value in request.headers.items():
-            if key.lower() not in ("host", "authorization", "x-forwarded-for"):
-                lines.append(f"{key}: {value}")
-        forwarded = [*request.headers.getall("X-Forwarded-For", []), request.remote or ""]
-        lines.append(f"X-Forwarded-For: {', '.join(f for f in forwarded if f)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if request.can_read_body:
-            writer.write(await request.read())
-        await writer.drain()
-        code, reason, headers = await _read_head(reader)
-        if code != 101:
-            body = await _read_body(reader, headers)
-            kept = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP)
-            return web.Response(status=code, reason=reason or None, headers=kept, body=body)
-        response = RawResponse(status=101, reason=reason or "Switching Protocols", headers=headers)
-        response.force_close()  # the connection ends with the splice
-        inbox = take_over(request)
-        await response.prepare(request)
-        await _splice(inbox, response, reader, writer)
-        return response
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-        message = f"Internal error occurred: proxying to the kubelet: {exc!r}"
-        return ApiStatus(500, "InternalError", message).response()
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-
-
-async def _splice(
-    inbox: _Inbox, response: RawResponse, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    async def upstream() -> None:
-        while data := await inbox.read():
-            writer.write(data)
-            await writer.drain()
-
-    async def downstream() -> None:
-        while data := await reader.read(CHUNK):
-            await response.write(data)
-
-    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError, RuntimeError):
-                await task
+    except errors.VnodeError as exc:
+        return ApiStatus(
+            500, "InternalError", f"Internal error occurred: error dialing backend: {exc}"
+        ).response()
+    head = upstream.head
+    if head.status != 101:
+        kept = CIMultiDict((k, v) for k, v in head.headers.items() if k.lower() not in _HOP)
+        return web.Response(status=head.status, reason=head.reason or None, headers=kept, body=head.body)
+    client = await take_over(request, head)
+    await splice(client, upstream, IDLE_TIMEOUT)
+    return client.response
