@@ -163,16 +163,15 @@ async def build(settings: Settings) -> Components:
     )
     guards = node_access.build_access(settings, masters, token)
     components.kubelet_handlers.guard = guards.kubelet.kubelet
-    if settings.server.local_api_port:
-        components.local_api = await _local_api(settings, components, host_ip)
+    if token is not None:
+        components.local_api = _local_api(settings, components, host_ip, token)
         components.local_api.sources.access = guards.local.local
     return components
 
 
-async def _local_api(settings: Settings, c: Components, host_ip: str) -> LocalApi:
+def _local_api(settings: Settings, c: Components, host_ip: str, token: str) -> LocalApi:
     """The read-only local API: pods from the pod manager, the Node as the API last showed it
     (or a minimal one built here), and the objects of the durable cache (none standalone)."""
-    token = await asyncio.to_thread(ensure_token, settings.local_token_path)
     started = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def node() -> dict[str, Any]:
