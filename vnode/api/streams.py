@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -182,7 +182,6 @@ class StreamHandlers:
         pod: str,
         uid: str | None,
         container: str,
-        query: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         """One session: validate, count, get the runtime's URL, proxy (or translate) the upgrade."""
         if request.method not in ("GET", "POST"):
