@@ -25,3 +25,8 @@ fi
 extras="${VNODE_EXTRAS:-}"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+
+# The tests run a real control plane built from its Go modules (cached per machine; a no-op once built).
+if [[ ",$extras," == *",test,"* ]]; then
+    scripts/build-kube.sh >/dev/null
+fi

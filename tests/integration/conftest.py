@@ -6,12 +6,14 @@ function-scoped event loops can share the session's containerd.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from integration.containerd import Containerd, unmount_under
+from integration.kube import KubeCluster
+from integration.kube.view import ClusterView
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,6 +31,24 @@ def containerd() -> Iterator[Containerd]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """The real control plane (etcd, three kube-apiservers, controller-manager, scheduler), built
+    from its Go modules on first use and shared by the session's cluster-facing tests."""
+    with KubeCluster(tmp_path_factory.mktemp("kube"), masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def cluster(kube: KubeCluster, request: pytest.FixtureRequest) -> AsyncIterator[ClusterView]:
+    """This test's namespace on the real cluster; its nodes and their pods are removed after it."""
+    view = await ClusterView(kube, request.node.name).open()
+    try:
+        yield view
+    finally:
+        await view.close()
 
 
 @pytest.fixture(autouse=True)

@@ -259,7 +259,8 @@ async def test_node_registers_ready_and_renews_its_lease(
     assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == node.port
     assert status["capacity"]["pods"] == "110" and int(status["capacity"]["cpu"]) >= 1
     assert status["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
-    assert obj["metadata"]["labels"]["node-role.kubernetes.io/edge"] == ""
+    assert obj["metadata"]["labels"]["kubernetes.io/hostname"] == "edge1"
+    assert "node-role.kubernetes.io/edge" not in obj["metadata"]["labels"]  # NodeRestriction forbids it
     table = await cluster.kubectl("get", "nodes")
     assert "edge1" in table and "Ready" in table
 

@@ -25,7 +25,9 @@ from vnode.clients.kubeconfig import ClusterAccess
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
-WATCH_IDLE_TIMEOUT = 60.0  # with bookmarks asked for, a healthy watch is never silent this long
+# With bookmarks asked for, a healthy watch is never silent this long: kube-apiserver sends one about
+# every minute (not sooner on an idle resource), so a minute alone would drop healthy watches.
+WATCH_IDLE_TIMEOUT = 90.0
 USER_AGENT = "vnode/0.1.0"
 
 

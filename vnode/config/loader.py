@@ -134,8 +134,33 @@ def _labels(value: Any, base: Path) -> dict[str, str]:
             raise _Bad(f"invalid label key {key!r}")
         if len(val) > 63 or not LABEL_VALUE.match(val):
             raise _Bad(f"invalid value {val!r} for label {key!r}")
+        if _restricted_label(prefix, key):
+            raise _Bad(
+                f"{key!r}: a node may set only kubelet.kubernetes.io/*, node.kubernetes.io/* and the "
+                "well-known labels in the kubernetes.io and k8s.io namespaces (the API server's "
+                "NodeRestriction refuses the others); an admin sets it with kubectl label node"
+            )
         result[key] = val
     return result
+
+
+# What NodeRestriction lets a node set in the kubernetes.io and k8s.io namespaces (kubelet's list).
+KUBELET_LABELS = frozenset({
+    "kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch", "beta.kubernetes.io/os",
+    "beta.kubernetes.io/arch", "topology.kubernetes.io/zone", "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type",
+})  # fmt: skip
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+
+
+def _restricted_label(prefix: str, key: str) -> bool:
+    """Whether ``key`` is in a namespace NodeRestriction keeps from nodes, as kubelet checks it."""
+    if key in KUBELET_LABELS:
+        return False
+    if any(prefix == ns or prefix.endswith("." + ns) for ns in KUBELET_LABEL_NAMESPACES):
+        return False
+    return any(prefix == ns or prefix.endswith("." + ns) for ns in ("kubernetes.io", "k8s.io"))
 
 
 def _bool(value: Any, base: Path) -> bool:

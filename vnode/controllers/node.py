@@ -140,6 +140,8 @@ class NodeController:
     # -- the object --------------------------------------------------------------------------
 
     def labels(self) -> dict[str, str]:
+        """What the node says of itself: only labels NodeRestriction lets a node set (a role
+        such as ``node-role.kubernetes.io/edge`` is an admin's to give, with kubectl label)."""
         arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
         return {
             "kubernetes.io/hostname": self.identity.name,
@@ -147,7 +149,6 @@ class NodeController:
             "kubernetes.io/arch": arch,
             "beta.kubernetes.io/os": "linux",
             "beta.kubernetes.io/arch": arch,
-            "node-role.kubernetes.io/edge": "",
             **self.identity.labels,
         }
 
