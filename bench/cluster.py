@@ -1,10 +1,11 @@
-"""Cluster-mode benchmarks against the test control plane and a real containerd.
+"""Cluster-mode benchmarks against a real control plane (or the imitation) and a real containerd.
 
-    .venv/bin/python -m bench.cluster [--pods 20] [--idle 60]
+    .venv/bin/python -m bench.cluster [--pods 20] [--idle 60] [--plane real|imitation]
 
 - API load: requests per minute the node sends while idle with N running pods from the API, by
-  kind of request (read from the control plane's request counters). Kubelet's steady state is 6
-  Lease renewals a minute plus changed statuses (a node status report every 5 minutes).
+  kind of request (read from kube-apiserver's audit log for the node's user, or from the
+  imitation's request counters). Kubelet's steady state is 6 Lease renewals a minute plus changed
+  statuses (a node status report every 5 minutes).
 - Start latency: ``kubectl apply`` of one pod with ``nodeName`` to status Running in the API,
   beside the standalone start of the same pod (manifest to Running in ``/pods``) in the same run.
 """
@@ -23,7 +24,11 @@ import aiohttp
 
 from integration.containerd import Containerd
 from integration.controlplane import ControlPlaneProcess
+from integration.kube import KubeCluster
+from integration.kube.view import ClusterView
 from integration.node import VnodeProcess, busybox_pod, is_running
+
+Plane = ControlPlaneProcess | ClusterView
 
 POD = """
 apiVersion: v1
@@ -37,13 +42,15 @@ spec:
 """
 
 
-async def counts(plane: ControlPlaneProcess) -> dict[str, int]:
+async def counts(plane: Plane) -> dict[str, int]:
+    if isinstance(plane, ClusterView):
+        return await asyncio.to_thread(plane.kube.requests_of, "system:node:benchnode")
     async with aiohttp.ClientSession() as session, session.get(f"{plane.url}/debug/requests") as resp:
         result: dict[str, int] = await resp.json()
         return result
 
 
-async def api_running(plane: ControlPlaneProcess, names: list[str]) -> bool:
+async def api_running(plane: Plane, names: list[str]) -> bool:
     body = json.loads(await plane.kubectl("get", "pods", "-o", "json"))
     phases = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in body["items"]}
     return all(phases.get(n) == "Running" for n in names)
@@ -56,16 +63,24 @@ async def poll(probe: Any, interval: float = 0.05) -> float:
     return time.perf_counter() - start
 
 
-async def run(pods: int, idle: float) -> None:
+async def run(pods: int, idle: float, real: bool) -> None:
     harness = Containerd()
     await asyncio.to_thread(harness.start)
     base = Path(tempfile.mkdtemp(prefix="vnode-bench-cluster-"))
-    plane = ControlPlaneProcess(base)
-    await plane.start()
-    node = VnodeProcess(
-        base, harness.endpoint, node_name="benchnode", extra_args=["--master", plane.url, "-v=0"]
-    )
+    kube: KubeCluster | None = None
+    plane: Plane
+    if real:
+        kube = KubeCluster(base / "kube", masters=1, audit=True)
+        await asyncio.to_thread(kube.start)
+        plane = await ClusterView(kube, "bench").open()
+        args = plane.node_args("benchnode")
+    else:
+        plane = ControlPlaneProcess(base)
+        await plane.start()
+        args = ["--master", plane.url]
+    node = VnodeProcess(base, harness.endpoint, node_name="benchnode", extra_args=[*args, "-v=0"])
     try:
+        print(f"control plane: {'kube-apiserver ' + kube.bin.parent.name if kube else 'the imitation'}")
         await node.start()
         # Start latency: one pod through the API, one static pod, same image, same node.
         start = time.perf_counter()
@@ -73,7 +88,10 @@ async def run(pods: int, idle: float) -> None:
         await poll(lambda: api_running(plane, ["first"]))
         via_api = time.perf_counter() - start
         start = time.perf_counter()
-        node.write_manifest("static.yaml", busybox_pod("static", "sleep 3600"))
+        static = busybox_pod("static", "sleep 3600")
+        if isinstance(plane, ClusterView):
+            static["metadata"]["namespace"] = plane.namespace
+        node.write_manifest("static.yaml", static)
 
         async def static_running() -> bool:
             found = (await node.pods()).get(node.static_name("static"))
@@ -100,7 +118,12 @@ async def run(pods: int, idle: float) -> None:
     finally:
         if node.proc is not None and node.proc.returncode is None:
             await node.terminate()
-        await plane.kill()
+        if isinstance(plane, ClusterView):
+            await plane.close()
+        else:
+            await plane.kill()
+        if kube is not None:
+            await asyncio.to_thread(kube.stop)
         await asyncio.to_thread(harness.stop)
 
 
@@ -110,8 +133,9 @@ def main() -> None:
     )
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--plane", choices=("real", "imitation"), default="real")
     args = parser.parse_args()
-    asyncio.run(run(args.pods, args.idle))
+    asyncio.run(run(args.pods, args.idle, args.plane == "real"))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from pathlib import Path
 from integration.kube.pki import ClusterPki
 
 REPO = Path(__file__).resolve().parents[2]
+# The group kubeadm's default bootstrap tokens carry: allowed to create client CSRs, auto-approved.
+DEFAULT_NODE_TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 VERSION = "1.37.2"
 
 
@@ -134,6 +136,7 @@ class KubeCluster:
     masters: int = 1
     node_monitor_grace_period: str = "40s"
     cluster_signing_duration: str = "8760h"
+    audit: bool = False  # every request recorded (metadata only), for counting a client's requests
     bin: Path = field(default_factory=binaries)
     procs: dict[str, Proc] = field(default_factory=dict)
     ports: list[int] = field(default_factory=list)
@@ -403,11 +406,45 @@ class KubeCluster:
             "--enable-aggregator-routing=true",
             "--profiling=false",
             f"--cert-dir={self.base / f'apiserver-{index}'}",
+            *(self._audit_args(index) if self.audit else []),
         ]
+
+    def _audit_args(self, index: int) -> list[str]:
+        policy = self.base / "audit-policy.json"
+        policy.write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata"}],
+        }))  # fmt: skip
+        return [
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.logs / f'audit-{index}.log'}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
+        ]  # fmt: skip
+
+    def requests_of(self, user: str) -> dict[str, int]:
+        """What ``user`` has asked of the API servers so far, by ``verb resource[/subresource]``,
+        read from the audit logs (each request once, a watch when it starts)."""
+        seen: set[str] = set()
+        counts: dict[str, int] = {}
+        for log in sorted(self.logs.glob("audit-*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                if event.get("user", {}).get("username") != user or event["auditID"] in seen:
+                    continue
+                seen.add(event["auditID"])
+                ref = event.get("objectRef") or {}
+                resource = ref.get("resource", event.get("requestURI", "?"))
+                if ref.get("subresource"):
+                    resource += "/" + ref["subresource"]
+                key = f"{event['verb']} {resource}"
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def _join_objects(self) -> str:
         token_id, token_secret = self.token.split(".")
-        group = "system:bootstrappers:kubeadm:default-node-token"
+        group = DEFAULT_NODE_TOKEN_GROUP
         cluster_info = json.dumps(
             {
                 "apiVersion": "v1",

@@ -54,6 +54,10 @@ class ClusterView:
     def kubectl_args(self, args: tuple[str, ...]) -> list[str]:
         return ["-n", self.namespace, *args]
 
+    def kubectl_argv(self, *args: str) -> list[str]:
+        """The whole command line, for a kubectl the test runs itself (a follow, an exec)."""
+        return self.kube.kubectl_argv(*self.kubectl_args(args))
+
     async def kubectl(
         self, *args: str, check: bool = True, stdin: bytes | None = None, timeout: float = 90
     ) -> str:

@@ -1,6 +1,6 @@
 """The authorization matrix against a real node: identities x endpoints x methods, with curl,
-openssl and kubectl, the node in Webhook mode against the test control plane (TokenReview and
-SubjectAccessReview from ``integration.authapi``).
+openssl and kubectl, the node in Webhook mode against the real API server (TokenReview and
+SubjectAccessReview decided by its authenticators and RBAC; tokens are service accounts' tokens).
 
 Every cell's 401/403 is exact (kubelet's codes and texts). A request that passes the filter gets
 whatever the route answers (200, 404, 405 ...); those cells must equal what the API server's
@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from integration import authapi
-from integration.controlplane import ControlPlaneProcess
+from integration.kube.pki import Authority
+from integration.kube.view import ClusterView
 from integration.node import VnodeProcess
-from integration.pki import ClusterPki
 from vnode.security.authz import kubelet_attributes
 
 NODE = "edge1"
@@ -41,10 +40,11 @@ PATHS = [
     "/run/default/nopod/main?cmd=true",
 ]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-RULES = {  # user -> (verbs, subresources) granted by the test policy
+RULES = {  # service account -> (verbs, subresources) granted by a ClusterRole of the test's
     "log-reader": (["get"], ["nodes/log"]),
     "proxy-user": (["get"], ["nodes/proxy"]),
 }
+KUBELET_CLIENT = "kube-apiserver-kubelet-client"  # bound to system:kubelet-api-admin, as kubeadm does
 
 
 @dataclass
@@ -53,15 +53,16 @@ class Identity:
     curl: list[str]
     user: str | None  # None: not authenticated (401) or refused at TLS (see tls_fails)
     tls_fails: bool = False
+    grants: str = ""  # the RULES entry that applies
 
 
 def expected_filter(identity: Identity, method: str, path: str) -> int | None:
     """401/403 as kubelet answers them, or None when the request passes the filter."""
     if identity.user is None:
         return 401
-    if identity.user == authapi.KUBELET_CLIENT:
+    if identity.user == KUBELET_CLIENT:
         return None
-    verbs, resources = RULES.get(identity.user, ([], []))
+    verbs, resources = RULES.get(identity.grants, ([], []))
     for attributes in kubelet_attributes(method, path.split("?")[0], NODE):
         if attributes.verb in verbs and f"nodes/{attributes.subresource}" in resources:
             return None
@@ -92,52 +93,61 @@ async def curl(node: VnodeProcess, identity: Identity, method: str, path: str) -
 
 
 @pytest.fixture
-async def setup(containerd: Any, tmp_path: Path) -> AsyncIterator[tuple[VnodeProcess, list[Identity], Path]]:
+async def setup(
+    containerd: Any, cluster: ClusterView, tmp_path: Path
+) -> AsyncIterator[tuple[VnodeProcess, list[Identity], Path]]:
     for tool in ("curl", "openssl"):
         assert shutil.which(tool), f"{tool} is needed"
-    plane = ControlPlaneProcess(tmp_path, tls=True)
-    await plane.start()
-    pki = ClusterPki(plane.store)
-    authapi.write_policy(
-        plane.store,
-        tokens={
-            "log-token-0123456789": {"username": "log-reader", "groups": ["readers"]},
-            "proxy-token-0123456789": {"username": "proxy-user"},
-        },
-        rules=[{"users": [u], "verbs": v, "resources": r} for u, (v, r) in RULES.items()],
-    )
-    node = VnodeProcess(
-        tmp_path,
-        containerd.endpoint,
-        node_name=NODE,
-        extra_args=["--kubeconfig", str(plane.kubeconfig), f"--client-ca-file={pki.ca_cert}"],
-    )
+    tokens: dict[str, str] = {}
+    objects: list[dict[str, Any]] = []
+    for account, (verbs, resources) in RULES.items():
+        role = f"{cluster.namespace}-{account}"
+        objects += [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+             "rules": [{"apiGroups": [""], "resources": resources, "verbs": verbs}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": role},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+             "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": cluster.namespace}]},
+        ]  # fmt: skip
+    body = {"apiVersion": "v1", "kind": "List", "items": objects}
+    await cluster.kubectl("apply", "-f", "-", stdin=json.dumps(body).encode())
+    for account in RULES:
+        tokens[account] = (await cluster.kubectl("create", "token", account)).strip()
+    node = VnodeProcess(tmp_path, containerd.endpoint, node_name=NODE, extra_args=cluster.node_args(NODE))
     await node.start()
 
     def cert(path: tuple[Path, Path]) -> list[str]:
         return ["--cert", str(path[0]), "--key", str(path[1])]
 
-    other = ClusterPki(tmp_path / "other-ca")
-    kubelet_client = pki.issue(authapi.KUBELET_CLIENT, server=False)
+    ca = cluster.kube.pki.ca
+    other = Authority(tmp_path, "other-ca", "another CA")
+
+    def account(name: str) -> str:
+        return f"system:serviceaccount:{cluster.namespace}:{name}"
+
     identities = [
         Identity("no credentials", [], None),
-        Identity(
-            "another CA",
-            cert(other.issue("stranger", server=False, organization="system:masters")),
-            None,
-            True,
-        ),
-        Identity("no rights", cert(pki.issue("nobody", server=False, organization="nogroup")), "nobody"),
-        Identity("token nodes/log", ["-H", "Authorization: Bearer log-token-0123456789"], "log-reader"),
-        Identity("token nodes/proxy", ["-H", "Authorization: Bearer proxy-token-0123456789"], "proxy-user"),
-        Identity("kubelet client", cert(kubelet_client), authapi.KUBELET_CLIENT),
+        Identity("another CA",
+                 cert(other.issue("stranger", "stranger", organizations=("system:masters",))),
+                 None, True),
+        Identity("no rights",
+                 cert(ca.issue(f"nobody-{cluster.namespace}", "nobody", organizations=("nogroup",))),
+                 "nobody"),
+        Identity("token nodes/log", ["-H", f"Authorization: Bearer {tokens['log-reader']}"],
+                 account("log-reader"), grants="log-reader"),
+        Identity("token nodes/proxy", ["-H", f"Authorization: Bearer {tokens['proxy-user']}"],
+                 account("proxy-user"), grants="proxy-user"),
+        Identity("kubelet client", cert(cluster.kube.pki.kubelet_client), KUBELET_CLIENT),
         Identity("bad token", ["-H", "Authorization: Bearer forged"], None),
-    ]
+    ]  # fmt: skip
     try:
         yield node, identities, tmp_path
     finally:
         await node.terminate()
-        await plane.kill()
+        roles = ",".join(f"{cluster.namespace}-{a}" for a in RULES)
+        await cluster.kubectl("delete", "clusterrole,clusterrolebinding", roles, check=False)
 
 
 async def test_authorization_matrix(setup: tuple[VnodeProcess, list[Identity], Path]) -> None:
@@ -172,15 +182,17 @@ async def test_authorization_matrix(setup: tuple[VnodeProcess, list[Identity], P
 
 
 async def test_kubectl_and_openssl(setup: tuple[VnodeProcess, list[Identity], Path]) -> None:
-    node, _, _ = setup
+    node, identities, _ = setup
     server = f"https://127.0.0.1:{node.port}"
 
     async def kubectl(*args: str) -> tuple[int, str, str]:
         return await run("kubectl", f"--server={server}", "--insecure-skip-tls-verify", *args)
 
-    code, out, err = await kubectl("--token=proxy-token-0123456789", "get", "--raw", "/pods")
+    proxy_token = identities[4].curl[1].removeprefix("Authorization: Bearer ")
+    log_token = identities[3].curl[1].removeprefix("Authorization: Bearer ")
+    code, out, err = await kubectl(f"--token={proxy_token}", "get", "--raw", "/pods")
     assert code == 0 and json.loads(out)["kind"] == "PodList", err
-    code, out, err = await kubectl("--token=log-token-0123456789", "get", "--raw", "/pods")
+    code, out, err = await kubectl(f"--token={log_token}", "get", "--raw", "/pods")
     assert code != 0 and "Forbidden" in err, err
     code, out, err = await kubectl("--token=forged", "get", "--raw", "/pods")
     assert code != 0 and "must be logged in" in err, err  # kubectl's words for a 401

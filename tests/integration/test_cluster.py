@@ -21,7 +21,9 @@ import pytest
 
 from integration.controlplane import ControlPlaneProcess
 from integration.faults import FaultyMaster
-from integration.node import VnodeProcess, busybox_pod, free_port, running_node, wait_for
+from integration.kube import KubeCluster
+from integration.kube.view import ClusterView
+from integration.node import VnodeProcess, busybox_pod, running_node, wait_for
 
 POD = """
 apiVersion: v1
@@ -39,31 +41,21 @@ spec:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[ControlPlaneProcess]:
-    plane = ControlPlaneProcess(tmp_path)
-    await plane.start()
-    try:
-        yield plane
-    finally:
-        await plane.kill()
-
-
-@pytest.fixture
-async def node(containerd: Any, cluster: ControlPlaneProcess, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
+async def node(containerd: Any, cluster: ClusterView, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
     async with running_node(
         tmp_path, containerd.endpoint, node_name="edge1", extra_args=cluster.node_args()
     ) as proc:
         yield proc
 
 
-async def api_running(cluster: ControlPlaneProcess, name: str) -> dict[str, Any] | None:
+async def api_running(cluster: ControlPlaneProcess | ClusterView, name: str) -> dict[str, Any] | None:
     """The pod ``name`` from the API once its first container is reported running."""
     pod = await get_json(cluster, "pod", name)
     statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
     return pod if statuses and "running" in statuses[0]["state"] else None
 
 
-async def get_json(cluster: ControlPlaneProcess, *args: str) -> Any:
+async def get_json(cluster: ControlPlaneProcess | ClusterView, *args: str) -> Any:
     out = await cluster.kubectl("get", *args, "-o", "json", check=False)
     return json.loads(out) if out.strip() else None
 
@@ -139,25 +131,32 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def idle_follow(containerd: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdleFollow]:
+def idle_follow(
+    containerd: Any, kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IdleFollow]:
     base = tmp_path_factory.mktemp("idle")
     loop = LoopThread()
     containerd.spared_nodes.add("idle1")  # other tests' clean-up must leave this pod running
-    plane = ControlPlaneProcess(base, port=free_port())
-    node = VnodeProcess(base / "node", containerd.endpoint, node_name="idle1", extra_args=plane.node_args())
+    plane = ClusterView(kube, "idle-follow")
+    node = VnodeProcess(
+        base / "node", containerd.endpoint, node_name="idle1", extra_args=plane.node_args("idle1")
+    )
     followers: list[Follower] = []
 
     async def start() -> list[Follower]:
-        await plane.start()
+        await plane.open()
         await node.start()
         await plane.kubectl("apply", "-f", "-", stdin=IDLE_POD.encode())
         await wait_for(lambda: api_running(plane, "idle"), what="the idle pod to run")
         local = node.root_dir / "local.kubeconfig"
-        for name, kubeconfig in (("control plane", plane.kubeconfig), ("local API", local)):
+        commands = {
+            "control plane": plane.kubectl_argv("logs", "-f", "idle"),
+            "local API": ["kubectl", "--kubeconfig", str(local), "-n", plane.namespace, "logs", "-f", "idle"],
+        }
+        for name, argv in commands.items():
             proc = await asyncio.create_subprocess_exec(
-                "kubectl", "--kubeconfig", str(kubeconfig), "logs", "-f", "idle",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
             followers.append(Follower(name, proc))
         return followers
 
@@ -168,7 +167,7 @@ def idle_follow(containerd: Any, tmp_path_factory: pytest.TempPathFactory) -> It
                 await follower.proc.wait()
         if node.proc is not None and node.proc.returncode is None:
             await node.terminate()
-        await plane.kill()
+        await plane.close()
 
     try:
         loop.run(start(), 120)
@@ -201,26 +200,24 @@ async def test_kubectl_logs_follow_starts_before_a_long_silence(idle_follow: Idl
             raise AssertionError(f"{exc}: {follower.lines}\n{idle_follow.node.log_tail()}") from None
 
 
-async def test_kubectl_logs_through_the_control_plane(
-    cluster: ControlPlaneProcess, node: VnodeProcess
-) -> None:
+async def test_kubectl_logs_through_the_control_plane(cluster: ClusterView, node: VnodeProcess) -> None:
     ticker = POD.replace("name: web", "name: ticker").replace(
         "trap 'exit 0' TERM; echo started; sleep 3600 & wait",
         "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.3; done",
     )
     await cluster.kubectl("apply", "-f", "-", stdin=ticker.encode())
     await wait_for(lambda: api_running(cluster, "ticker"), what="the ticker to run")
-    await node.log_containing("ticker", "main", b"tick-2\n")
+    await node.log_containing("ticker", "main", b"tick-2\n", namespace=cluster.namespace)
 
     out = await cluster.kubectl("logs", "ticker")
     assert out.startswith("tick-0\ntick-1\ntick-2\n"), out
     out = await cluster.kubectl("logs", "ticker", "-c", "main", "--tail=1", "--timestamps")
     assert len(out.splitlines()) == 1 and " tick-" in out, out
-    code, _, stderr = await _kubectl_status(cluster, "logs", "nope")
+    code, _, stderr = await cluster.kubectl_status("logs", "nope")
     assert code != 0 and 'pods "nope" not found' in stderr, stderr
 
     proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(cluster.kubeconfig), "logs", "-f", "--tail=1", "ticker",
+        *cluster.kubectl_argv("logs", "-f", "--tail=1", "ticker"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -234,18 +231,7 @@ async def test_kubectl_logs_through_the_control_plane(
         await proc.wait()
 
 
-async def _kubectl_status(cluster: ControlPlaneProcess, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(cluster.kubeconfig), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-async def test_node_registers_ready_and_renews_its_lease(
-    cluster: ControlPlaneProcess, node: VnodeProcess
-) -> None:
+async def test_node_registers_ready_and_renews_its_lease(cluster: ClusterView, node: VnodeProcess) -> None:
     async def ready() -> dict[str, Any] | None:
         obj = await get_json(cluster, "node", "edge1")
         conditions = {
@@ -278,7 +264,7 @@ async def test_node_registers_ready_and_renews_its_lease(
 
 
 async def test_pod_from_the_api_runs_reports_status_and_is_deleted(
-    cluster: ControlPlaneProcess, node: VnodeProcess
+    cluster: ClusterView, node: VnodeProcess
 ) -> None:
     await cluster.kubectl("apply", "-f", "-", stdin=POD.encode())
 
@@ -301,9 +287,12 @@ async def test_pod_from_the_api_runs_reports_status_and_is_deleted(
 
 
 async def test_invalid_pod_from_the_api_gets_a_failed_status(
-    cluster: ControlPlaneProcess, node: VnodeProcess
+    cluster: ClusterView, node: VnodeProcess
 ) -> None:
-    bad = POD.replace("name: main", "name: Bad_Name")
+    # The API server validates what it can; a volume type this node cannot mount passes there.
+    bad = POD.replace(
+        "  containers:", "  volumes: [{name: share, nfs: {server: nas.invalid, path: /x}}]\n  containers:"
+    )
     await cluster.kubectl("apply", "-f", "-", stdin=bad.encode())
 
     async def failed() -> dict[str, Any] | None:
@@ -312,7 +301,7 @@ async def test_invalid_pod_from_the_api_gets_a_failed_status(
 
     pod = await wait_for(failed, what="the invalid pod to be Failed")
     assert pod["status"]["reason"] == "InvalidPod"
-    assert "spec.containers[0].name" in pod["status"]["message"]
+    assert "spec.volumes[0].nfs" in pod["status"]["message"]
 
     async def event() -> dict[str, Any] | None:
         body = await get_json(cluster, "events", "--field-selector", "involvedObject.name=web")
@@ -320,7 +309,7 @@ async def test_invalid_pod_from_the_api_gets_a_failed_status(
         return found[0] if found else None
 
     seen = await wait_for(event, what="a FailedValidation event")
-    assert seen["type"] == "Warning" and "spec.containers[0].name" in seen["message"]
+    assert seen["type"] == "Warning" and "spec.volumes[0].nfs" in seen["message"]
 
 
 def one_context_per_master(admin: Path, servers: list[str]) -> Path:
@@ -419,14 +408,12 @@ async def test_failover_across_faulty_and_killed_masters(
             await second.kill()
 
 
-async def node_uid(cluster: ControlPlaneProcess) -> str | None:
+async def node_uid(cluster: ClusterView) -> str | None:
     obj = await get_json(cluster, "node", "edge1")
     return obj["metadata"]["uid"] if obj else None
 
 
-async def test_node_marked_unknown_in_the_api_is_corrected(
-    cluster: ControlPlaneProcess, node: VnodeProcess
-) -> None:
+async def test_node_marked_unknown_in_the_api_is_corrected(cluster: ClusterView, node: VnodeProcess) -> None:
     """As the node lifecycle controller does after an outage: Ready set to Unknown in the API.
     vnode watches its Node and patches the real conditions back at once, not at the next
     five-minute report, and keeps the transition time of the conditions that did not change."""
@@ -454,7 +441,7 @@ async def test_node_marked_unknown_in_the_api_is_corrected(
     assert "NodeStatusUnknown" not in after["Ready"]["reason"]
 
 
-async def test_deleted_node_is_registered_again(cluster: ControlPlaneProcess, node: VnodeProcess) -> None:
+async def test_deleted_node_is_registered_again(cluster: ClusterView, node: VnodeProcess) -> None:
     old = await wait_for(lambda: node_uid(cluster), what="the node to register")
     await cluster.kubectl("delete", "node", "edge1")
 
@@ -474,13 +461,13 @@ async def test_deleted_node_is_registered_again(cluster: ControlPlaneProcess, no
 
 
 async def test_deleted_node_ends_vnode_when_configured_to_exit(
-    containerd: Any, cluster: ControlPlaneProcess, tmp_path: Path
+    containerd: Any, cluster: ClusterView, tmp_path: Path
 ) -> None:
     async with running_node(
         tmp_path,
         containerd.endpoint,
         node_name="edge1",
-        extra_args=["--master", cluster.url, "--on-node-deleted=exit"],
+        extra_args=[*cluster.node_args(), "--on-node-deleted=exit"],
     ) as proc:
         await wait_for(lambda: node_uid(cluster), what="the node to register")
         await cluster.kubectl("delete", "node", "edge1")
@@ -490,28 +477,27 @@ async def test_deleted_node_ends_vnode_when_configured_to_exit(
         assert await node_uid(cluster) is None
 
 
-async def test_kubeconfig_over_https_with_a_client_certificate(containerd: Any, tmp_path: Path) -> None:
-    plane = ControlPlaneProcess(tmp_path, tls=True)
-    await plane.start()
-    node = VnodeProcess(
-        tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--kubeconfig", str(plane.kubeconfig)]
-    )
+async def test_kubeconfig_with_one_master_and_a_stranger_refused(
+    containerd: Any, cluster: ClusterView, tmp_path: Path
+) -> None:
+    """A kubeconfig naming one master (the last), over HTTPS with the node's client certificate."""
+    args = cluster.node_args("edge1", servers=cluster.urls[-1:])
+    node = VnodeProcess(tmp_path, containerd.endpoint, node_name="edge1", extra_args=args)
     await node.start()
     try:
-        await plane.kubectl("apply", "-f", "-", stdin=POD.encode())
+        await cluster.kubectl("apply", "-f", "-", stdin=POD.encode())
 
-        await wait_for(lambda: api_running(plane, "web"), what="the pod to be Running through HTTPS")
-        assert "Ready" in await plane.kubectl("get", "node", "edge1")
-        # Without a client certificate or a known token the control plane refuses, as a real one does.
-        stranger = plane.kubeconfig.with_name("stranger")
-        config = json.loads(plane.kubeconfig.read_text())
+        await wait_for(lambda: api_running(cluster, "web"), what="the pod to be Running through HTTPS")
+        assert "Ready" in await cluster.kubectl("get", "node", "edge1")
+        # Without a client certificate or a known token the API server refuses.
+        stranger = tmp_path / "stranger"
+        config = json.loads(cluster.kubeconfig.read_text())
         config["users"][0]["user"] = {"token": "not-a-known-token"}
         stranger.write_text(json.dumps(config))
-        out = await plane.kubectl("--kubeconfig", str(stranger), "get", "pods", check=False)
-        assert "web" not in out
+        code, out, err = await cluster.kubectl_status("--kubeconfig", str(stranger), "get", "pods")
+        assert code != 0 and "web" not in out and "Unauthorized" in err
     finally:
         await node.terminate()
-        await plane.kill()
 
 
 @pytest.mark.parametrize(
@@ -542,7 +528,7 @@ async def test_bad_kubeconfig_is_refused_at_start(
     assert "--kubeconfig" in log and message in log
 
 
-async def test_events_are_posted_and_aggregated(cluster: ControlPlaneProcess, node: VnodeProcess) -> None:
+async def test_events_are_posted_and_aggregated(cluster: ClusterView, node: VnodeProcess) -> None:
     crash = POD.replace("name: web", "name: crash").replace(
         "trap 'exit 0' TERM; echo started; sleep 3600 & wait", "exit 1"
     )
@@ -566,9 +552,11 @@ async def test_events_are_posted_and_aggregated(cluster: ControlPlaneProcess, no
 
 
 async def test_static_pod_has_a_mirror_pod_recreated_if_deleted(
-    cluster: ControlPlaneProcess, node: VnodeProcess
+    cluster: ClusterView, node: VnodeProcess
 ) -> None:
-    node.write_manifest("static.yaml", busybox_pod("static", "sleep 3600"))
+    static = busybox_pod("static", "sleep 3600")
+    static["metadata"]["namespace"] = cluster.namespace
+    node.write_manifest("static.yaml", static)
 
     def mirror() -> Awaitable[dict[str, Any] | None]:
         return api_running(cluster, "static-edge1")
@@ -629,20 +617,20 @@ spec:
 """
 
 
-async def test_config_maps_and_secrets_reach_files_and_env(
-    cluster: ControlPlaneProcess, node: VnodeProcess
-) -> None:
+async def test_config_maps_and_secrets_reach_files_and_env(cluster: ClusterView, node: VnodeProcess) -> None:
     await cluster.kubectl("apply", "-f", "-", stdin=CONFIGURED.encode())
     await wait_for(lambda: api_running(cluster, "configured"), what="the configured pod to run")
 
-    await node.log_containing("configured", "main", b"env secret edge unset")
-    await node.log_containing("configured", "main", b"file hello-1")
+    await node.log_containing("configured", "main", b"env secret edge unset", namespace=cluster.namespace)
+    await node.log_containing("configured", "main", b"file hello-1", namespace=cluster.namespace)
     updated = CONFIGURED.split("---")[0].replace("hello-1", "hello-2")
     await cluster.kubectl("apply", "-f", "-", stdin=updated.encode())
-    await node.log_containing("configured", "main", b"file hello-2")  # refreshed within ~35 s
+    await node.log_containing(
+        "configured", "main", b"file hello-2", namespace=cluster.namespace
+    )  # refreshed within ~35 s
 
 
-async def test_missing_config_map_is_a_config_error(cluster: ControlPlaneProcess, node: VnodeProcess) -> None:
+async def test_missing_config_map_is_a_config_error(cluster: ClusterView, node: VnodeProcess) -> None:
     pod = CONFIGURED.split("---")[2].replace("name: configured", "name: lacking")
     await cluster.kubectl("apply", "-f", "-", stdin=pod.encode())
 
@@ -687,13 +675,12 @@ spec:
 """
 
 
-async def test_projected_token_and_downward_api_volumes(
-    cluster: ControlPlaneProcess, node: VnodeProcess
-) -> None:
+async def test_projected_token_and_downward_api_volumes(cluster: ClusterView, node: VnodeProcess) -> None:
     await cluster.kubectl("apply", "-f", "-", stdin=PROJECTED.encode())
     await wait_for(lambda: api_running(cluster, "projected"), what="the projected pod to run")
-    body = await node.log_containing("projected", "main", b"ns=")
-    assert b"ns=default ca=test-ca tier=edge dots=2" in body  # a three-part JWT from TokenRequest
+    body = await node.log_containing("projected", "main", b"ns=", namespace=cluster.namespace)
+    expected = f"ns={cluster.namespace} ca=test-ca tier=edge dots=2"
+    assert expected.encode() in body  # a three-part JWT from TokenRequest
 
 
 async def test_kubectl_logs_follow_delivers_a_line_after_two_silent_minutes(idle_follow: IdleFollow) -> None:

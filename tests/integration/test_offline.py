@@ -1,7 +1,8 @@
 """Offline autonomy: a node cut off from its control plane keeps, and restarts, its pods.
 
-The control plane is the test one, killed to cut the link; the node is a real ``vnode run`` on
-the session's containerd; SIGKILL stands for a power cut.
+The control plane is the real one (``integration/kube``), and stays up: the node's link to it is a
+relay the test cuts, as a dropped uplink would; the node is a real ``vnode run`` on the session's
+containerd; SIGKILL stands for a power cut.
 """
 
 from __future__ import annotations
@@ -13,75 +14,70 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from integration.controlplane import ControlPlaneProcess
+from integration.kube.view import ClusterView
 from integration.node import running_node, wait_for
 from tests.integration.test_cluster import CONFIGURED, api_running, get_json
 from tests.integration.test_local_api import kubectl
 
 
 async def test_pod_with_config_maps_and_secrets_restarts_offline_from_the_cache(
-    containerd: Any, tmp_path: Path
+    containerd: Any, cluster: ClusterView, tmp_path: Path
 ) -> None:
     """Online, a pod takes env and files from a configMap and a secret. Then the control plane
     goes away, vnode is SIGKILLed and the pod's sandbox is removed (as a host reboot would): vnode,
     started again with no master answering, recreates the pod with the same env and files from
     its store, where the secret was kept sealed."""
-    plane = ControlPlaneProcess(tmp_path)
-    await plane.start()
-    try:
-        async with running_node(
-            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", plane.url]
-        ) as node:
-            await plane.kubectl("apply", "-f", "-", stdin=CONFIGURED.encode())
-            await wait_for(lambda: api_running(plane, "configured"), what="the configured pod to run")
-            await node.log_containing("configured", "main", b"env secret edge unset")
-            before = (await node.pod("configured") or {})["status"]["containerStatuses"][0]["containerID"]
+    link = cluster.relay()
+    ns = cluster.namespace
+    async with running_node(
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=cluster.node_args(servers=[link.url])
+    ) as node:
+        await cluster.kubectl("apply", "-f", "-", stdin=CONFIGURED.encode())
+        await wait_for(lambda: api_running(cluster, "configured"), what="the configured pod to run")
+        await node.log_containing("configured", "main", b"env secret edge unset", namespace=cluster.namespace)
+        before = (await node.pod("configured") or {})["status"]["containerStatuses"][0]["containerID"]
 
-            await plane.kill()
-            await node.kill()
-            assert containerd.remove_sandboxes() == 1
-            for old_log in node.logs_dir.iterdir():
-                shutil.rmtree(old_log)
-            disk = (node.root_dir / "store" / "data.mdb").read_bytes()
-            assert b"c2VjcmV0" not in disk  # the secret's value, base64 as the API holds it
+        link.cut()
+        await node.kill()
+        assert containerd.remove_sandboxes() == 1
+        for old_log in node.logs_dir.iterdir():
+            shutil.rmtree(old_log)
+        disk = (node.root_dir / "store" / "data.mdb").read_bytes()
+        assert b"c2VjcmV0" not in disk  # the secret's value, base64 as the API holds it
 
-            await node.start()
+        await node.start()
 
-            async def recreated() -> str | None:
-                pod = await node.pod("configured")
-                statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-                running = statuses and "running" in statuses[0]["state"]
-                return (
-                    statuses[0]["containerID"] if running and statuses[0]["containerID"] != before else None
-                )
+        async def recreated() -> str | None:
+            pod = await node.pod("configured")
+            statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+            running = statuses and "running" in statuses[0]["state"]
+            return statuses[0]["containerID"] if running and statuses[0]["containerID"] != before else None
 
-            await wait_for(recreated, timeout=60, what="the pod recreated offline")
-            await node.log_containing("configured", "main", b"env secret edge unset")
-            await node.log_containing("configured", "main", b"file hello-1")
+        await wait_for(recreated, timeout=60, what="the pod recreated offline")
+        await node.log_containing("configured", "main", b"env secret edge unset", namespace=cluster.namespace)
+        await node.log_containing("configured", "main", b"file hello-1", namespace=cluster.namespace)
 
-            # The operator on site: the real kubectl against the node's local API, still offline.
-            _, out, _ = await kubectl(node, "get", "pods")
-            assert "configured" in out and "Running" in out
-            _, out, _ = await kubectl(node, "get", "configmap", "settings", "-o", "json")
-            assert json.loads(out)["data"]["greeting"] == "hello-1"
-            _, out, _ = await kubectl(node, "get", "secret", "creds", "-o", "json")
-            assert json.loads(out)["data"]["password"] == "c2VjcmV0"
-            _, out, _ = await kubectl(node, "get", "node", "edge1", "-o", "json")
-            assert json.loads(out)["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd")
-            _, out, _ = await kubectl(node, "logs", "configured")
-            assert "env secret edge unset" in out
+        # The operator on site: the real kubectl against the node's local API, still offline.
+        _, out, _ = await kubectl(node, "-n", ns, "get", "pods")
+        assert "configured" in out and "Running" in out
+        _, out, _ = await kubectl(node, "-n", ns, "get", "configmap", "settings", "-o", "json")
+        assert json.loads(out)["data"]["greeting"] == "hello-1"
+        _, out, _ = await kubectl(node, "-n", ns, "get", "secret", "creds", "-o", "json")
+        assert json.loads(out)["data"]["password"] == "c2VjcmV0"
+        _, out, _ = await kubectl(node, "get", "node", "edge1", "-o", "json")
+        assert json.loads(out)["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd")
+        _, out, _ = await kubectl(node, "-n", ns, "logs", "configured")
+        assert "env secret edge unset" in out
 
-            # containerd loses the containers under the running node (as a containerd restart
-            # does): the pod is made again, still from the store.
-            adopted = await recreated()
-            assert containerd.remove_sandboxes() == 1
+        # containerd loses the containers under the running node (as a containerd restart
+        # does): the pod is made again, still from the store.
+        adopted = await recreated()
+        assert containerd.remove_sandboxes() == 1
 
-            async def made_again() -> bool:
-                return (await recreated()) not in (None, adopted)
+        async def made_again() -> bool:
+            return (await recreated()) not in (None, adopted)
 
-            await wait_for(made_again, timeout=60, what="the pod made again after its containers went")
-    finally:
-        await plane.kill()
+        await wait_for(made_again, timeout=60, what="the pod made again after its containers went")
 
 
 OUTAGE = """
@@ -141,19 +137,19 @@ def container(pod: dict[str, Any] | None) -> dict[str, Any]:
     return dict(statuses[0])
 
 
-async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tmp_path: Path) -> None:
-    """The node's only master dies; through another master of the same cluster (one the node
-    does not know) a pod is deleted, configMap b edited, c deleted and created again, secret d
-    deleted. Meanwhile a container crashes and a restartPolicy Never pod completes. The node
-    restarts the crashed container and nothing else. When its master returns (same address),
+async def test_outage_keeps_pods_and_catches_up_on_reconnect(
+    containerd: Any, cluster: ClusterView, tmp_path: Path
+) -> None:
+    """The node's link to its only master is cut; through the API (which stays up) a pod is
+    deleted, configMap b edited, c deleted and created again, secret d deleted. Meanwhile a
+    container crashes and a restartPolicy Never pod completes. The node restarts the crashed
+    container and nothing else. When the link returns (same address),
     the API shows the crash's restartCount, the completed pod as Succeeded, the deleted pod has
     no container left, and the mounted files match the API."""
     trigger = tmp_path / "trigger"
     trigger.mkdir()
-    store = tmp_path / "cluster.db"
-    known, other = ControlPlaneProcess(tmp_path, store=store), ControlPlaneProcess(tmp_path, store=store)
-    await known.start()
-    await other.start()
+    link = cluster.relay()
+    known = other = cluster
     manifests = [OUTAGE]
     steady = [f"steady-{i}" for i in range(6)]
     for name in steady:
@@ -174,130 +170,124 @@ async def test_outage_keeps_pods_and_catches_up_on_reconnect(containerd: Any, tm
         )
     )
     names = [*steady, "doomed", "crasher", "oneshot", "reader"]  # ten pods
-    try:
-        async with running_node(
-            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", known.url]
-        ) as node:
-            await known.kubectl("apply", "-f", "-", stdin="---".join(manifests).encode())
-            for name in names:
-                await wait_for(lambda name=name: api_running(known, name), what=f"{name} Running")
-            await node.log_containing("reader", "main", b"seen b-1 c-1")
-            before = {name: container(await node.pod(name)) for name in names}
+    async with running_node(
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=cluster.node_args(servers=[link.url])
+    ) as node:
+        await known.kubectl("apply", "-f", "-", stdin="---".join(manifests).encode())
+        for name in names:
+            await wait_for(lambda name=name: api_running(known, name), what=f"{name} Running")
+        await node.log_containing("reader", "main", b"seen b-1 c-1", namespace=cluster.namespace)
+        before = {name: container(await node.pod(name)) for name in names}
 
-            await known.kill()  # the node's only master: the node is offline from here
-            await other.kubectl("delete", "pod", "doomed", "--grace-period=0", "--force")
-            await other.kubectl("patch", "configmap", "b", "--type=merge", "-p", '{"data":{"v":"b-2"}}')
-            await other.kubectl("delete", "configmap", "c")
-            recreated = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {v: c-2}\n"
-            await other.kubectl("apply", "-f", "-", stdin=recreated.encode())
-            await other.kubectl("delete", "secret", "d")
-            (trigger / "crash").touch()
-            (trigger / "finish").touch()
+        link.cut()  # the node's only master: the node is offline from here
+        await other.kubectl("delete", "pod", "doomed", "--grace-period=0", "--force")
+        await other.kubectl("patch", "configmap", "b", "--type=merge", "-p", '{"data":{"v":"b-2"}}')
+        await other.kubectl("delete", "configmap", "c")
+        recreated = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {v: c-2}\n"
+        await other.kubectl("apply", "-f", "-", stdin=recreated.encode())
+        await other.kubectl("delete", "secret", "d")
+        (trigger / "crash").touch()
+        (trigger / "finish").touch()
 
-            async def crashed_and_restarted() -> bool:
-                crasher, oneshot = container(await node.pod("crasher")), container(await node.pod("oneshot"))
-                return (
-                    crasher.get("restartCount") == 1
-                    and "running" in crasher["state"]
-                    and ("terminated" in oneshot.get("state", {}))
-                )
-
-            await wait_for(
-                crashed_and_restarted, timeout=60, what="the crash restarted, oneshot done, offline"
+        async def crashed_and_restarted() -> bool:
+            crasher, oneshot = container(await node.pod("crasher")), container(await node.pod("oneshot"))
+            return (
+                crasher.get("restartCount") == 1
+                and "running" in crasher["state"]
+                and ("terminated" in oneshot.get("state", {}))
             )
-            assert "doomed" in await node.pods()  # nothing is stopped because the API is silent
 
-            async def queued() -> bool:
-                report = await vnode_status(node.root_dir)
-                return "running offline since" in report and "events waiting to be posted" in report
+        await wait_for(crashed_and_restarted, timeout=60, what="the crash restarted, oneshot done, offline")
+        assert "doomed" in await node.pods()  # nothing is stopped because the API is silent
 
-            await wait_for(queued, what="vnode status to show the outage and its queued events")
+        async def queued() -> bool:
+            report = await vnode_status(node.root_dir)
+            return "running offline since" in report and "events waiting to be posted" in report
 
-            known = ControlPlaneProcess(tmp_path, store=store, port=known.port)
-            await known.start()
+        await wait_for(queued, what="vnode status to show the outage and its queued events")
 
-            async def caught_up() -> bool:
-                crasher = container(await get_json(known, "pod", "crasher"))
-                oneshot = await get_json(known, "pod", "oneshot")
-                gone = "doomed" not in await asyncio.to_thread(containerd.running_containers)
-                return (
-                    crasher.get("restartCount") == 1
-                    and "running" in crasher.get("state", {})
-                    and (oneshot or {}).get("status", {}).get("phase") == "Succeeded"
-                    and gone
-                    and "doomed" not in await node.pods()
-                )
+        link.restore()
 
-            await wait_for(caught_up, timeout=60, what="the API and the node to agree after reconnect")
-            await node.log_containing("reader", "main", b"seen b-2 c-2")
-            for name in (*steady, "reader"):
-                now = container(await get_json(known, "pod", name))
-                assert now["containerID"] == before[name]["containerID"], name
-                assert now["restartCount"] == 0, name
-    finally:
-        await known.kill()
-        await other.kill()
+        async def caught_up() -> bool:
+            crasher = container(await get_json(known, "pod", "crasher"))
+            oneshot = await get_json(known, "pod", "oneshot")
+            gone = "doomed" not in await asyncio.to_thread(containerd.running_containers)
+            return (
+                crasher.get("restartCount") == 1
+                and "running" in crasher.get("state", {})
+                and (oneshot or {}).get("status", {}).get("phase") == "Succeeded"
+                and gone
+                and "doomed" not in await node.pods()
+            )
+
+        await wait_for(caught_up, timeout=60, what="the API and the node to agree after reconnect")
+        await node.log_containing("reader", "main", b"seen b-2 c-2", namespace=cluster.namespace)
+        for name in (*steady, "reader"):
+            now = container(await get_json(known, "pod", name))
+            assert now["containerID"] == before[name]["containerID"], name
+            assert now["restartCount"] == 0, name
 
 
-async def test_status_reached_offline_survives_a_restart_offline(containerd: Any, tmp_path: Path) -> None:
+async def test_status_reached_offline_survives_a_restart_offline(
+    containerd: Any, cluster: ClusterView, tmp_path: Path
+) -> None:
     """A pod completes while the master is down, vnode is SIGKILLed and started again, still
     offline: when the master returns, the API shows the pod Succeeded, and a pod whose status
     did not change is not written again."""
     trigger = tmp_path / "trigger"
     trigger.mkdir()
-    plane = ControlPlaneProcess(tmp_path)
-    await plane.start()
+    plane = cluster
+    link = cluster.relay()
     wait_then = "while [ ! -f /trigger/finish ]; do sleep 0.2; done; exit 0"
     pods = [
         outage_pod("oneshot", wait_then, trigger, restart="Never"),
         outage_pod("steady", "sleep 3600", trigger),
     ]
-    try:
-        async with running_node(
-            tmp_path, containerd.endpoint, node_name="edge1", extra_args=["--master", plane.url]
-        ) as node:
-            await plane.kubectl("apply", "-f", "-", stdin="---".join(pods).encode())
-            for name in ("oneshot", "steady"):
-                await wait_for(lambda name=name: api_running(plane, name), what=f"{name} Running")
-            steady_rv = (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"]
+    async with running_node(
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=cluster.node_args(servers=[link.url])
+    ) as node:
+        await plane.kubectl("apply", "-f", "-", stdin="---".join(pods).encode())
+        for name in ("oneshot", "steady"):
+            await wait_for(lambda name=name: api_running(plane, name), what=f"{name} Running")
+        steady_rv = (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"]
 
-            await plane.kill()
-            (trigger / "finish").touch()
+        link.cut()
+        (trigger / "finish").touch()
 
-            async def done() -> bool:
-                return "terminated" in container(await node.pod("oneshot")).get("state", {})
+        async def done() -> bool:
+            return "terminated" in container(await node.pod("oneshot")).get("state", {})
 
-            await wait_for(done, what="oneshot to complete offline")
-            await node.kill()
-            await node.start()
-            await wait_for(lambda: node.pod("steady"), what="the pods restored offline")
+        await wait_for(done, what="oneshot to complete offline")
+        await node.kill()
+        await node.start()
+        await wait_for(lambda: node.pod("steady"), what="the pods restored offline")
+
+        async def offline_report() -> str | None:  # the relay hangs: noticed at the request timeout
             report = await vnode_status(node.root_dir)
-            assert "running offline since" in report and "default/oneshot\tSucceeded" in report
+            return report if "running offline since" in report else None
 
-            plane = ControlPlaneProcess(tmp_path, store=plane.store, port=plane.port)
-            await plane.start()
+        report = await wait_for(offline_report, what="vnode status to say the node runs offline")
+        assert f"{cluster.namespace}/oneshot\tSucceeded" in report
 
-            async def succeeded() -> bool:
-                pod = await get_json(plane, "pod", "oneshot")
-                return (pod or {}).get("status", {}).get("phase") == "Succeeded"
+        link.restore()
 
-            await wait_for(succeeded, timeout=60, what="Succeeded in the API after reconnect")
-            await wait_for(lambda: get_json(plane, "lease", "-n", "kube-node-lease", "edge1"), what="lease")
-            assert (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"] == steady_rv
+        async def succeeded() -> bool:
+            pod = await get_json(plane, "pod", "oneshot")
+            return (pod or {}).get("status", {}).get("phase") == "Succeeded"
 
-            async def outage_reported() -> dict[str, Any] | None:
-                node_obj = await get_json(plane, "node", "edge1")
-                conditions = {c["type"]: c for c in node_obj["status"]["conditions"]}
-                offline = conditions.get("EdgeOffline", {})
-                return offline if offline.get("reason") == "Reconnected" else None
+        await wait_for(succeeded, timeout=60, what="Succeeded in the API after reconnect")
+        await wait_for(lambda: get_json(plane, "lease", "-n", "kube-node-lease", "edge1"), what="lease")
+        assert (await get_json(plane, "pod", "steady"))["metadata"]["resourceVersion"] == steady_rv
 
-            offline = await wait_for(outage_reported, timeout=30, what="the EdgeOffline condition")
-            assert offline["status"] == "False" and "ran offline from" in offline["message"]
-            events = await get_json(plane, "events", "--field-selector", "involvedObject.kind=Node")
-            reconnected = [e for e in events["items"] if e["reason"] == "Reconnected"]
-            assert len(reconnected) == 1 and reconnected[0]["message"] == offline["message"]
-            assert f"reachable at the last heartbeat, through {plane.url}" in await vnode_status(
-                node.root_dir
-            )
-    finally:
-        await plane.kill()
+        async def outage_reported() -> dict[str, Any] | None:
+            node_obj = await get_json(plane, "node", "edge1")
+            conditions = {c["type"]: c for c in node_obj["status"]["conditions"]}
+            offline = conditions.get("EdgeOffline", {})
+            return offline if offline.get("reason") == "Reconnected" else None
+
+        offline = await wait_for(outage_reported, timeout=30, what="the EdgeOffline condition")
+        assert offline["status"] == "False" and "ran offline from" in offline["message"]
+        events = await get_json(plane, "events", "-A", "--field-selector", "involvedObject.name=edge1")
+        reconnected = [e for e in events["items"] if e["reason"] == "Reconnected"]
+        assert len(reconnected) == 1 and reconnected[0]["message"] == offline["message"]
+        assert f"reachable at the last heartbeat, through {link.url}" in await vnode_status(node.root_dir)

@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from integration.controlplane import ControlPlaneProcess, ensure_kubectl
+from integration.kube import binaries
+from integration.kube.view import ClusterView
 from integration.node import VnodeProcess, busybox_pod, free_port, is_running, running_node, wait_for
 from tests.integration.test_local_api import client, kubeconfig_path, node, start_pod
 
@@ -35,10 +36,11 @@ class Target:
     """Where kubectl points: the node's local API, or the test control plane (which proxies
     pods/exec|attach|portforward to the node's kubelet API as kube-apiserver does)."""
 
-    def __init__(self, node: VnodeProcess, kubeconfig: Path, plane: ControlPlaneProcess | None) -> None:
+    def __init__(self, node: VnodeProcess, kubeconfig: Path, plane: ClusterView | None) -> None:
         self.node = node
         self.kubeconfig = kubeconfig
         self.plane = plane
+        self.namespace = plane.namespace if plane is not None else "default"
 
     async def start_pod(self, name: str, command: str, **spec: Any) -> str:
         """A running busybox pod; its name as kubectl knows it."""
@@ -51,7 +53,8 @@ class Target:
         await self.plane.kubectl("apply", "-f", "-", stdin=json.dumps(pod).encode())
 
         async def running() -> bool | None:
-            out = await self.plane.kubectl("get", "pod", name, "-o", "json", check=False)  # type: ignore[union-attr]
+            assert self.plane is not None
+            out = await self.plane.kubectl("get", "pod", name, "-o", "json", check=False)
             return True if out.strip() and is_running(json.loads(out), "main") else None
 
         await wait_for(running, timeout=60, what=f"{name} running in the API")
@@ -71,31 +74,35 @@ class Target:
             ) from None
         return proc.returncode or 0, out, err
 
+    async def argv(self, *args: str) -> list[str]:
+        """kubectl 1.37 (the one built with the test cluster) pointed at this target."""
+        kubectl = await asyncio.to_thread(binaries)
+        return [str(kubectl / "kubectl"), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace, *args]
+
     async def spawn(self, *args: str, env: dict[str, str], stdin: bool = False) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            "kubectl", "--kubeconfig", str(self.kubeconfig), *args,
+            *await self.argv(*args),
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
         )  # fmt: skip
 
 
-@pytest.fixture(params=["local-api", "control-plane"])
-async def target(request: pytest.FixtureRequest, containerd: Any, tmp_path: Path) -> AsyncIterator[Target]:
+@pytest.fixture(params=["local-api", "kube-apiserver"])
+async def target(
+    request: pytest.FixtureRequest, containerd: Any, cluster: ClusterView, tmp_path: Path
+) -> AsyncIterator[Target]:
+    """kubectl 1.37 against the node's local API, or against the real API server, which connects
+    to the node's kubelet API with its kubelet client certificate and verifies the node's serving
+    certificate against the cluster CA."""
     if request.param == "local-api":
-        await asyncio.to_thread(ensure_kubectl)
         async with running_node(tmp_path, containerd.endpoint) as proc:
             await wait_for(lambda: _exists(kubeconfig_path(proc)), timeout=30, what="local.kubeconfig")
             yield Target(proc, kubeconfig_path(proc), None)
         return
-    plane = ControlPlaneProcess(tmp_path)
-    await plane.start()
-    try:
-        async with running_node(
-            tmp_path, containerd.endpoint, node_name="edge1", extra_args=plane.node_args()
-        ) as proc:
-            yield Target(proc, plane.kubeconfig, plane)
-    finally:
-        await plane.kill()
+    async with running_node(
+        tmp_path, containerd.endpoint, node_name="edge1", extra_args=cluster.node_args()
+    ) as proc:
+        yield Target(proc, cluster.kubeconfig, cluster)
 
 
 async def _exists(path: Path) -> bool:
@@ -179,7 +186,7 @@ async def test_exec_with_a_tty_follows_a_pane_resize(target: Target, sleeper: st
     if shutil.which("tmux") is None:
         await asyncio.to_thread(_install, "tmux")
     tmux = Tmux(f"vnode-{os.getpid()}")
-    command = f"kubectl --kubeconfig {target.kubeconfig} exec -it {sleeper} -- sh"
+    command = " ".join(await target.argv("exec", "-it", sleeper, "--", "sh"))
     await tmux("new-session", "-d", "-x", "100", "-y", "30", command)
     try:
         await wait_for(lambda: tmux.shows("/ #"), timeout=30, what="a shell prompt in the pane")

@@ -125,7 +125,10 @@ def mirror_of(pod: dict[str, Any]) -> dict[str, Any]:
             "namespace": meta.get("namespace", "default"),
             "labels": dict(meta.get("labels") or {}),
             "annotations": annotations,
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": ""}],
+            # NodeRestriction admits a node's mirror pod only with its Node as controller owner.
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": node, "uid": "", "controller": True}
+            ],
         },
         "spec": pod.get("spec") or {},
     }
