@@ -288,6 +288,8 @@ async def test_status_reached_offline_survives_a_restart_offline(
         offline = await wait_for(outage_reported, timeout=30, what="the EdgeOffline condition")
         assert offline["status"] == "False" and "ran offline from" in offline["message"]
         events = await get_json(plane, "events", "-A", "--field-selector", "involvedObject.name=edge1")
+        # One Event for this outage (a loaded machine may have had a short one before the cut).
         reconnected = [e for e in events["items"] if e["reason"] == "Reconnected"]
-        assert len(reconnected) == 1 and reconnected[0]["message"] == offline["message"]
+        assert [e["message"] for e in reconnected].count(offline["message"]) == 1
+        assert all(e["count"] == 1 for e in reconnected)
         assert f"reachable at the last heartbeat, through {link.url}" in await vnode_status(node.root_dir)
