@@ -34,6 +34,7 @@ from vnode.provider.types import (
 )
 from vnode.runtime import apiobjects, labels, specs
 from vnode.runtime.backoff import Backoff
+from vnode.runtime.cgroups import CgroupDriver, pod_cgroup_parent
 from vnode.runtime.cri import CriClient
 from vnode.runtime.status import compute_pod_status
 from vnode.runtime.validation import validate_pod
@@ -73,6 +74,8 @@ class WorkerContext:
     now: Callable[[], datetime] = utcnow
     # The configMaps and secrets pods refer to; None on a standalone node.
     objects: ObjectSource | None = None
+    # Gives every sandbox its pod cgroup (vnode.runtime.cgroups); None leaves the runtime's default.
+    cgroups: CgroupDriver | None = None
 
 
 @dataclass
@@ -353,8 +356,7 @@ class PodWorker:
             return None
         log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
         await asyncio.to_thread(_make_dirs, log_dir)
-        config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
-        config.labels[labels.NODE_LABEL] = ctx.node_name
+        config = await self._sandbox_config(attempt)
         try:
             sandbox_id = await ctx.cri.run_pod_sandbox(config)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
@@ -369,6 +371,16 @@ class PodWorker:
         self._waiting.clear()
         _, status = await asyncio.gather(self._persist(), ctx.cri.pod_sandbox_status(sandbox_id))
         return status
+
+    async def _sandbox_config(self, attempt: int) -> Any:
+        """The sandbox's config as created: node label, and the pod cgroup under its QoS class."""
+        ctx = self.ctx
+        log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
+        config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
+        config.labels[labels.NODE_LABEL] = ctx.node_name
+        if ctx.cgroups is not None:
+            config.linux.cgroup_parent = pod_cgroup_parent(self.pod, await ctx.cgroups.get())
+        return config
 
     async def _start_or_back_off(
         self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
@@ -452,12 +464,7 @@ class PodWorker:
             termination_log_host_path=term_log,
         )
         config.labels[labels.NODE_LABEL] = ctx.node_name
-        sandbox_config = specs.sandbox_config(
-            self.pod,
-            log_dir=specs.pod_log_dir(ctx.logs_dir, self.pod),
-            attempt=sandbox.attempt,
-            dns=ctx.dns,
-        )
+        sandbox_config = await self._sandbox_config(sandbox.attempt)
         try:
             container_id = await ctx.cri.create_container(sandbox.id, config, sandbox_config)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
