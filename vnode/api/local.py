@@ -35,7 +35,7 @@ import re
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,9 +379,16 @@ def table(
 
 
 def minimal_node(
-    name: str, ip: str, labels: Mapping[str, str], runtime_problem: str | None, created: str, version: str
+    name: str,
+    ip: str,
+    labels: Mapping[str, str],
+    runtime_problem: str | None,
+    created: str,
+    version: str,
+    pressure: Sequence[tuple[str, bool, str, str]] = (),
 ) -> dict[str, Any]:
-    """The Node when the API never showed one (standalone, or not registered yet)."""
+    """The Node when the API never showed one (standalone, or not registered yet); ``pressure``:
+    the pressure conditions as (type, status, reason, message)."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     ready = runtime_problem is None
     condition = {
@@ -408,7 +415,13 @@ def minimal_node(
         },
         "spec": {},
         "status": {
-            "conditions": [condition],
+            "conditions": [
+                *(
+                    {"type": kind, "status": str(on), "reason": reason, "message": message}
+                    for kind, on, reason, message in pressure
+                ),
+                condition,
+            ],
             "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
             "nodeInfo": {"kubeletVersion": version, "operatingSystem": "linux", "architecture": arch},
         },

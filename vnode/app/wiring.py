@@ -191,8 +191,9 @@ def _local_api(settings: Settings, c: Components, host_ip: str, token: str) -> L
         if known is not None:
             return known
         labels = settings.node.labels
+        pressure = c.pressure.conditions() if c.pressure is not None else []
         return minimal_node(
-            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION
+            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION, pressure
         )
 
     objects = c.objects if c.objects is not None else EmptyObjects()

@@ -16,8 +16,10 @@ containerd 2.0 and later), else ``cgroupfs``, kubelet's and containerd 1.x's def
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from vnode import errors
@@ -37,6 +39,42 @@ def pod_cgroup_parent(pod: dict[str, Any], driver: str) -> str:
         parts = ["kubepods", *([qos] if qos else []), "pod" + uid.replace("-", "_")]
         return "-".join(parts) + ".slice"
     return "/" + "/".join(["kubepods", *([qos] if qos else []), "pod" + uid])
+
+
+def cgroup_mounts(mountinfo: str) -> list[Path]:
+    """The mount points of the cgroup hierarchies (v1 controllers and the v2 unified one)."""
+    points = []
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fstype = right.split(" ", 1)[0]
+        fields = left.split()
+        if fstype in ("cgroup", "cgroup2") and len(fields) > 4:
+            points.append(Path(fields[4].replace("\\040", " ")))
+    return points
+
+
+def remove_pod_cgroups(uid: str) -> list[Path]:
+    """Remove the pod's cgroupfs directories (every QoS class, every hierarchy) once its
+    containers are gone, as kubelet does: a cgroup outlives its processes, and with it its
+    counters, which a pod of the same uid (a static pod's is its manifest's hash) would inherit.
+    Blocking; a directory that is still busy or absent is left. Returns the ones removed."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    removed = []
+    for mount in cgroup_mounts(text):
+        for qos in ("", "burstable", "besteffort"):
+            path = mount / "kubepods" / qos / f"pod{uid}" if qos else mount / "kubepods" / f"pod{uid}"
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.debug("pod cgroup %s not removed: %s", path, exc)
+                continue
+            removed.append(path)
+    return removed
 
 
 class CgroupDriver:
@@ -59,3 +97,9 @@ class CgroupDriver:
         self._driver = said or "cgroupfs"
         log.info("cgroup driver: %s (%s)", self._driver, "from the runtime" if said else "default")
         return self._driver
+
+    async def remove(self, uid: str) -> None:
+        """Remove the pod's cgroup after its sandboxes (cgroupfs; under systemd the slice is the
+        service manager's, and stays)."""
+        if self._driver == "cgroupfs":
+            await asyncio.to_thread(remove_pod_cgroups, uid)

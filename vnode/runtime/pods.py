@@ -302,6 +302,8 @@ class PodManager:
             with contextlib.suppress(errors.NotFound):
                 await cri.stop_pod_sandbox(s.id)
                 await cri.remove_pod_sandbox(s.id)
+        if self.ctx.cgroups is not None and uid:
+            await self.ctx.cgroups.remove(uid)
         with contextlib.suppress(errors.VnodeError):
             await asyncio.to_thread(self.ctx.volumes.cleanup, uid)
 

@@ -648,6 +648,8 @@ class PodWorker:
                 await _ignore_missing(self.ctx.cri.remove_container(c.id))
             for sandbox in observed.sandboxes:
                 await _ignore_missing(self.ctx.cri.remove_pod_sandbox(sandbox.id))
+            if self.ctx.cgroups is not None:
+                await self.ctx.cgroups.remove(self.uid)
 
     def grace_seconds(self) -> int:
         meta, spec = self.pod.get("metadata", {}), self.pod.get("spec", {})
