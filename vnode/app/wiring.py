@@ -220,6 +220,8 @@ def _pressure(settings: Settings, c: Components) -> node_pressure.PressureMonito
         interval=resources.housekeeping_interval,
         record_event=flipped,
         reclaim_disk=ImageReclaimer(c.cri).reclaim,
+        pods=lambda: [w.pod for w in c.pods.workers() if w.evicted is None and not w.deleting],
+        evict=c.pods.evict,
     )
 
 

@@ -114,6 +114,7 @@ class PodWorker:
         self.sandbox_attempt: int = int(state.get("sandboxAttempt", -1))
         self.status: dict[str, Any] | None = state.get("status")
         self.terminal: bool = bool(state.get("terminal", False))
+        self.evicted: str | None = state.get("evicted")  # the eviction's message, once evicted
         self.deleting = False
         self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
         self.synced = asyncio.Event()  # set after the first completed sync
@@ -146,6 +147,17 @@ class PodWorker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def evict(self, message: str) -> None:
+        """The node is short of a resource: stop the pod for good (phase Failed, reason Evicted),
+        as kubelet's eviction manager does; the source still decides when it is deleted."""
+        if self.evicted is not None:
+            return
+        self.evicted = message
+        self.terminal = True
+        log.warning("pod %s evicted: %s", self.name, message)
+        self.ctx.events.event(self.pod, "Warning", "Evicted", message)
+        self.wake()
 
     def observe_listing(self, fingerprint: frozenset[tuple[str, str]]) -> None:
         """The relist saw this pod's runtime objects; wake the worker if anything changed."""
@@ -683,6 +695,8 @@ class PodWorker:
                 terminal=self.terminal,
             )
             status = compute_pod_status(self.pod, obs, self.status, ctx.now())
+            if self.evicted is not None:
+                status = {**status, "phase": "Failed", "reason": "Evicted", "message": self.evicted}
         if status != self.status:
             self.status = status
             await self._persist()
@@ -712,10 +726,15 @@ class PodWorker:
             "status": self.status,
             "terminal": self.terminal,
             "backoff": backoff,
+            **({"evicted": self.evicted} if self.evicted is not None else {}),
         }
 
     async def _persist(self) -> None:
         await self.ctx.persist(self.uid, self.state())
+
+    async def persist_now(self) -> None:
+        """Write the state at once (an eviction must survive a restart before the next sync)."""
+        await self._persist()
 
 
 def fingerprint(raw_sandboxes: list[Any], raw_containers: list[Any]) -> frozenset[tuple[str, str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class StatsCollector:
         *,
         max_age: float = 1.0,
         with_logs: bool = True,
+        read_host: Callable[[Path], host.HostSample] = host.read_host,
     ) -> None:
         self.cri = cri
         self.node_name = node_name
@@ -137,6 +139,7 @@ class StatsCollector:
         self.logs_dir = logs_dir
         self.max_age = max_age
         self.with_logs = with_logs
+        self.read_host = read_host
         self._rates = RateTracker()
         self._last: Snapshot | None = None
         self._taken = 0.0
@@ -156,7 +159,7 @@ class StatsCollector:
     async def _sample(self) -> Snapshot:
         problems: list[str] = []
         selector = {labels.NODE_LABEL: self.node_name}
-        node_sample = asyncio.create_task(asyncio.to_thread(host.read_host, self.root_dir))
+        node_sample = asyncio.create_task(asyncio.to_thread(self.read_host, self.root_dir))
         try:
             pods = await self._pods(selector, problems)
         except errors.VnodeError as exc:
@@ -175,8 +178,9 @@ class StatsCollector:
             major_page_faults=node.major_page_faults,
         )
         logs_fs = None
-        if self.with_logs and self.logs_dir.exists():
-            logs_fs = await asyncio.to_thread(host.statfs, self.logs_dir)
+        if self.with_logs:  # the filesystem of the pod logs (the root one until the dir exists)
+            exists = self.logs_dir.exists()
+            logs_fs = await asyncio.to_thread(host.statfs, self.logs_dir) if exists else node.rootfs
         keys = {"node"} | {f"pod/{p.uid}" for p in pods} | {c.id for p in pods for c in p.containers}
         self._rates.keep_only(keys)
         return Snapshot(time.time_ns(), node, node_usage, imagefs, pods, logs_fs, problems)

@@ -22,10 +22,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from vnode import errors
-from vnode.runtime.quantity import parse_quantity
+from vnode.runtime.quantity import parse_quantity, to_bytes
+from vnode.runtime.specs import qos_class
 from vnode.stats.collector import Snapshot
 from vnode.stats.thresholds import Threshold
 
@@ -101,7 +102,8 @@ class PressureMonitor:
         interval: float = 10.0,
         record_event: Callable[[str], None] = lambda reason: None,
         reclaim_disk: Callable[[], Awaitable[int]] | None = None,
-        evict_memory: Callable[[str], Awaitable[bool]] | None = None,
+        pods: Callable[[], list[dict[str, Any]]] = list,
+        evict: Callable[[str, str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stats = stats
@@ -110,7 +112,8 @@ class PressureMonitor:
         self.interval = interval
         self.record_event = record_event
         self.reclaim_disk = reclaim_disk
-        self.evict_memory = evict_memory
+        self.pods = pods  # the pods the node runs (their specs: QoS, requests, priority)
+        self.evict = evict  # (uid, message): evict that pod
         self.clock = clock
         self._last_crossed: dict[str, float] = {}
         self._state = {kind.condition: False for kind in KINDS}
@@ -132,7 +135,8 @@ class PressureMonitor:
     async def check(self) -> None:
         """One look at the signals; frees disk space or evicts a pod when they say so."""
         snapshot = await self.stats.snapshot()
-        signals = crossed(self.thresholds, observe(snapshot))
+        observed = observe(snapshot)
+        signals = crossed(self.thresholds, observed)
         if self.reclaim_disk is not None and any(s in DISK_SIGNALS for s in signals):
             freed = await self.reclaim_disk()
             if freed:
@@ -151,8 +155,11 @@ class PressureMonitor:
                 log.warning("%s is now %s%s", kind.condition, on, f": {'; '.join(hit)}" if hit else "")
                 self.record_event(event_reason)
         self.signals = signals
-        if self.evict_memory is not None and "memory.available" in signals:
-            await self.evict_memory(signals["memory.available"])
+        if self.evict is not None and "memory.available" in signals:
+            threshold = next(t for t in self.thresholds if t.signal == "memory.available")
+            victim = memory_victim(snapshot, self.pods(), threshold, observed["memory.available"][0])
+            if victim is not None:
+                await self.evict(*victim)  # one per check, as kubelet does
         self.checked.set()
 
     async def run(self) -> None:
@@ -186,3 +193,48 @@ def allocatable(
         left = total - reserved.get(name, 0) - (threshold.limit(total) if threshold else 0)
         out[name] = f"{max(0, left) // 1024}Ki"
     return out
+
+
+SYSTEM_CRITICAL = 2_000_000_000  # priority of system-node-critical / system-cluster-critical pods
+
+
+def _memory_request(container: dict[str, Any]) -> int:
+    resources = container.get("resources") or {}
+    value = (resources.get("requests") or {}).get("memory") or (resources.get("limits") or {}).get("memory")
+    return to_bytes(value) if value is not None else 0
+
+
+def memory_victim(
+    snapshot: Snapshot, pods: list[dict[str, Any]], threshold: Threshold, available: int
+) -> tuple[str, str] | None:
+    """The pod to evict for memory, with kubelet's message, or None: pods using more than they
+    requested first (every BestEffort pod does), then lower priority, then the most over request;
+    system-critical pods are never chosen."""
+    usage = {p.uid: p for p in snapshot.pods}
+    ranked = []
+    for pod in pods:
+        uid = pod["metadata"]["uid"]
+        sample = usage.get(uid)
+        spec = pod.get("spec") or {}
+        priority = int(spec.get("priority") or 0)
+        if sample is None or priority >= SYSTEM_CRITICAL:
+            continue
+        containers = {c["name"]: c for c in spec.get("containers") or []}
+        request = sum(_memory_request(c) for c in containers.values())
+        used = sample.usage.working_set or sum(c.usage.working_set or 0 for c in sample.containers)
+        over = used - request
+        ranked.append(((over <= 0, priority, -over, qos_class(pod) != "BestEffort"), uid, sample, containers))
+    if not ranked:
+        return None
+    _, uid, sample, containers = min(ranked, key=lambda r: r[0])
+    quantity = threshold.text().split("<", 1)[1]
+    left = f"{available // 1024}Ki"
+    parts = [f"The node was low on resource: memory. Threshold quantity: {quantity}, available: {left}."]
+    top = max(sample.containers, key=lambda c: c.usage.working_set or 0, default=None)
+    if top is not None:
+        request = _memory_request(containers.get(top.name, {}))
+        parts.append(
+            f"Container {top.name} was using {(top.usage.working_set or 0) // 1024}Ki, "
+            f"request is {request}, has larger consumption of memory."
+        )
+    return uid, " ".join(parts)

@@ -36,6 +36,7 @@ class Threshold:
     signal: str
     quantity: int | None = None  # an absolute amount (bytes, inodes, pids)
     percentage: Decimal | None = None  # or a fraction of capacity, 0..1
+    given: str = ""  # the value as written (``100Mi``, ``10%``), for messages
 
     def limit(self, capacity: int) -> int:
         """The amount below which the signal is crossed, for a resource of ``capacity``."""
@@ -45,6 +46,8 @@ class Threshold:
         return int(Decimal(capacity) * self.percentage)
 
     def text(self) -> str:
+        if self.given:
+            return f"{self.signal}<{self.given}"
         if self.percentage is not None:
             return f"{self.signal}<{(self.percentage * 100).normalize():f}%"
         return f"{self.signal}<{self.quantity}"
@@ -71,12 +74,12 @@ def parse_thresholds(text: str) -> tuple[Threshold, ...]:
                 raise errors.InvalidInput(f"{item!r}: {value!r} is not a percentage") from None
             if not 0 <= percent <= 100:
                 raise errors.InvalidInput(f"{item!r}: a percentage must be between 0% and 100%")
-            out[signal] = Threshold(signal, percentage=percent / 100)
+            out[signal] = Threshold(signal, percentage=percent / 100, given=value)
         else:
             amount = parse_quantity(value)
             if amount < 0:
                 raise errors.InvalidInput(f"{item!r}: a threshold must not be negative")
-            out[signal] = Threshold(signal, quantity=to_bytes(amount))
+            out[signal] = Threshold(signal, quantity=to_bytes(amount), given=value)
     return tuple(out.values())
 
 
