@@ -35,6 +35,7 @@ class FakePod:
     namespace: str = "default"
     uid: str = ""
     containers: list[FakeContainer] = field(default_factory=lambda: [FakeContainer("main")])
+    host_network: bool = False  # containerd reports no network for a pod in the host's namespace
     sandbox_id: str = ""
 
 
@@ -81,11 +82,14 @@ class FakeStatsRuntime:
             attributes=api_pb2.ContainerAttributes(
                 id=c.id, metadata=api_pb2.ContainerMetadata(name=c.name), labels=self._labels(pod, c)
             ),
-            cpu=api_pb2.CpuUsage(timestamp=now, usage_core_nano_seconds=_u64(cpu_ns)),
+            cpu=api_pb2.CpuUsage(
+                timestamp=now, usage_core_nano_seconds=_u64(cpu_ns), usage_nano_cores=_u64(int(c.cores * 1e9))
+            ),
             memory=api_pb2.MemoryUsage(
                 timestamp=now,
                 working_set_bytes=_u64(c.working_set),
                 usage_bytes=_u64(c.working_set + 4096),
+                available_bytes=_u64(0),
                 rss_bytes=_u64(c.working_set // 2),
                 page_faults=_u64(1000),
                 major_page_faults=_u64(1),
@@ -145,13 +149,26 @@ class FakeStatsRuntime:
             interface = api_pb2.NetworkInterfaceUsage(
                 name="eth0", rx_bytes=_u64(1000), rx_errors=_u64(0), tx_bytes=_u64(2000), tx_errors=_u64(0)
             )
+            network = api_pb2.NetworkUsage(timestamp=now, default_interface=interface)
             linux = api_pb2.LinuxPodSandboxStats(
-                cpu=api_pb2.CpuUsage(timestamp=now, usage_core_nano_seconds=_u64(cpu)),
-                memory=api_pb2.MemoryUsage(timestamp=now, working_set_bytes=_u64(ws), usage_bytes=_u64(ws)),
-                network=api_pb2.NetworkUsage(timestamp=now, default_interface=interface),
+                cpu=api_pb2.CpuUsage(
+                    timestamp=now, usage_core_nano_seconds=_u64(cpu), usage_nano_cores=_u64(cpu // 60)
+                ),
+                memory=api_pb2.MemoryUsage(
+                    timestamp=now,
+                    working_set_bytes=_u64(ws),
+                    usage_bytes=_u64(ws),
+                    available_bytes=_u64(0),
+                    rss_bytes=_u64(ws // 2),
+                    page_faults=_u64(1000),
+                    major_page_faults=_u64(1),
+                ),
+                network=network,
                 process=api_pb2.ProcessUsage(timestamp=now, process_count=_u64(len(pod.containers) + 1)),
                 containers=containers,
             )
+            if pod.host_network:
+                linux.ClearField("network")
             attributes = api_pb2.PodSandboxAttributes(
                 id=pod.sandbox_id, metadata=meta, labels=self._labels(pod)
             )

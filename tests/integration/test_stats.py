@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.containerd import Containerd
+from integration.fakecri import FakePod, FakeStatsRuntime
 from integration.images import NAMESPACE, pause_layer, write_oci
 from integration.node import VnodeProcess, busybox_pod, is_running, running_node, wait_for
 from tests.metrics_server_rules import decode
@@ -88,6 +89,7 @@ async def test_busy_pod_cpu_memory_and_the_metrics_that_report_them(
         uid = entry["podRef"]["uid"]
         listed = await cri.list_pod_sandbox_stats({labels.NODE_LABEL: node.node_name})
         assert uid in {s.attributes.metadata.uid for s in listed}
+        await compare_with_the_stand_in(cri, node.node_name)
         containers = {c["name"]: c for c in entry["containers"]}
         assert set(containers) == {"burn", "alloc"}
         total_cpu = sum(c["cpu"]["usageCoreNanoSeconds"] for c in containers.values())
@@ -148,6 +150,39 @@ async def test_busy_pod_cpu_memory_and_the_metrics_that_report_them(
         ):
             assert resp.status == 200
             assert pod_entry(await resp.json(), name) is not None
+
+
+def fields(message: Any, prefix: str = "") -> set[str]:
+    """The paths of the fields a message has set (repeated ones by their first element)."""
+    out = set()
+    for descriptor, value in message.ListFields():
+        path = prefix + descriptor.name
+        out.add(path)
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue
+        item = value if hasattr(value, "ListFields") else value[0]  # a message, or a repeated field
+        if item is not None and hasattr(item, "ListFields"):
+            out |= fields(item, path + ".")
+    return out
+
+
+async def compare_with_the_stand_in(cri: CriClient, node_name: str) -> None:
+    """integration.fakecri answers with the fields this containerd sets, and no others."""
+    selector = {labels.NODE_LABEL: node_name}
+    fake = FakeStatsRuntime([FakePod("p", host_network=True)], node_name)  # as the busy pod
+    calls = ["list_container_stats", "list_pod_sandbox_stats", "list_containers", "list_pod_sandboxes"]
+    for call in [*calls, "image_fs_info"]:
+        args = () if call == "image_fs_info" else (selector,)
+        real = fields((await getattr(cri, call)(*args))[0])
+        stand_in = fields((await getattr(fake, call)(*args))[0])
+        # a UInt64Value of 0 has no "value" set in proto3: compare which values are there, not zeros
+        real, stand_in = ({f.removesuffix(".value").removeprefix("linux.containers.") for f in x}
+                          for x in (real, stand_in))  # fmt: skip
+        ignored = {"annotations", "attributes.annotations", "image", "image.image", "image_ref", "image_id",
+                   "runtime_handler", "metadata.attempt", "metadata.namespace"}  # fmt: skip
+        late = {"writable_layer.timestamp"}  # containerd fills it at its next snapshot scan (10 s)
+        missing, extra = real - stand_in - ignored, stand_in - real - late
+        assert not missing and not extra, f"{call}: stand-in lacks {sorted(missing)}, adds {sorted(extra)}"
 
 
 def extra_image(base: Path) -> Path:
