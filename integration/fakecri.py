@@ -60,6 +60,7 @@ class FakeStatsRuntime:
         self.sandbox_stats_fail = sandbox_stats_fail
         self.started = clock() - 60_000_000_000
         self.calls: dict[str, int] = {}
+        self.cpu_seconds = 0.0  # this process's CPU time spent in the stand-in (the benchmark's)
         for i, pod in enumerate(pods):
             pod.uid = pod.uid or f"00000000-0000-0000-0000-{i:012d}"
             pod.sandbox_id = pod.sandbox_id or f"sb{i:062d}"
@@ -68,6 +69,13 @@ class FakeStatsRuntime:
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _deliver(self, started: float, messages: list[Any]) -> list[Any]:
+        """The messages as the client gets them: serialized here (the stand-in's CPU time, counted
+        in ``cpu_seconds``), parsed on the caller's side (its own, as from a real gRPC reply)."""
+        wire = [m.SerializeToString() for m in messages]
+        self.cpu_seconds += time.thread_time() - started
+        return [type(m).FromString(b) for m, b in zip(messages, wire, strict=True)]
 
     def _labels(self, pod: FakePod, container: FakeContainer | None = None) -> dict[str, str]:
         out = {labels.POD_NAME: pod.name, labels.POD_NAMESPACE: pod.namespace, labels.POD_UID: pod.uid,
@@ -104,39 +112,49 @@ class FakeStatsRuntime:
 
     async def list_containers(self, selector: Mapping[str, str]) -> list[Any]:
         self._count("ListContainers")
-        return [
-            api_pb2.Container(
-                id=c.id,
-                pod_sandbox_id=pod.sandbox_id,
-                metadata=api_pb2.ContainerMetadata(name=c.name),
-                state=api_pb2.CONTAINER_RUNNING,
-                created_at=self.started,
-                labels=self._labels(pod, c),
-            )
-            for pod in self.pods
-            for c in pod.containers
-        ]
+        started = time.thread_time()
+        return self._deliver(
+            started,
+            [
+                api_pb2.Container(
+                    id=c.id,
+                    pod_sandbox_id=pod.sandbox_id,
+                    metadata=api_pb2.ContainerMetadata(name=c.name),
+                    state=api_pb2.CONTAINER_RUNNING,
+                    created_at=self.started,
+                    labels=self._labels(pod, c),
+                )
+                for pod in self.pods
+                for c in pod.containers
+            ],
+        )
 
     async def list_container_stats(self, selector: Mapping[str, str]) -> list[Any]:
         self._count("ListContainerStats")
+        started = time.thread_time()
         now = self.clock()
-        return [self._stats(pod, c, now) for pod in self.pods for c in pod.containers]
+        return self._deliver(started, [self._stats(pod, c, now) for pod in self.pods for c in pod.containers])
 
     async def list_pod_sandboxes(self, selector: Mapping[str, str]) -> list[Any]:
         self._count("ListPodSandbox")
-        return [
-            api_pb2.PodSandbox(
-                id=pod.sandbox_id,
-                state=api_pb2.SANDBOX_READY,
-                created_at=self.started,
-                metadata=api_pb2.PodSandboxMetadata(name=pod.name, namespace=pod.namespace, uid=pod.uid),
-                labels=self._labels(pod),
-            )
-            for pod in self.pods
-        ]
+        started = time.thread_time()
+        return self._deliver(
+            started,
+            [
+                api_pb2.PodSandbox(
+                    id=pod.sandbox_id,
+                    state=api_pb2.SANDBOX_READY,
+                    created_at=self.started,
+                    metadata=api_pb2.PodSandboxMetadata(name=pod.name, namespace=pod.namespace, uid=pod.uid),
+                    labels=self._labels(pod),
+                )
+                for pod in self.pods
+            ],
+        )
 
     async def list_pod_sandbox_stats(self, selector: Mapping[str, str]) -> list[Any]:
         self._count("ListPodSandboxStats")
+        started = time.thread_time()
         if self.sandbox_stats_fail:
             raise errors.RuntimeFailure("ListPodSandboxStats: failed to decode sandbox container metrics")
         now = self.clock()
@@ -173,11 +191,13 @@ class FakeStatsRuntime:
                 id=pod.sandbox_id, metadata=meta, labels=self._labels(pod)
             )
             out.append(api_pb2.PodSandboxStats(attributes=attributes, linux=linux))
-        return out
+        return self._deliver(started, out)
 
     async def image_fs_info(self) -> list[Any]:
         self._count("ImageFsInfo")
-        return [api_pb2.FilesystemUsage(
+        started = time.thread_time()
+        usage = api_pb2.FilesystemUsage(
             timestamp=self.clock(), fs_id=api_pb2.FilesystemIdentifier(mountpoint=self.image_mount),
             used_bytes=_u64(100 << 20), inodes_used=_u64(1000),
-        )]  # fmt: skip
+        )  # fmt: skip
+        return self._deliver(started, [usage])

@@ -138,7 +138,7 @@ async def test_busy_pod_cpu_memory_and_the_metrics_that_report_them(
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}
         assert families["kubelet_running_pods"].samples[0].value == 1
         ops = {s.labels["operation_type"] for s in families["kubelet_runtime_operations"].samples}
-        assert {"run_pod_sandbox", "list_container_stats"} <= ops
+        assert {"run_pod_sandbox", "list_pod_sandbox_stats"} <= ops
         assert "process_resident_memory_bytes" in families
 
         # the same through the local API, as the API server would route it (nodes/proxy)

@@ -209,10 +209,8 @@ class StatsCollector:
         return None
 
     async def _pods(self, selector: dict[str, str], problems: list[str]) -> list[PodSample]:
-        containers, stats, sandboxes = await asyncio.gather(
-            self.cri.list_containers(selector),
-            self.cri.list_container_stats(selector),
-            self.cri.list_pod_sandboxes(selector),
+        containers, sandboxes = await asyncio.gather(
+            self.cri.list_containers(selector), self.cri.list_pod_sandboxes(selector)
         )
         try:
             listed = await self.cri.list_pod_sandbox_stats(selector)
@@ -223,6 +221,10 @@ class StatsCollector:
                 log.info("pod stats are the sums of their containers: %s", exc)
             self.sandbox_stats_error = str(exc)
             pod_stats = {}
+        # the sandbox stats carry their containers' (one call for both); otherwise ask for those
+        stats = [c for s in pod_stats.values() if s.HasField("linux") for c in s.linux.containers]
+        if {c.attributes.id for c in stats} < {c.id for c in containers if c.state == 1}:
+            stats = await self.cri.list_container_stats(selector)
         running = {c.id: c for c in containers if c.state == 1}  # CONTAINER_RUNNING
         by_id = {s.attributes.id: s for s in stats}
         now = time.time_ns()
