@@ -39,18 +39,24 @@ async def cri(containerd: Containerd) -> AsyncIterator[CriClient]:
 
 
 def busy_pod(trigger: Path) -> dict[str, Any]:
-    """Two containers: ``burn`` spins a core; ``alloc`` fills 48 MiB of the pod's shared memory
-    (tmpfs pages are charged to the writer's cgroup, and stay) once ``trigger/go`` exists."""
+    """Two containers: ``burn`` spins a core; ``alloc`` writes 2 MiB into an emptyDir, then fills
+    48 MiB of the pod's shared memory (tmpfs pages are charged to the writer's cgroup, and stay)
+    once ``trigger/go`` exists."""
     pod = busybox_pod("busy", "while :; do :; done", container_name="burn")
     alloc = {
         "name": "alloc",
         "image": "docker.io/library/busybox:1.35",
-        "command": ["sh", "-c", "until [ -f /trigger/go ]; do sleep 0.2; done; "
+        "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1M count=2; "
+                    "until [ -f /trigger/go ]; do sleep 0.2; done; "
                     "dd if=/dev/zero of=/dev/shm/fill bs=1M count=48; touch /trigger/held; sleep 3600"],
-        "volumeMounts": [{"name": "trigger", "mountPath": "/trigger"}],
+        "volumeMounts": [{"name": "trigger", "mountPath": "/trigger"},
+                         {"name": "scratch", "mountPath": "/scratch"}],
     }  # fmt: skip
     pod["spec"]["containers"].append(alloc)
-    pod["spec"]["volumes"] = [{"name": "trigger", "hostPath": {"path": str(trigger)}}]
+    pod["spec"]["volumes"] = [
+        {"name": "trigger", "hostPath": {"path": str(trigger)}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
     # a uid of its own: pod cgroups are the host's, shared by every harness on the machine, and a
     # static pod's uid is its manifest's hash
     pod["metadata"]["annotations"] = {"test/run": secrets.token_hex(8)}
@@ -112,6 +118,11 @@ async def test_busy_pod_cpu_memory_and_the_metrics_that_report_them(
         await wait_for(grown, timeout=60, what="alloc's working set to grow by 48 MiB")
 
         doc = await summary(node)
+        busy = pod_entry(doc, name) or {}
+        volumes = {v["name"]: v for v in busy["volume"]}
+        assert set(volumes) == {"scratch"}  # the node's own volumes, not a hostPath
+        assert volumes["scratch"]["usedBytes"] >= 2 * MiB and volumes["scratch"]["capacityBytes"] > 0
+        assert busy["ephemeral-storage"]["usedBytes"] >= 2 * MiB  # an emptyDir on the node's disk counts
         node_stats = doc["node"]
         assert node_stats["nodeName"] == node.node_name
         wanted = {"cpu", "memory", "fs", "runtime", "rlimit", "systemContainers", "startTime"}

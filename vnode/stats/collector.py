@@ -54,6 +54,16 @@ class ContainerSample:
 
 
 @dataclass(frozen=True)
+class VolumeSample:
+    """A volume the node made for the pod (emptyDir, configMap, secret, projected ...)."""
+
+    name: str
+    used: int
+    inodes_used: int
+    fs: host.FsReading  # the filesystem it lives on (a tmpfs for a memory emptyDir)
+
+
+@dataclass(frozen=True)
 class PodSample:
     namespace: str
     name: str
@@ -64,6 +74,7 @@ class PodSample:
     network: host.NetReading | None = None
     process_count: int | None = None
     from_sandbox: bool = False  # the pod's numbers are its cgroup's, not the sum of its containers
+    volumes: list[VolumeSample] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -161,12 +172,15 @@ class StatsCollector:
         selector = {labels.NODE_LABEL: self.node_name}
         node_sample = asyncio.create_task(asyncio.to_thread(self.read_host, self.root_dir))
         try:
-            pods = await self._pods(selector, problems)
-        except errors.VnodeError as exc:
-            problems.append(f"containers: {exc}")
-            pods = []
-        imagefs = await self._imagefs(problems)
-        node = await node_sample
+            try:
+                pods = await self._pods(selector, problems)
+            except errors.VnodeError as exc:
+                problems.append(f"containers: {exc}")
+                pods = []
+            imagefs = await self._imagefs(problems)
+            node = await node_sample
+        finally:
+            node_sample.cancel()  # a no-op once it is done; never left running after a failure
         node_usage = Usage(
             time_ns=node.time_ns,
             cpu_ns=node.cpu_ns,
@@ -295,7 +309,8 @@ class StatsCollector:
         )
 
     def _with_logs(self, pods: list[PodSample]) -> list[PodSample]:
-        """Container log usage under ``<logs dir>/<ns>_<name>_<uid>/<container>`` (blocking)."""
+        """Container log usage under ``<logs dir>/<ns>_<name>_<uid>/<container>``, and the pod's
+        volumes under ``<root>/pods/<uid>/volumes/<plugin>/<name>`` (blocking)."""
         out = []
         for pod in pods:
             pod_dir = self.logs_dir / f"{pod.namespace}_{pod.name}_{pod.uid}"
@@ -303,8 +318,28 @@ class StatsCollector:
             for c in pod.containers:
                 used, inodes = host.dir_usage(pod_dir / c.name)
                 containers.append(replace(c, logs_used=used, logs_inodes_used=inodes))
-            out.append(replace(pod, containers=containers))
+            out.append(replace(pod, containers=containers, volumes=self._volumes(pod.uid)))
         return out
+
+    def _volumes(self, uid: str) -> list[VolumeSample]:
+        volumes = []
+        try:
+            plugins = sorted((self.root_dir / "pods" / uid / "volumes").iterdir())
+        except OSError:
+            return []
+        for plugin in plugins:
+            try:
+                entries = sorted(p for p in plugin.iterdir() if p.is_dir())
+            except OSError:
+                continue
+            for path in entries:
+                try:
+                    fs = host.statfs(path)
+                except OSError:
+                    continue
+                used, inodes = host.dir_usage(path)
+                volumes.append(VolumeSample(path.name, used, inodes, fs))
+        return volumes
 
 
 def _sum(members: list[ContainerSample], now: int) -> Usage:

@@ -27,6 +27,7 @@ class FsReading:
     used: int
     inodes: int
     inodes_free: int
+    device: int = 0  # st_dev, to tell filesystems apart
 
     @property
     def inodes_used(self) -> int:
@@ -90,6 +91,7 @@ def statfs(path: Path) -> FsReading:
         used=(fs.f_blocks - fs.f_bfree) * fs.f_frsize,
         inodes=fs.f_files,
         inodes_free=fs.f_ffree,
+        device=os.stat(path).st_dev,
     )
 
 

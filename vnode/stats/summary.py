@@ -165,7 +165,11 @@ def _pod(pod: PodSample, snapshot: Snapshot, only_cpu_and_memory: bool) -> dict[
     if not only_cpu_and_memory:
         t = pod.usage.time_ns
         out["network"] = network(pod.network, t)
-        out["volume"] = []
+        out["volume"] = [{**fs(v.fs, t, v.used, v.inodes_used), "name": v.name} for v in pod.volumes]
+        for v in pod.volumes:  # what lives on the node's filesystem counts (not a memory emptyDir)
+            if v.fs.device == snapshot.node.rootfs.device:
+                ephemeral_used += v.used
+                ephemeral_inodes += v.inodes_used
         out["ephemeral-storage"] = fs(snapshot.node.rootfs, t, ephemeral_used, ephemeral_inodes)
         if pod.process_count is not None:
             out["process_stats"] = {"process_count": pod.process_count}
