@@ -9,21 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from aiohttp import web
 
 from vnode import errors
 from vnode.metrics import resource
 from vnode.metrics.node import CONTENT_TYPE, NodeMetrics
-from vnode.stats.collector import Snapshot
+from vnode.stats.collector import SnapshotSource
 from vnode.stats.summary import build_summary
 
 PATHS = ("stats/summary", "metrics/resource", "metrics")
-
-
-class SnapshotSource(Protocol):
-    async def snapshot(self, max_age: float | None = None) -> Snapshot: ...
 
 
 @dataclass

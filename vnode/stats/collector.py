@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vnode import errors
 from vnode.runtime import labels
@@ -86,6 +86,12 @@ class Snapshot:
     pods: list[PodSample]
     logs_fs: host.FsReading | None = None
     errors: list[str] = field(default_factory=list)  # what could not be read this time
+
+
+class SnapshotSource(Protocol):
+    """What reads stats: the collector, or a stand-in in tests."""
+
+    async def snapshot(self, max_age: float | None = None) -> Snapshot: ...
 
 
 def _value(msg: Any, name: str) -> int | None:

@@ -22,19 +22,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from vnode import errors
 from vnode.runtime.quantity import parse_quantity, to_bytes
 from vnode.runtime.specs import qos_class
-from vnode.stats.collector import Snapshot
+from vnode.stats.collector import Snapshot, SnapshotSource
 from vnode.stats.thresholds import Threshold
 
 log = logging.getLogger(__name__)
-
-
-class SnapshotSource(Protocol):
-    async def snapshot(self, max_age: float | None = None) -> Snapshot: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,6 @@ class PressureMonitor:
         self._last_crossed: dict[str, float] = {}
         self._state = {kind.condition: False for kind in KINDS}
         self.signals: dict[str, str] = {}  # the crossed signals at the last check
-        self.checked = asyncio.Event()  # set after every check (tests wait on it)
 
     def conditions(self) -> list[tuple[str, bool, str, str]]:
         """(type, status, reason, message) for each pressure condition, as last decided."""
@@ -160,7 +155,6 @@ class PressureMonitor:
             victim = memory_victim(snapshot, self.pods(), threshold, observed["memory.available"][0])
             if victim is not None:
                 await self.evict(*victim)  # one per check, as kubelet does
-        self.checked.set()
 
     async def run(self) -> None:
         """Check every ``interval`` until cancelled; a failed check is logged and retried."""
