@@ -101,5 +101,5 @@ class CgroupDriver:
     async def remove(self, uid: str) -> None:
         """Remove the pod's cgroup after its sandboxes (cgroupfs; under systemd the slice is the
         service manager's, and stays)."""
-        if self._driver == "cgroupfs":
+        if await self.get() == "cgroupfs":
             await asyncio.to_thread(remove_pod_cgroups, uid)
