@@ -269,3 +269,39 @@ async def _event(node: VnodeProcess, reason: str) -> bool:
     """Whether the node's log shows the Node Event ``reason``."""
     text = node.log_file.read_text(errors="replace")
     return f"Node {node.node_name} status is now: {reason}" in text
+
+
+async def test_memory_pressure_evicts_the_pod_most_over_its_request_first(
+    containerd: Containerd, tmp_path: Path
+) -> None:
+    """A threshold above the machine's memory keeps the node under memory pressure: one pod goes per
+    check, the BestEffort one before the one within its request."""
+    total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    args = [f"--eviction-hard=memory.available<{total + GiB}", "--housekeeping-interval=3s"]
+    keeper = busybox_pod("keeper", "sleep 3600")
+    keeper["spec"]["containers"][0]["resources"] = {
+        "requests": {"memory": "64Mi"},
+        "limits": {"memory": "64Mi"},
+    }
+    hog = busybox_pod("hog", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=8; sleep 3600")
+    async with running_node(tmp_path, containerd.endpoint, extra_args=args) as node:
+        node.write_manifest("pods.yaml", keeper, hog)
+
+        async def evicted() -> dict[str, Any] | None:
+            pod = await node.pod(node.static_name("hog"))
+            return pod if (pod or {}).get("status", {}).get("reason") == "Evicted" else None
+
+        pod = await wait_for(evicted, timeout=90, what="hog evicted")
+        status = pod["status"]
+        assert status["phase"] == "Failed"
+        assert status["message"].startswith("The node was low on resource: memory. Threshold quantity: ")
+        log = node.log_file.read_text(errors="replace")
+        first = log.index(" Evicted: The node was low on resource")  # the first eviction's Event
+        assert log[first - 200 : first].endswith(f"pod/default/{node.static_name('hog')}")  # hog went first
+
+        async def stopped() -> bool:
+            current = await node.pod(node.static_name("hog")) or {}
+            states = [s["state"] for s in current.get("status", {}).get("containerStatuses", [])]
+            return bool(states) and all("terminated" in s for s in states)
+
+        await wait_for(stopped, timeout=60, what="hog's container stopped")
