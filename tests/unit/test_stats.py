@@ -277,7 +277,7 @@ class FakeStats:
         self.pods: list[PodSample] = []
         self.imagefs: FsReading | None = FsReading(50 * GiB, 40 * GiB, 10 * GiB, 100, 90)
 
-    async def snapshot(self, max_age: float | None = None) -> Snapshot:
+    async def snapshot(self, max_age: float | None = None, *, files: bool = True) -> Snapshot:
         return Snapshot(T0, self.host, Usage(T0, 1, None, 1), self.imagefs, list(self.pods))
 
 

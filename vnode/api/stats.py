@@ -40,10 +40,10 @@ class StatsHandlers:
         """``path`` (one of ``PATHS``) for ``request``; 404 for anything else."""
         if path == "stats/summary":
             only = request.query.get("only_cpu_and_memory", "").lower() == "true"
-            snapshot = await self.stats.snapshot()
+            snapshot = await self.stats.snapshot(files=not only)
             return web.json_response(build_summary(snapshot, self.node_name, only_cpu_and_memory=only))
         if path == "metrics/resource":
-            snapshot = await self.stats.snapshot()
+            snapshot = await self.stats.snapshot(files=False)
             text = resource.render(snapshot)
             return web.Response(body=text.encode(), headers={"Content-Type": resource.CONTENT_TYPE})
         if path == "metrics":

@@ -86,12 +86,13 @@ class Snapshot:
     pods: list[PodSample]
     logs_fs: host.FsReading | None = None
     errors: list[str] = field(default_factory=list)  # what could not be read this time
+    files: bool = True  # logs and volumes were measured (walking them costs; CPU and memory do not)
 
 
 class SnapshotSource(Protocol):
     """What reads stats: the collector, or a stand-in in tests."""
 
-    async def snapshot(self, max_age: float | None = None) -> Snapshot: ...
+    async def snapshot(self, max_age: float | None = None, *, files: bool = True) -> Snapshot: ...
 
 
 def _value(msg: Any, name: str) -> int | None:
@@ -147,7 +148,6 @@ class StatsCollector:
         logs_dir: Path,
         *,
         max_age: float = 1.0,
-        with_logs: bool = True,
         read_host: Callable[[Path], host.HostSample] = host.read_host,
     ) -> None:
         self.cri = cri
@@ -155,7 +155,6 @@ class StatsCollector:
         self.root_dir = root_dir
         self.logs_dir = logs_dir
         self.max_age = max_age
-        self.with_logs = with_logs
         self.read_host = read_host
         self._rates = RateTracker()
         self._last: Snapshot | None = None
@@ -163,23 +162,25 @@ class StatsCollector:
         self._lock = asyncio.Lock()
         self.sandbox_stats_error: str | None = None  # why pods are summed, if they are
 
-    async def snapshot(self, max_age: float | None = None) -> Snapshot:
-        """A sample no older than ``max_age`` (default: the collector's)."""
+    async def snapshot(self, max_age: float | None = None, *, files: bool = True) -> Snapshot:
+        """A sample no older than ``max_age`` (default: the collector's); ``files=False`` when the
+        caller needs no log or volume usage (``/metrics/resource``, the pressure monitor)."""
         limit = self.max_age if max_age is None else max_age
         async with self._lock:
-            if self._last is not None and time.monotonic() - self._taken <= limit:
-                return self._last
-            self._last = await self._sample()
+            last = self._last
+            if last is not None and time.monotonic() - self._taken <= limit and (last.files or not files):
+                return last
+            self._last = await self._sample(files)
             self._taken = time.monotonic()
             return self._last
 
-    async def _sample(self) -> Snapshot:
+    async def _sample(self, files: bool) -> Snapshot:
         problems: list[str] = []
         selector = {labels.NODE_LABEL: self.node_name}
         node_sample = asyncio.create_task(asyncio.to_thread(self.read_host, self.root_dir))
         try:
             try:
-                pods = await self._pods(selector, problems)
+                pods = await self._pods(selector, files)
             except errors.VnodeError as exc:
                 problems.append(f"containers: {exc}")
                 pods = []
@@ -198,12 +199,12 @@ class StatsCollector:
             major_page_faults=node.major_page_faults,
         )
         logs_fs = None
-        if self.with_logs:  # the filesystem of the pod logs (the root one until the dir exists)
+        if files:  # the filesystem of the pod logs (the root one until the dir exists)
             exists = self.logs_dir.exists()
             logs_fs = await asyncio.to_thread(host.statfs, self.logs_dir) if exists else node.rootfs
         keys = {"node"} | {f"pod/{p.uid}" for p in pods} | {c.id for p in pods for c in p.containers}
         self._rates.keep_only(keys)
-        return Snapshot(time.time_ns(), node, node_usage, imagefs, pods, logs_fs, problems)
+        return Snapshot(time.time_ns(), node, node_usage, imagefs, pods, logs_fs, problems, files)
 
     async def _imagefs(self, problems: list[str]) -> host.FsReading | None:
         try:
@@ -228,7 +229,7 @@ class StatsCollector:
             )
         return None
 
-    async def _pods(self, selector: dict[str, str], problems: list[str]) -> list[PodSample]:
+    async def _pods(self, selector: dict[str, str], files: bool) -> list[PodSample]:
         containers, sandboxes = await asyncio.gather(
             self.cri.list_containers(selector), self.cri.list_pod_sandboxes(selector)
         )
@@ -279,8 +280,8 @@ class StatsCollector:
             seen.add(uid)
             members = sorted(grouped.get(uid, []), key=lambda c: c.name)
             pods.append(self._pod(sandbox, members, pod_stats.get(uid), now))
-        if self.with_logs:
-            pods = await asyncio.to_thread(self._with_logs, pods)
+        if files:
+            pods = await asyncio.to_thread(self._with_files, pods)
         return pods
 
     def _pod(self, sandbox: Any, members: list[ContainerSample], stat: Any, now: int) -> PodSample:
@@ -314,7 +315,7 @@ class StatsCollector:
             from_sandbox=from_sandbox,
         )
 
-    def _with_logs(self, pods: list[PodSample]) -> list[PodSample]:
+    def _with_files(self, pods: list[PodSample]) -> list[PodSample]:
         """Container log usage under ``<logs dir>/<ns>_<name>_<uid>/<container>``, and the pod's
         volumes under ``<root>/pods/<uid>/volumes/<plugin>/<name>`` (blocking)."""
         out = []

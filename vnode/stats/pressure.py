@@ -129,14 +129,14 @@ class PressureMonitor:
 
     async def check(self) -> None:
         """One look at the signals; frees disk space or evicts a pod when they say so."""
-        snapshot = await self.stats.snapshot()
+        snapshot = await self.stats.snapshot(files=False)
         observed = observe(snapshot)
         signals = crossed(self.thresholds, observed)
         if self.reclaim_disk is not None and any(s in DISK_SIGNALS for s in signals):
             freed = await self.reclaim_disk()
             if freed:
                 log.info("disk pressure (%s): freed %d bytes", "; ".join(signals.values()), freed)
-                signals = crossed(self.thresholds, observe(await self.stats.snapshot(max_age=0)))
+                signals = crossed(self.thresholds, observe(await self.stats.snapshot(max_age=0, files=False)))
         now = self.clock()
         for kind in KINDS:
             hit = [signals[s] for s in kind.signals if s in signals]
