@@ -90,7 +90,7 @@ async def test_busy_pod_cpu_memory_and_the_metrics_that_report_them(
             cores = containers.get("burn", {}).get("cpu", {}).get("usageNanoCores", 0)
             return entry if cores > 0.5e9 else None
 
-        entry = await wait_for(burning, timeout=60, what="burn above half a core")
+        entry = await wait_for(burning, timeout=120, what="burn above half a core")
         # every sandbox has a pod cgroup, so containerd's pod stats work for this node's pods
         uid = entry["podRef"]["uid"]
         listed = await cri.list_pod_sandbox_stats({labels.NODE_LABEL: node.node_name})
