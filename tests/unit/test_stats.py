@@ -461,3 +461,52 @@ def test_node_metrics_exposition_parses() -> None:
     assert value[("vnode_store_used_bytes", ())] == 4096 and value[("vnode_events_backlog", ())] == 4
     assert "process_cpu_seconds_total" in value.__repr__() or "process_cpu_seconds" in families
     assert operation_type("ListPodSandboxStats") == "list_pod_sandbox_stats"
+
+
+async def test_soft_threshold_sets_the_condition_at_once_and_evicts_after_its_grace_period() -> None:
+    stats = FakeStats()
+    now = [0.0]
+    evicted: list[str] = []
+
+    async def evict(uid: str, message: str) -> bool:
+        evicted.append(uid)
+        return True
+
+    pod = {"metadata": {"uid": "be", "name": "be"}, "spec": {"containers": [{"name": "c"}]}}
+    sample = ContainerSample("c", "be", 0.0, Usage(T0, 1, None, 10 * MiB))
+    stats.pods = [PodSample("default", "be", "be", 0.0, [sample], Usage(T0, 1, None, 10 * MiB))]
+    monitor = pressure.PressureMonitor(
+        stats, (), soft=parse_thresholds("memory.available<1Gi"), soft_grace={"memory.available": 90.0},
+        pods=lambda: [pod], evict=evict, clock=lambda: now[0],
+    )  # fmt: skip
+    stats.host = host_sample(memory_working_set=int(7.5 * GiB))
+    await monitor.check()
+    assert monitor.active("MemoryPressure") and evicted == []
+    now[0] = 89
+    await monitor.check()
+    assert evicted == []
+    now[0] = 90
+    await monitor.check()
+    assert evicted == ["be"]
+    stats.host = host_sample()  # clear: the grace period starts again next time
+    now[0] = 100
+    await monitor.check()
+    stats.host = host_sample(memory_working_set=int(7.5 * GiB))
+    now[0] = 101
+    await monitor.check()
+    assert evicted == ["be"]
+
+
+def test_soft_thresholds_need_grace_periods() -> None:
+    with pytest.raises(
+        errors.ConfigError, match=r"no grace period for the soft threshold memory\.available<1Gi"
+    ):
+        load_settings(None, {"--eviction-soft": "memory.available<1Gi"})
+    flags = {
+        "--eviction-soft": "memory.available<1Gi",
+        "--eviction-soft-grace-period": "memory.available=1m30s",
+    }
+    settings = load_settings(None, flags)
+    assert settings.resources.eviction_soft_grace_period == {"memory.available": 90.0}
+    with pytest.raises(errors.ConfigError, match="--eviction-soft-grace-period"):
+        load_settings(None, {"--eviction-soft-grace-period": "memory.available=soon"})

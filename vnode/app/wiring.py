@@ -222,6 +222,8 @@ def _pressure(settings: Settings, c: Components) -> node_pressure.PressureMonito
         reclaim_disk=ImageReclaimer(c.cri).reclaim,
         pods=lambda: [w.pod for w in c.pods.workers() if w.evicted is None and not w.deleting],
         evict=c.pods.evict,
+        soft=resources.eviction_soft,
+        soft_grace=resources.eviction_soft_grace_period,
     )
 
 

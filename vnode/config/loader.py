@@ -259,6 +259,15 @@ def _thresholds(value: Any, base: Path) -> tuple[thresholds.Threshold, ...]:
         raise _Bad(str(exc)) from None
 
 
+def _grace_periods(value: Any, base: Path) -> dict[str, float]:
+    if isinstance(value, dict):
+        value = ",".join(f"{k}={v}" for k, v in value.items())
+    try:
+        return thresholds.parse_grace_periods(_joined(value), lambda text: parse_duration(text))
+    except errors.InvalidInput as exc:
+        raise _Bad(str(exc)) from None
+
+
 def _reserved(value: Any, base: Path) -> dict[str, int]:
     try:
         return thresholds.parse_reserved(_joined(value))
@@ -337,6 +346,13 @@ FIELDS = [
     Field("runtime.relistPeriod", "--relist-period", ("runtime", "relist_period"), parse_duration),
     Field("runtime.cgroupDriver", "--cgroup-driver", ("runtime", "cgroup_driver"), _choice(*CGROUP_DRIVERS)),
     Field("resources.evictionHard", "--eviction-hard", ("resources", "eviction_hard"), _thresholds),
+    Field("resources.evictionSoft", "--eviction-soft", ("resources", "eviction_soft"), _thresholds),
+    Field(
+        "resources.evictionSoftGracePeriod",
+        "--eviction-soft-grace-period",
+        ("resources", "eviction_soft_grace_period"),
+        _grace_periods,
+    ),
     Field(
         "resources.evictionPressureTransitionPeriod",
         "--eviction-pressure-transition-period",
@@ -511,4 +527,10 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
         _node_name(settings.node.name, Path())
     except _Bad as exc:
         raise errors.ConfigError("node.name", f"{exc}; set --hostname-override") from None
+    resources = settings.resources
+    for soft in resources.eviction_soft:
+        if soft.signal not in resources.eviction_soft_grace_period:
+            raise errors.ConfigError(
+                "resources.evictionSoftGracePeriod", f"no grace period for the soft threshold {soft.text()}"
+            )
     return settings

@@ -69,6 +69,8 @@ class ResourceSettings:
     """Eviction signals and reserved resources (vnode.stats.pressure, .thresholds), kubelet's."""
 
     eviction_hard: tuple[Threshold, ...] = field(default_factory=lambda: parse_thresholds(DEFAULT_HARD))
+    eviction_soft: tuple[Threshold, ...] = ()
+    eviction_soft_grace_period: dict[str, float] = field(default_factory=dict)
     eviction_pressure_transition_period: float = 300.0
     kube_reserved: dict[str, int] = field(default_factory=dict)
     system_reserved: dict[str, int] = field(default_factory=dict)

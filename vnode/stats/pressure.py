@@ -100,10 +100,15 @@ class PressureMonitor:
         reclaim_disk: Callable[[], Awaitable[int]] | None = None,
         pods: Callable[[], list[dict[str, Any]]] = list,
         evict: Callable[[str, str], Awaitable[bool]] | None = None,
+        soft: tuple[Threshold, ...] = (),
+        soft_grace: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stats = stats
         self.thresholds = thresholds
+        self.soft = soft  # --eviction-soft: conditions at once, eviction after the signal's grace
+        self.soft_grace = soft_grace or {}
+        self._soft_since: dict[str, float] = {}  # since when each soft threshold has been crossed
         self.transition_period = transition_period
         self.interval = interval
         self.record_event = record_event
@@ -131,13 +136,19 @@ class PressureMonitor:
         """One look at the signals; frees disk space or evicts a pod when they say so."""
         snapshot = await self.stats.snapshot(files=False)
         observed = observe(snapshot)
-        signals = crossed(self.thresholds, observed)
-        if self.reclaim_disk is not None and any(s in DISK_SIGNALS for s in signals):
+        hard, soft = crossed(self.thresholds, observed), crossed(self.soft, observed)
+        if self.reclaim_disk is not None and any(s in DISK_SIGNALS for s in {**soft, **hard}):
             freed = await self.reclaim_disk()
             if freed:
-                log.info("disk pressure (%s): freed %d bytes", "; ".join(signals.values()), freed)
-                signals = crossed(self.thresholds, observe(await self.stats.snapshot(max_age=0, files=False)))
+                log.info("disk pressure (%s): freed %d bytes", "; ".join({**soft, **hard}.values()), freed)
+                observed = observe(await self.stats.snapshot(max_age=0, files=False))
+                hard, soft = crossed(self.thresholds, observed), crossed(self.soft, observed)
+        signals = {**soft, **hard}
         now = self.clock()
+        for signal in set(self._soft_since) - set(soft):
+            del self._soft_since[signal]
+        for signal in soft:
+            self._soft_since.setdefault(signal, now)
         for kind in KINDS:
             hit = [signals[s] for s in kind.signals if s in signals]
             if hit:
@@ -150,11 +161,23 @@ class PressureMonitor:
                 log.warning("%s is now %s%s", kind.condition, on, f": {'; '.join(hit)}" if hit else "")
                 self.record_event(event_reason)
         self.signals = signals
-        if self.evict is not None and "memory.available" in signals:
-            threshold = next(t for t in self.thresholds if t.signal == "memory.available")
+        threshold = self._memory_threshold_met(hard, soft, now)
+        if self.evict is not None and threshold is not None:
             victim = memory_victim(snapshot, self.pods(), threshold, observed["memory.available"][0])
             if victim is not None:
                 await self.evict(*victim)  # one per check, as kubelet does
+
+    def _memory_threshold_met(
+        self, hard: dict[str, str], soft: dict[str, str], now: float
+    ) -> Threshold | None:
+        """The memory threshold that calls for an eviction now: a hard one crossed, or a soft one
+        crossed for its grace period."""
+        signal = "memory.available"
+        if signal in hard:
+            return next(t for t in self.thresholds if t.signal == signal)
+        if signal in soft and now - self._soft_since[signal] >= self.soft_grace.get(signal, 0.0):
+            return next(t for t in self.soft if t.signal == signal)
+        return None
 
     async def run(self) -> None:
         """Check every ``interval`` until cancelled; a failed check is logged and retried."""

@@ -5,11 +5,14 @@ percentage of the signal's capacity. The signals are kubelet's: ``memory.availab
 ``nodefs.available``, ``nodefs.inodesFree``, ``imagefs.available``, ``imagefs.inodesFree`` and
 ``pid.available``. As with kubelet, giving ``--eviction-hard`` replaces the defaults (a signal not
 listed has no threshold). ``--kube-reserved`` / ``--system-reserved``: ``cpu=100m,memory=256Mi,
-ephemeral-storage=1Gi,pid=1000``.
+ephemeral-storage=1Gi,pid=1000``. ``--eviction-soft`` takes the same syntax; each soft threshold
+needs a grace period (``--eviction-soft-grace-period memory.available=1m30s``): it sets the
+pressure condition at once, as a hard one does, but evicts only once crossed for that long.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -81,6 +84,22 @@ def parse_thresholds(text: str) -> tuple[Threshold, ...]:
                 raise errors.InvalidInput(f"{item!r}: a threshold must not be negative")
             out[signal] = Threshold(signal, quantity=to_bytes(amount), given=value)
     return tuple(out.values())
+
+
+def parse_grace_periods(text: str, parse_duration: Callable[[str], float]) -> dict[str, float]:
+    """``--eviction-soft-grace-period``: ``memory.available=1m30s,nodefs.available=2m``."""
+    out: dict[str, float] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        signal, sep, value = item.partition("=")
+        signal = signal.strip()
+        if not sep or signal not in SIGNALS:
+            raise errors.InvalidInput(
+                f"{item!r}: expected <signal>=<duration> for one of {', '.join(SIGNALS)}"
+            )
+        out[signal] = parse_duration(value.strip())
+    return out
 
 
 def parse_reserved(text: str) -> dict[str, int]:
