@@ -157,7 +157,11 @@ class PodStartTracker:
         self._seen: set[str] = set()
 
     def status(self, uid: str, status: dict[str, Any] | None, now: datetime) -> None:
-        if status is None or uid in self._seen or not status.get("startTime"):
+        """A pod's status changed; None: the pod is gone (forgotten here too)."""
+        if status is None:
+            self._seen.discard(uid)
+            return
+        if uid in self._seen or not status.get("startTime"):
             return
         statuses = status.get("containerStatuses") or []
         if not statuses or not all("running" in (s.get("state") or {}) for s in statuses):
@@ -165,6 +169,3 @@ class PodStartTracker:
         self._seen.add(uid)
         started = datetime.fromisoformat(str(status["startTime"]).replace("Z", "+00:00"))
         self.observe(max(0.0, (now - started).total_seconds()))
-
-    def forget(self, known: set[str]) -> None:
-        self._seen &= known
