@@ -2,11 +2,12 @@
 (v0.8.0, verifying the node's serving certificate), the Node's allocatable with reserved
 resources and its pressure conditions, and ``/metrics`` of a joined node.
 
-(The API server's node proxy, ``/api/v1/nodes/<node>/proxy/...``, refuses the test nodes'
-loopback address, "address not allowed"; metrics-server connects to the node itself.)"""
+The API server's node proxy (``/api/v1/nodes/<node>/proxy/...``) refuses a loopback node address
+("address not allowed"), so the node of that test says it is at the host's own address."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.kube import KubeCluster
-from integration.kube.metrics import MetricsServer
+from integration.kube.metrics import MetricsServer, host_address
 from integration.kube.view import ClusterView
 from integration.node import VnodeProcess, running_node, wait_for
 from tests.integration.test_kube import apply, conditions, node_ready
@@ -123,3 +124,26 @@ async def test_allocatable_pressure_conditions_and_cluster_metrics(
     reasons = {c["type"]: c["reason"] for c in node["status"]["conditions"]}
     assert reasons["MemoryPressure"] == "KubeletHasSufficientMemory"
     assert reasons["PIDPressure"] == "KubeletHasSufficientPID"
+
+
+async def test_stats_through_the_api_server_node_proxy(
+    containerd: Any, cluster: ClusterView, tmp_path: Path
+) -> None:
+    """``kubectl get --raw /api/v1/nodes/<node>/proxy/...``: the API server refuses a loopback node
+    address, so this node says it is at the host's own address (with a serving certificate for it)."""
+    name, address = "proxied1", host_address()
+    cluster.kube.pki.node(name, ip=address)  # issued first: node_args reuses the node's files
+    args = [*cluster.node_args(name), f"--node-ip={address}"]
+    async with running_node(tmp_path, containerd.endpoint, node_name=name, extra_args=args):
+        await wait_for(lambda: node_ready(cluster, name), timeout=60, what=f"{name} Ready")
+        base = f"/api/v1/nodes/{name}/proxy"
+        summary = json.loads(await cluster.kubectl("get", "--raw", f"{base}/stats/summary"))
+        assert summary["node"]["nodeName"] == name and summary["node"]["memory"]["workingSetBytes"] > 0
+        small = json.loads(
+            await cluster.kubectl("get", "--raw", f"{base}/stats/summary?only_cpu_and_memory=true")
+        )
+        assert set(small["node"]) == {"nodeName", "systemContainers", "startTime", "cpu", "memory"}
+        decoded = decode(await cluster.kubectl("get", "--raw", f"{base}/metrics/resource"))
+        assert decoded.node is not None and not decoded.problems, decoded.problems
+        text = await cluster.kubectl("get", "--raw", f"{base}/metrics")
+        assert "kubelet_running_pods" in {f.name for f in text_string_to_metric_families(text)}
