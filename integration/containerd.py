@@ -23,6 +23,7 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from integration.images import PAUSE, import_images
+from vnode.runtime.cgroups import remove_pod_cgroups
 
 PACKAGES = {
     "containerd": "containerd",
@@ -254,6 +255,7 @@ disabled_plugins = [
                     runtime.RemovePodSandbox(
                         api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sb.id), timeout=60
                     )
+                remove_pod_cgroups(sb.metadata.uid)  # vnode would have, had it removed the pod
             return len(sandboxes)
 
     def stop(self) -> None:

@@ -31,7 +31,9 @@ PATHS = [
     "/pods",
     "/runningpods/",
     "/stats/summary",
+    "/stats/summary?only_cpu_and_memory=true",
     "/metrics",
+    "/metrics/resource",
     "/logs/",
     "/configz",
     "/containerLogs/default/nopod/main",
@@ -43,6 +45,7 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 RULES = {  # service account -> (verbs, subresources) granted by a ClusterRole of the test's
     "log-reader": (["get"], ["nodes/log"]),
     "proxy-user": (["get"], ["nodes/proxy"]),
+    "metrics-reader": (["get"], ["nodes/metrics"]),
 }
 KUBELET_CLIENT = "kube-apiserver-kubelet-client"  # bound to system:kubelet-api-admin, as kubeadm does
 
@@ -139,6 +142,8 @@ async def setup(
                  account("log-reader"), grants="log-reader"),
         Identity("token nodes/proxy", ["-H", f"Authorization: Bearer {tokens['proxy-user']}"],
                  account("proxy-user"), grants="proxy-user"),
+        Identity("token nodes/metrics", ["-H", f"Authorization: Bearer {tokens['metrics-reader']}"],
+                 account("metrics-reader"), grants="metrics-reader"),
         Identity("kubelet client", cert(cluster.kube.pki.kubelet_client), KUBELET_CLIENT),
         Identity("bad token", ["-H", "Authorization: Bearer forged"], None),
     ]  # fmt: skip
@@ -152,13 +157,20 @@ async def setup(
 
 async def test_authorization_matrix(setup: tuple[VnodeProcess, list[Identity], Path]) -> None:
     node, identities, _ = setup
-    admin = identities[5]
+    admin = next(i for i in identities if i.user == KUBELET_CLIENT)
     routed = {(m, p): await curl(node, admin, m, p) for p in PATHS for m in METHODS}
     # what exists today answers as kubelet does once authorized
     assert routed[("GET", "/healthz")] == (200, "ok")
     assert routed[("GET", "/pods")][0] == 200 and json.loads(routed[("GET", "/pods")][1])["kind"] == "PodList"
     assert routed[("POST", "/pods")][0] == 405
     assert routed[("GET", "/containerLogs/default/nopod/main")][0] == 404
+    code, body = routed[("GET", "/stats/summary")]
+    assert code == 200 and json.loads(body)["node"]["nodeName"] == NODE
+    code, body = routed[("GET", "/metrics/resource")]
+    assert code == 200 and "resource_scrape_error" in body
+    code, body = routed[("GET", "/metrics")]
+    assert code == 200 and "kubelet_running_pods" in body
+    assert routed[("POST", "/metrics")][0] == 405
     failures = []
     cells = 0
     for identity in identities:
@@ -194,6 +206,11 @@ async def test_kubectl_and_openssl(setup: tuple[VnodeProcess, list[Identity], Pa
     assert code == 0 and json.loads(out)["kind"] == "PodList", err
     code, out, err = await kubectl(f"--token={log_token}", "get", "--raw", "/pods")
     assert code != 0 and "Forbidden" in err, err
+    metrics_token = identities[5].curl[1].removeprefix("Authorization: Bearer ")
+    code, out, err = await kubectl(f"--token={metrics_token}", "get", "--raw", "/metrics/resource")
+    assert code == 0 and "container_cpu_usage_seconds_total" in out, err
+    code, out, err = await kubectl(f"--token={metrics_token}", "get", "--raw", "/stats/summary")
+    assert code != 0 and "Forbidden" in err, err  # nodes/metrics is not nodes/stats
     code, out, err = await kubectl("--token=forged", "get", "--raw", "/pods")
     assert code != 0 and "must be logged in" in err, err  # kubectl's words for a 401
     admin_cert, admin_key = node.admin_cert  # the operator's break-glass certificate

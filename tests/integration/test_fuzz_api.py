@@ -24,14 +24,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from integration.fakecri import FakePod, FakeStatsRuntime
 from vnode import errors
 from vnode.api import local
 from vnode.api.guard import Guard
 from vnode.api.server import KubeletHandlers, KubeletServer, Listener
+from vnode.api.stats import StatsHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
+from vnode.metrics.node import NodeMetrics
 from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.security.authn import Authenticator, User
 from vnode.security.authz import AlwaysAllow
+from vnode.stats.collector import StatsCollector
 
 REQUESTS = int(os.environ.get("VNODE_FUZZ_REQUESTS", "3000"))
 BATCH = 1500
@@ -116,6 +120,7 @@ class Servers:
         log = tmp / "0.log"
         log.write_bytes(b"".join(b"2026-01-01T00:00:0%dZ stdout F line %d\n" % (i, i) for i in range(10)))
         self.pods = Pods(log)
+        self.base = tmp
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.listeners: list[Listener] = []
@@ -128,8 +133,11 @@ class Servers:
         self.runtime = await asyncio.start_server(refuse, "127.0.0.1", 0)
         self.pods.runtime_url = f"http://127.0.0.1:{self.runtime.sockets[0].getsockname()[1]}/exec/token"
         streams = StreamHandlers(self.pods, StreamLimits(creation_timeout=5))
+        fake = FakeStatsRuntime([FakePod("p")], "edge1")
+        collector = StatsCollector(fake, "edge1", self.base, self.base / "logs")  # type: ignore[arg-type]
+        stats = StatsHandlers(collector, NodeMetrics(process=False), "edge1")
         handlers = KubeletHandlers(
-            self.pods, self.pods, {"ping": ok, "log": ok}, guard=guard.kubelet, streams=streams
+            self.pods, self.pods, {"ping": ok, "log": ok}, guard=guard.kubelet, streams=streams, stats=stats
         )
         kubelet = KubeletServer(handlers, name="kubelet")
         await kubelet.start("127.0.0.1", 0, None)
@@ -138,6 +146,7 @@ class Servers:
         )
         sources.access = guard.local
         sources.streams = streams
+        sources.stats = stats
         api = local.LocalApi(sources)
         localapi = Listener(api.app, name="local", setting="x")
         await localapi.start("127.0.0.1", 0, None)
@@ -206,7 +215,8 @@ def rss_and_fds() -> tuple[int, int]:
 
 SEGMENTS = [
     "healthz", "ping", "log", "syncloop", "pods", "containerLogs", "default", "p", "main", "exec",
-    "attach", "portForward", "run", "stats", "summary", "metrics", "logs", "runningpods", "configz",
+    "attach", "portForward", "run", "stats", "summary", "metrics", "resource", "proxy", "logs", "runningpods",
+    "configz",
     "api", "v1", "apis", "namespaces", "nodes", "edge1", "configmaps", "secrets", "services",
     "version", "..", ".", "", "%2e%2e", "%00", "%ff", "a" * 300, "☃",
 ]  # fmt: skip
@@ -214,6 +224,7 @@ QUERY_KEYS = [
     "follow", "tailLines", "tail", "sinceSeconds", "sinceTime", "timestamps", "limitBytes", "previous",
     "stream", "verbose", "exclude", "watch", "resourceVersion", "labelSelector", "fieldSelector",
     "limit", "continue", "command", "input", "output", "tty", "port", "cmd", "timeoutSeconds",
+    "only_cpu_and_memory",
     "stdin", "stdout", "stderr", "error", "container", "ports",
 ]  # fmt: skip
 QUERY_VALUES = ["", "1", "0", "-1", "true", "false", "abc", "2026-01-01T00:00:00Z", "99999999999999999999",
@@ -270,10 +281,12 @@ header = st.tuples(
 
 REAL = {
     "kubelet": ["/healthz", "/healthz/ping", "/healthz/nope", "/pods", "/containerLogs/default/p/main",
-                "/containerLogs/default/p/other", "/containerLogs/x/y/z"],
+                "/containerLogs/default/p/other", "/containerLogs/x/y/z", "/stats/summary", "/metrics",
+                "/metrics/resource"],
     "local": ["/version", "/api", "/apis", "/api/v1", "/api/v1/pods", "/api/v1/namespaces/default/pods",
               "/api/v1/namespaces/default/pods/p", "/api/v1/namespaces/default/pods/p/log", "/api/v1/nodes",
-              "/api/v1/nodes/edge1", "/api/v1/namespaces/default/configmaps", "/api/v1/secrets"],
+              "/api/v1/nodes/edge1", "/api/v1/namespaces/default/configmaps", "/api/v1/secrets",
+              "/api/v1/nodes/edge1/proxy/stats/summary", "/api/v1/nodes/edge1/proxy/metrics/resource"],
 }  # fmt: skip
 
 

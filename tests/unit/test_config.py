@@ -9,6 +9,7 @@ import pytest
 from vnode import errors
 from vnode.cli import main
 from vnode.config.loader import load_settings
+from vnode.config.settings import Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -139,3 +140,4 @@ def test_shipped_sample_config_loads() -> None:
     s = load_settings(sample, {})
     assert s.pods.manifest_path == sample.parent / "manifests"
     assert (s.pods.manifest_path / "hello.yaml").exists()
+    assert s.resources == Settings().resources  # the sample spells out the defaults

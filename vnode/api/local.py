@@ -35,7 +35,7 @@ import re
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,8 @@ from aiohttp import web
 
 from vnode import errors
 from vnode.api.server import Listener, while_connected
+from vnode.api.stats import PATHS as STATS_PATHS
+from vnode.api.stats import StatsHandlers
 from vnode.api.streams import PORT_FORWARD, StreamHandlers
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
@@ -377,9 +379,16 @@ def table(
 
 
 def minimal_node(
-    name: str, ip: str, labels: Mapping[str, str], runtime_problem: str | None, created: str, version: str
+    name: str,
+    ip: str,
+    labels: Mapping[str, str],
+    runtime_problem: str | None,
+    created: str,
+    version: str,
+    pressure: Sequence[tuple[str, bool, str, str]] = (),
 ) -> dict[str, Any]:
-    """The Node when the API never showed one (standalone, or not registered yet)."""
+    """The Node when the API never showed one (standalone, or not registered yet); ``pressure``:
+    the pressure conditions as (type, status, reason, message)."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     ready = runtime_problem is None
     condition = {
@@ -406,7 +415,13 @@ def minimal_node(
         },
         "spec": {},
         "status": {
-            "conditions": [condition],
+            "conditions": [
+                *(
+                    {"type": kind, "status": str(on), "reason": reason, "message": message}
+                    for kind, on, reason, message in pressure
+                ),
+                condition,
+            ],
             "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
             "nodeInfo": {"kubeletVersion": version, "operatingSystem": "linux", "architecture": arch},
         },
@@ -564,6 +579,7 @@ class LocalSources:
     token: str
     version: str  # gitVersion, the node's kubeletVersion
     streams: StreamHandlers | None = None  # pods/exec, pods/attach, pods/portforward
+    stats: StatsHandlers | None = None  # nodes/<this node>/proxy/{stats/summary,metrics,...}
     # authn/authz (vnode.api.guard.Guard.local): None to go on, else (code, message); without
     # it only ``token`` is accepted
     access: Callable[[web.Request], Awaitable[tuple[int, str] | None]] | None = None
@@ -641,6 +657,8 @@ class LocalApi:
         rest, namespace = parts[2:], None
         if rest[:1] == ["namespaces"] and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
+        if rest[:1] == ["nodes"] and len(rest) >= 4 and rest[2] == "proxy" and self.sources.stats is not None:
+            return await self.node_proxy(request, rest[1], "/".join(rest[3:]))
         resource = RESOURCES.get(rest[0]) if rest else None
         if resource is None or len(rest) > 3 or (namespace is not None and not resource.namespaced):
             raise ApiError(404, f"the server could not find the requested resource {request.path}")
@@ -660,6 +678,13 @@ class LocalApi:
         if name is not None and resource.namespaced and namespace is None:
             raise ApiError(404, f"the server could not find the requested resource {request.path}")
         return await self.read(request, resource, namespace, name)
+
+    async def node_proxy(self, request: web.Request, node: str, path: str) -> web.StreamResponse:
+        """This node's stats and metrics, as the API server proxies them (``nodes/proxy``)."""
+        assert self.sources.stats is not None
+        if node != self.sources.stats.node_name or path not in STATS_PATHS:
+            raise ApiError(404, f"the server could not find the requested resource {request.path}")
+        return await self.sources.stats.serve(request, path)
 
     def resource_list(self) -> dict[str, Any]:
         items: list[dict[str, Any]] = []

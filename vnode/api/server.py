@@ -1,4 +1,5 @@
-"""The kubelet HTTP API (aiohttp): health checks, ``/pods`` and ``/containerLogs``.
+"""The kubelet HTTP API (aiohttp): health checks, ``/pods``, ``/containerLogs`` and the stats and
+metrics endpoints (``vnode.api.stats``).
 
 The handlers see only the narrow protocols of ``vnode.provider.protocols``, so any pod provider
 serves the same API. Errors are vnode errors mapped through ``errors.http_status``; the body is
@@ -25,6 +26,7 @@ from vnode.logs.reader import read_log
 from vnode.provider.protocols import HealthCheck, LogLocator, PodLister
 
 if TYPE_CHECKING:
+    from vnode.api.stats import StatsHandlers
     from vnode.api.streams import StreamHandlers
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class KubeletHandlers:
     logs: LogLocator | None
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
     streams: StreamHandlers | None = None
+    stats: StatsHandlers | None = None  # /stats/summary, /metrics/resource, /metrics
     guard: Any = None  # authn/authz middleware (vnode.api.guard); None on the plain healthz port
 
 
@@ -89,6 +92,8 @@ class KubeletApp:
             routes.append(web.route("*", "/containerLogs/{namespace}/{pod}/{container}", self.container_logs))
         if handlers.streams is not None:
             routes += handlers.streams.routes()
+        if handlers.stats is not None:
+            routes += handlers.stats.routes()
         self.app.add_routes(routes)
 
     async def _run_checks(self, names: list[str]) -> list[tuple[str, str | None]]:

@@ -55,6 +55,8 @@ class Node:
                 group.create_task(c.status_writer.run(), name="pod-status-writer")
             if c.event_poster is not None:
                 group.create_task(c.event_poster.run(), name="event-poster")
+            if c.pressure is not None:
+                group.create_task(c.pressure.run(), name="pressure")
             if c.rotator is not None:
                 group.create_task(c.rotator.run(), name="certificates")
             await stop.wait()

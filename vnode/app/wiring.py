@@ -21,6 +21,7 @@ from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
 from vnode.api.local import EmptyObjects, LocalApi, LocalSources, ensure_token, minimal_node
 from vnode.api.server import KubeletHandlers
+from vnode.api.stats import StatsHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
 from vnode.app import access as node_access
 from vnode.app.events import EventLog
@@ -32,9 +33,11 @@ from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
 from vnode.controllers.objects import ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
+from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker
 from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
+from vnode.runtime.cgroups import CgroupDriver
 from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
@@ -44,6 +47,9 @@ from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
 from vnode.sources.manifests import SOURCE as FILE_SOURCE
 from vnode.sources.manifests import ManifestSource
+from vnode.stats import pressure as node_pressure
+from vnode.stats.collector import StatsCollector
+from vnode.stats.reclaim import ImageReclaimer
 from vnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,9 @@ class Components:
     ssl_context: ssl.SSLContext
     kubelet_handlers: KubeletHandlers
     healthz_handlers: KubeletHandlers
+    stats: StatsCollector
+    metrics: NodeMetrics
+    pressure: node_pressure.PressureMonitor | None = None
     masters: Masters | None = None
     objects: ObjectCache | None = None
     node: NodeController | None = None
@@ -128,16 +137,18 @@ async def build(settings: Settings) -> Components:
     host_ip = settings.node.node_ip or primary_ipv4()
     ssl_context = await tls_context(settings, host_ip)
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
-    masters = Masters(access) if access is not None else None
+    metrics = NodeMetrics()
+    masters = Masters(access, on_response=metrics.rest_request) if access is not None else None
     try:
         objects = None
         if access is not None and masters is not None:
             store.claim(access.identity(settings.node.name))
             objects = ObjectCache(masters, store, Sealer(settings.store_key_file))
-        components = await _build_with_store(settings, store, host_ip, ssl_context, objects)
+        components = await _build_with_store(settings, store, host_ip, ssl_context, objects, metrics)
     except BaseException:
         await store.close()
         raise
+    components.pressure = _pressure(settings, components)
     if masters is not None:
         components.masters = masters
         components.objects = objects
@@ -156,6 +167,7 @@ async def build(settings: Settings) -> Components:
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)
+    _readings(components)
     token = (
         await asyncio.to_thread(ensure_token, settings.local_token_path)
         if settings.server.local_api_port
@@ -179,13 +191,77 @@ def _local_api(settings: Settings, c: Components, host_ip: str, token: str) -> L
         if known is not None:
             return known
         labels = settings.node.labels
+        pressure = c.pressure.conditions() if c.pressure is not None else []
         return minimal_node(
-            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION
+            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION, pressure
         )
 
     objects = c.objects if c.objects is not None else EmptyObjects()
     streams = c.kubelet_handlers.streams
-    return LocalApi(LocalSources(c.pods, node, objects, token, KUBELET_VERSION, streams))
+    return LocalApi(
+        LocalSources(c.pods, node, objects, token, KUBELET_VERSION, streams, stats=c.kubelet_handlers.stats)
+    )
+
+
+def _pressure(settings: Settings, c: Components) -> node_pressure.PressureMonitor:
+    """The pressure monitor over the stats; a flip is a Node Event, as kubelet records it."""
+    name = settings.node.name
+
+    def flipped(reason: str) -> None:
+        uid = (c.node.uid if c.node is not None else None) or name
+        ref = {"kind": "Node", "metadata": {"name": name, "namespace": "default", "uid": uid}}
+        c.events.event(ref, "Normal", reason, f"Node {name} status is now: {reason}")
+
+    resources = settings.resources
+    return node_pressure.PressureMonitor(
+        c.stats,
+        resources.eviction_hard,
+        transition_period=resources.eviction_pressure_transition_period,
+        interval=resources.housekeeping_interval,
+        record_event=flipped,
+        reclaim_disk=ImageReclaimer(c.cri).reclaim,
+        pods=lambda: [w.pod for w in c.pods.workers() if w.evicted is None and not w.deleting],
+        evict=c.pods.evict,
+        soft=resources.eviction_soft,
+        soft_grace=resources.eviction_soft_grace_period,
+    )
+
+
+def _readings(c: Components) -> None:
+    """The scrape-time gauges of ``/metrics``, each read from the state's owner."""
+
+    def running_pods() -> int:
+        return sum(1 for w in c.pods.workers() if (s := w.last_observed.sandbox) is not None and s.ready)
+
+    def containers_by_state() -> dict[str, int]:
+        states = Counter(
+            obs.state.value for w in c.pods.workers() for obs in w.last_observed.all_containers()
+        )
+        return dict(states)
+
+    def link_online() -> bool | None:
+        return None if c.node is None else c.node.offline_since is None
+
+    def backlog() -> int | None:
+        return c.event_poster.backlog if c.event_poster is not None else None
+
+    c.metrics.add_readings(
+        NodeReadings(
+            running_pods=running_pods,
+            containers_by_state=containers_by_state,
+            link_online=link_online,
+            offline_seconds=lambda: c.node.offline_seconds() if c.node is not None else 0.0,
+            store_info=c.store.info,
+            events_backlog=backlog,
+        )
+    )
+    starts = PodStartTracker(c.metrics.pod_started)
+
+    def status_changed(uid: str) -> None:
+        known = c.pods.status_of(uid)
+        starts.status(uid, known[1] if known is not None else None, datetime.now(tz=UTC))
+
+    c.pods.add_listener(status_changed)
 
 
 def _rotator(
@@ -241,7 +317,21 @@ def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeCon
         offline_summary=lambda since: offline_summary(c, since),
         record_event=c.events.event,
         store_problem=lambda: c.pods.store_problem,
+        pressure=c.pressure.conditions if c.pressure is not None else lambda: list(node_pressure.NO_PRESSURE),
+        allocatable=lambda capacity: node_pressure.allocatable(
+            capacity,
+            _reserved(settings.resources.kube_reserved, settings.resources.system_reserved),
+            settings.resources.eviction_hard,
+        ),
     )
+
+
+def _reserved(*groups: dict[str, int]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for group in groups:
+        for name, amount in group.items():
+            total[name] = total.get(name, 0) + amount
+    return total
 
 
 def offline_summary(c: Components, since: datetime) -> str:
@@ -253,9 +343,16 @@ def offline_summary(c: Components, since: datetime) -> str:
 
 
 async def _build_with_store(
-    settings: Settings, store: Store, host_ip: str, ssl_context: ssl.SSLContext, objects: ObjectCache | None
+    settings: Settings,
+    store: Store,
+    host_ip: str,
+    ssl_context: ssl.SSLContext,
+    objects: ObjectCache | None,
+    metrics: NodeMetrics,
 ) -> Components:
-    cri = CriClient(settings.runtime.endpoint, timeout=settings.runtime.request_timeout)
+    cri = CriClient(
+        settings.runtime.endpoint, timeout=settings.runtime.request_timeout, on_call=metrics.runtime_call
+    )
     events = EventLog()
     servers, searches, options = await asyncio.to_thread(specs.read_resolv_conf, settings.pods.resolv_conf)
     dns = specs.DNSSettings(
@@ -278,6 +375,7 @@ async def _build_with_store(
         persist=_unset_persist,
         status_changed=lambda uid: None,
         objects=objects,
+        cgroups=CgroupDriver(settings.runtime.cgroup_driver, cri.cgroup_driver),
     )
     sources = [FILE_SOURCE] if settings.pods.manifest_path is not None else []
     if settings.cluster.configured:
@@ -311,8 +409,13 @@ async def _build_with_store(
         per_pod=server.max_streams_per_pod,
         total=server.max_streams,
     )
+    stats = StatsCollector(cri, settings.node.name, settings.root_dir, settings.pods.logs_dir)
     handlers = KubeletHandlers(
-        pods=pods, logs=pods, health_checks=checks, streams=StreamHandlers(pods, limits)
+        pods=pods,
+        logs=pods,
+        health_checks=checks,
+        streams=StreamHandlers(pods, limits),
+        stats=StatsHandlers(stats, metrics, settings.node.name),
     )
     healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)
     return Components(
@@ -325,6 +428,8 @@ async def _build_with_store(
         ssl_context=ssl_context,
         kubelet_handlers=handlers,
         healthz_handlers=healthz_handlers,
+        stats=stats,
+        metrics=metrics,
     )
 
 

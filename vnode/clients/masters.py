@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -45,8 +46,11 @@ def _keepalive_socket_factory(addr_info: Any) -> socket.socket:
 class Masters:
     """See the module docstring. ``close()`` releases the connections."""
 
-    def __init__(self, access: ClusterAccess) -> None:
+    def __init__(
+        self, access: ClusterAccess, *, on_response: Callable[[str, str, str], None] | None = None
+    ) -> None:
         self.access = access
+        self.on_response = on_response  # (method, host, code or "<error>"): the node's metrics
         self.active = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -79,6 +83,10 @@ class Masters:
         if len(self.access.servers) > 1:
             log.warning("master %s failed (%s); active master is now %s", server, problem, self.server)
 
+    def _count(self, method: str, server: str, code: str) -> None:
+        if self.on_response is not None:
+            self.on_response(method, urlsplit(server).netloc, code)
+
     async def request(
         self,
         method: str,
@@ -102,6 +110,7 @@ class Masters:
                     headers={"Content-Type": content_type} if body is not None else None,
                     timeout=aiohttp.ClientTimeout(total=timeout),
                 ) as resp:
+                    self._count(method, server, str(resp.status))
                     text = await resp.text()
                     if resp.status >= 500:
                         raise _ServerError(f"{resp.status} {_message(text)}")
@@ -109,6 +118,8 @@ class Masters:
                         raise _client_error(resp.status, text, f"{method} {path}")
                     return json.loads(text) if text else None
             except (aiohttp.ClientError, TimeoutError, _ServerError, ValueError) as exc:
+                if not isinstance(exc, _ServerError | ValueError):
+                    self._count(method, server, "<error>")
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 problems.append(f"{server}: {problem}")
                 self._fail_over(server, problem)

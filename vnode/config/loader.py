@@ -23,8 +23,10 @@ import yaml
 
 from vnode import errors
 from vnode.config.settings import ON_NODE_DELETED, Settings
+from vnode.runtime.cgroups import DRIVERS as CGROUP_DRIVERS
 from vnode.runtime.quantity import to_bytes
 from vnode.security import tlspolicy
+from vnode.stats import thresholds
 
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -250,6 +252,41 @@ def _cipher_suites(value: Any, base: Path) -> tuple[str, ...]:
         raise _Bad(str(exc)) from None
 
 
+def _thresholds(value: Any, base: Path) -> tuple[thresholds.Threshold, ...]:
+    try:
+        return thresholds.parse_thresholds(_joined(value))
+    except errors.InvalidInput as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _grace_periods(value: Any, base: Path) -> dict[str, float]:
+    if isinstance(value, dict):
+        value = ",".join(f"{k}={v}" for k, v in value.items())
+    try:
+        return thresholds.parse_grace_periods(_joined(value), lambda text: parse_duration(text))
+    except errors.InvalidInput as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _reserved(value: Any, base: Path) -> dict[str, int]:
+    try:
+        return thresholds.parse_reserved(_joined(value))
+    except errors.InvalidInput as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _joined(value: Any) -> str:
+    """``a<1,b<2`` as a flag, or as the file's mapping ``{a: 1, b: 2}`` / list (kubelet's config)."""
+    if isinstance(value, dict):
+        sep = "=" if all(k in thresholds.RESERVABLE for k in value) else "<"
+        return ",".join(f"{k}{sep}{v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, str):
+        return value
+    raise _Bad(f"expected a comma-separated list or a mapping, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Field:
     path: str  # YAML path, e.g. "server.port"
@@ -307,6 +344,29 @@ FIELDS = [
         parse_duration,
     ),
     Field("runtime.relistPeriod", "--relist-period", ("runtime", "relist_period"), parse_duration),
+    Field("runtime.cgroupDriver", "--cgroup-driver", ("runtime", "cgroup_driver"), _choice(*CGROUP_DRIVERS)),
+    Field("resources.evictionHard", "--eviction-hard", ("resources", "eviction_hard"), _thresholds),
+    Field("resources.evictionSoft", "--eviction-soft", ("resources", "eviction_soft"), _thresholds),
+    Field(
+        "resources.evictionSoftGracePeriod",
+        "--eviction-soft-grace-period",
+        ("resources", "eviction_soft_grace_period"),
+        _grace_periods,
+    ),
+    Field(
+        "resources.evictionPressureTransitionPeriod",
+        "--eviction-pressure-transition-period",
+        ("resources", "eviction_pressure_transition_period"),
+        parse_duration,
+    ),
+    Field("resources.kubeReserved", "--kube-reserved", ("resources", "kube_reserved"), _reserved),
+    Field("resources.systemReserved", "--system-reserved", ("resources", "system_reserved"), _reserved),
+    Field(
+        "resources.housekeepingInterval",
+        "--housekeeping-interval",
+        ("resources", "housekeeping_interval"),
+        parse_duration,
+    ),
     Field("pods.staticPodPath", "--pod-manifest-path", ("pods", "manifest_path"), _path),
     Field(
         "pods.fileCheckFrequency", "--file-check-frequency", ("pods", "file_check_frequency"), parse_duration
@@ -467,4 +527,10 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
         _node_name(settings.node.name, Path())
     except _Bad as exc:
         raise errors.ConfigError("node.name", f"{exc}; set --hostname-override") from None
+    resources = settings.resources
+    for soft in resources.eviction_soft:
+        if soft.signal not in resources.eviction_soft_grace_period:
+            raise errors.ConfigError(
+                "resources.evictionSoftGracePeriod", f"no grace period for the soft threshold {soft.text()}"
+            )
     return settings

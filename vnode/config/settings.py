@@ -10,6 +10,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vnode.stats.thresholds import DEFAULT_HARD, Threshold, parse_thresholds
+
 
 def default_node_name() -> str:
     return socket.gethostname().lower()
@@ -47,6 +49,7 @@ class RuntimeSettings:
     endpoint: str = "unix:///run/containerd/containerd.sock"
     request_timeout: float = 120.0
     relist_period: float = 1.0
+    cgroup_driver: str | None = None  # cgroupfs or systemd; None: ask the runtime (vnode.runtime.cgroups)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,19 @@ class PodSettings:
     cluster_dns: tuple[str, ...] = ()
     resolv_conf: Path = Path("/etc/resolv.conf")
     crash_loop_backoff_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """Eviction signals and reserved resources (vnode.stats.pressure, .thresholds), kubelet's."""
+
+    eviction_hard: tuple[Threshold, ...] = field(default_factory=lambda: parse_thresholds(DEFAULT_HARD))
+    eviction_soft: tuple[Threshold, ...] = ()
+    eviction_soft_grace_period: dict[str, float] = field(default_factory=dict)
+    eviction_pressure_transition_period: float = 300.0
+    kube_reserved: dict[str, int] = field(default_factory=dict)
+    system_reserved: dict[str, int] = field(default_factory=dict)
+    housekeeping_interval: float = 10.0  # how often the pressure signals are checked
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
     root_dir: Path = Path("/var/lib/vnode")
 
     @property

@@ -90,6 +90,11 @@ class EventPoster:
             log.info("%d event(s) kept from before the restart wait to be posted", len(self._queue))
             self._wake.set()
 
+    @property
+    def backlog(self) -> int:
+        """Events waiting to be posted (``vnode_events_backlog``)."""
+        return len(self._queue)
+
     def record(self, event: RecordedEvent) -> None:
         if len(self._queue) >= QUEUE_SIZE:
             seq, _ = self._queue.popleft()

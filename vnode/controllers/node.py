@@ -4,8 +4,9 @@ Nothing on start-up waits for this: the controller runs as its own task, retries
 capped, jittered back-off, and the pods run meanwhile. Once registered it renews the Lease every
 ``LEASE_RENEW_SECONDS`` (holder = node name, 40 s duration, owned by the Node, recreated if
 deleted) and patches the Node's status when a condition changes and at least every
-``report_frequency``. Conditions come from real host readings (``vnode.aiokits.hostinfo``) and the
-runtime's health.
+``report_frequency``. Conditions come from the pressure monitor (``vnode.stats.pressure``), the
+runtime's health and the store; allocatable is capacity less what is reserved and the hard
+eviction thresholds.
 
 The controller watches its own Node (as kubelet's node informer does), so status is computed
 against the object the API holds now: when the API's conditions differ from what vnode last
@@ -41,6 +42,7 @@ from vnode.aiokits import hostinfo
 from vnode.clients.masters import Masters
 from vnode.config.settings import ON_NODE_DELETED
 from vnode.controllers.informer import ListWatch
+from vnode.stats.pressure import NO_PRESSURE
 from vnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,6 @@ LEASE_DURATION_SECONDS = 40
 LEASE_RENEW_SECONDS = 10.0
 STATUS_CHECK_SECONDS = 10.0  # kubelet's nodeStatusUpdateFrequency
 KUBELET_VERSION = f"v1.32.0-vnode.{__version__}"
-MEMORY_PRESSURE_BYTES = 100 << 20  # kubelet's default hard eviction threshold memory.available<100Mi
-DISK_PRESSURE_FRACTION = 0.10  # nodefs.available<10%
-PID_PRESSURE_FRACTION = 0.90
 LINK_TABLE = "link"  # "state": active master or offline since; "node": the Node as last seen
 
 
@@ -97,6 +96,8 @@ class NodeController:
         offline_summary: Callable[[datetime], str] = lambda since: "",
         record_event: Callable[[dict[str, Any], str, str, str], None] = lambda obj, type_, reason, msg: None,
         store_problem: Callable[[], str | None] = lambda: None,
+        pressure: Callable[[], list[tuple[str, bool, str, str]]] = lambda: list(NO_PRESSURE),
+        allocatable: Callable[[dict[str, str]], dict[str, str]] = dict,
     ) -> None:
         if on_deleted not in ON_NODE_DELETED:
             raise errors.ConfigError("cluster.onNodeDeleted", f"expected one of {ON_NODE_DELETED}")
@@ -114,6 +115,8 @@ class NodeController:
         self._last_report = 0.0
         self.store = store
         self.store_problem = store_problem
+        self.pressure = pressure  # (type, status, reason, message): vnode.stats.pressure's conditions
+        self.allocatable = allocatable
         self.offline_summary = offline_summary
         self.record_event = record_event
         link = (store.get(LINK_TABLE, "state") if store is not None else None) or {}
@@ -121,6 +124,7 @@ class NodeController:
             datetime.fromisoformat(link["offlineSince"]) if link.get("offlineSince") else None
         )
         self._outage: dict[str, str] | None = None  # the last outage, for the EdgeOffline condition
+        self._offline_total = 0.0  # seconds of the outages that ended (since the outage's start)
         self._saved_master = link.get("activeMaster")
         # The Node as the API last showed it; kept in the store for a restart while offline.
         self._current: dict[str, Any] | None = store.get(LINK_TABLE, "node") if store is not None else None
@@ -178,21 +182,9 @@ class NodeController:
         }
         now = _now()
         problem = self.runtime_problem()
-        pressure = {
-            "MemoryPressure": reading.memory_available < MEMORY_PRESSURE_BYTES,
-            "DiskPressure": reading.disk_free < reading.disk_bytes * DISK_PRESSURE_FRACTION,
-            "PIDPressure": reading.pids > reading.pid_max * PID_PRESSURE_FRACTION,
-        }
-        reasons = {
-            "MemoryPressure": ("KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "memory"),
-            "DiskPressure": ("KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "disk"),
-            "PIDPressure": ("KubeletHasInsufficientPID", "KubeletHasSufficientPID", "PID"),
-        }
-        conditions = []
-        for kind, on in pressure.items():
-            bad, good, what = reasons[kind]
-            message = f"kubelet has {'insufficient' if on else 'sufficient'} {what} available"
-            conditions.append(self._condition(kind, on, bad if on else good, message, now))
+        conditions = [
+            self._condition(kind, on, reason, message, now) for kind, on, reason, message in self.pressure()
+        ]
         conditions.append(self._offline_condition(now))
         full = self.store_problem()
         conditions.append(
@@ -216,7 +208,7 @@ class NodeController:
         )
         return {
             "capacity": capacity,
-            "allocatable": dict(capacity),
+            "allocatable": self.allocatable(capacity),
             "conditions": conditions,
             "addresses": [
                 {"type": "InternalIP", "address": self.identity.ip},
@@ -254,6 +246,11 @@ class NodeController:
             "lastHeartbeatTime": now,
             "lastTransitionTime": since,
         }
+
+    def offline_seconds(self) -> float:
+        """Seconds spent offline: the outages that ended plus the current one (``/metrics``)."""
+        current = (datetime.now(tz=UTC) - self.offline_since).total_seconds() if self.offline_since else 0.0
+        return self._offline_total + current
 
     def _offline_condition(self, now: str) -> dict[str, Any]:
         """Whether the node ran without its control plane: False, and after an outage its summary."""
@@ -346,6 +343,7 @@ class NodeController:
         message += f"; meanwhile: {what}" if what else ""
         log.info("control plane reachable again: %s", message)
         self._outage = {"reason": "Reconnected", "message": message, "until": f"{until:%Y-%m-%dT%H:%M:%SZ}"}
+        self._offline_total += (until - since).total_seconds()
         self.offline_since = None
         self._saved_master = self.masters.server
         await self._save_link({"activeMaster": self.masters.server})

@@ -14,8 +14,10 @@ The channel reconnects by itself when containerd comes back, so the client is cr
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,11 +102,18 @@ def observe_sandbox(status: Any) -> SandboxObservation:
 class CriClient:
     """One connection to the runtime; every call has a deadline and raises vnode errors only."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 120.0,
+        on_call: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
         if not endpoint.startswith("unix://"):
             raise errors.InvalidInput(f"container runtime endpoint {endpoint!r} is not a unix:// URL")
         self.endpoint = endpoint
         self.timeout = timeout
+        self.on_call = on_call  # (rpc name, seconds, failed) after every call: the node's metrics
         self._channel = grpc.aio.insecure_channel(
             endpoint,
             options=[
@@ -121,10 +130,17 @@ class CriClient:
         await self._channel.close()
 
     async def _call(self, method: Any, request: Any, what: str, timeout: float | None = None) -> Any:
+        started = time.monotonic()
+        failed = True
         try:
-            return await method(request, timeout=timeout if timeout is not None else self.timeout)
+            result = await method(request, timeout=timeout if timeout is not None else self.timeout)
+            failed = False
+            return result
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, what) from exc
+        finally:
+            if self.on_call is not None:
+                self.on_call(what.split(" ", 1)[0], time.monotonic() - started, failed)
 
     # -- runtime ----------------------------------------------------------------------------
 
@@ -138,6 +154,19 @@ class CriClient:
             (c.type, c.status, f"{c.reason}: {c.message}" if c.message else c.reason)
             for c in resp.status.conditions
         ]
+
+    async def sandbox_image(self) -> str | None:
+        """The pause image the runtime runs sandboxes with (containerd: ``sandboxImage`` in the
+        verbose status's config), None if it does not say."""
+        resp = await self._call(
+            self._runtime.Status, api_pb2.StatusRequest(verbose=True), "Status", timeout=10
+        )
+        try:
+            config = json.loads(resp.info.get("config", "{}"))
+        except ValueError:
+            return None
+        image = config.get("sandboxImage") if isinstance(config, dict) else None
+        return str(image) if image else None
 
     async def run_pod_sandbox(self, config: Any) -> str:
         req = api_pb2.RunPodSandboxRequest(config=config)
@@ -230,6 +259,43 @@ class CriClient:
         resp = await self._call(self._runtime.PortForward, req, f"PortForward {sandbox_id[:12]}", timeout=30)
         return str(resp.url)
 
+    # -- stats ------------------------------------------------------------------------------
+
+    async def list_container_stats(self, selector: Mapping[str, str]) -> list[Any]:
+        """Raw ``ContainerStats`` of the containers with these labels."""
+        req = api_pb2.ListContainerStatsRequest(
+            filter=api_pb2.ContainerStatsFilter(label_selector=dict(selector))
+        )
+        resp = await self._call(self._runtime.ListContainerStats, req, "ListContainerStats", timeout=30)
+        return list(resp.stats)
+
+    async def list_pod_sandbox_stats(self, selector: Mapping[str, str]) -> list[Any]:
+        """Raw ``PodSandboxStats``; containerd fails the whole call when one sandbox has no usable
+        cgroup (``RuntimeFailure``), and 1.5 or older answers Unimplemented."""
+        req = api_pb2.ListPodSandboxStatsRequest(
+            filter=api_pb2.PodSandboxStatsFilter(label_selector=dict(selector))
+        )
+        resp = await self._call(self._runtime.ListPodSandboxStats, req, "ListPodSandboxStats", timeout=30)
+        return list(resp.stats)
+
+    async def image_fs_info(self) -> list[Any]:
+        """The image filesystems' ``FilesystemUsage`` (mountpoint, used bytes, inodes used)."""
+        resp = await self._call(self._images.ImageFsInfo, api_pb2.ImageFsInfoRequest(), "ImageFsInfo", 30)
+        return list(resp.image_filesystems)
+
+    async def cgroup_driver(self) -> str | None:
+        """``systemd`` or ``cgroupfs`` as the runtime says (CRI RuntimeConfig, containerd 2.0+);
+        None when it cannot tell (older runtimes answer Unimplemented)."""
+        try:
+            resp = await self._call(
+                self._runtime.RuntimeConfig, api_pb2.RuntimeConfigRequest(), "RuntimeConfig", 10
+            )
+        except errors.RuntimeFailure:
+            return None
+        if not resp.HasField("linux"):
+            return None
+        return "systemd" if resp.linux.cgroup_driver == api_pb2.SYSTEMD else "cgroupfs"
+
     # -- images -----------------------------------------------------------------------------
 
     async def image_ref(self, image: str) -> str | None:
@@ -246,3 +312,12 @@ class CriClient:
             req.auth.CopyFrom(api_pb2.AuthConfig(**auth))
         resp = await self._call(self._images.PullImage, req, f"PullImage {image}")
         return str(resp.image_ref)
+
+    async def list_images(self) -> list[Any]:
+        """Raw ``Image`` messages (id, repo tags, repo digests, size)."""
+        resp = await self._call(self._images.ListImages, api_pb2.ListImagesRequest(), "ListImages", 30)
+        return list(resp.images)
+
+    async def remove_image(self, image: str) -> None:
+        req = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image))
+        await self._call(self._images.RemoveImage, req, f"RemoveImage {image}")

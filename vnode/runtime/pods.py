@@ -173,6 +173,15 @@ class PodManager:
             return None
         return worker.pod, worker.status
 
+    async def evict(self, uid: str, message: str) -> bool:
+        """Evict the pod (see ``PodWorker.evict``); False if it has no worker or already is."""
+        worker = self._workers.get(uid)
+        if worker is None or worker.evicted is not None or worker.deleting:
+            return False
+        worker.evict(message)
+        await worker.persist_now()
+        return True
+
     def workers(self) -> list[PodWorker]:
         return list(self._workers.values())
 
@@ -302,6 +311,8 @@ class PodManager:
             with contextlib.suppress(errors.NotFound):
                 await cri.stop_pod_sandbox(s.id)
                 await cri.remove_pod_sandbox(s.id)
+        if self.ctx.cgroups is not None and uid:
+            await self.ctx.cgroups.remove(uid)
         with contextlib.suppress(errors.VnodeError):
             await asyncio.to_thread(self.ctx.volumes.cleanup, uid)
 

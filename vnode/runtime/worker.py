@@ -34,6 +34,7 @@ from vnode.provider.types import (
 )
 from vnode.runtime import apiobjects, labels, specs
 from vnode.runtime.backoff import Backoff
+from vnode.runtime.cgroups import CgroupDriver, pod_cgroup_parent
 from vnode.runtime.cri import CriClient
 from vnode.runtime.status import compute_pod_status
 from vnode.runtime.validation import validate_pod
@@ -73,6 +74,8 @@ class WorkerContext:
     now: Callable[[], datetime] = utcnow
     # The configMaps and secrets pods refer to; None on a standalone node.
     objects: ObjectSource | None = None
+    # Gives every sandbox its pod cgroup (vnode.runtime.cgroups); None leaves the runtime's default.
+    cgroups: CgroupDriver | None = None
 
 
 @dataclass
@@ -111,6 +114,7 @@ class PodWorker:
         self.sandbox_attempt: int = int(state.get("sandboxAttempt", -1))
         self.status: dict[str, Any] | None = state.get("status")
         self.terminal: bool = bool(state.get("terminal", False))
+        self.evicted: str | None = state.get("evicted")  # the eviction's message, once evicted
         self.deleting = False
         self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
         self.synced = asyncio.Event()  # set after the first completed sync
@@ -143,6 +147,17 @@ class PodWorker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def evict(self, message: str) -> None:
+        """The node is short of a resource: stop the pod for good (phase Failed, reason Evicted),
+        as kubelet's eviction manager does; the source still decides when it is deleted."""
+        if self.evicted is not None:
+            return
+        self.evicted = message
+        self.terminal = True
+        log.warning("pod %s evicted: %s", self.name, message)
+        self.ctx.events.event(self.pod, "Warning", "Evicted", message)
+        self.wake()
 
     def observe_listing(self, fingerprint: frozenset[tuple[str, str]]) -> None:
         """The relist saw this pod's runtime objects; wake the worker if anything changed."""
@@ -353,8 +368,7 @@ class PodWorker:
             return None
         log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
         await asyncio.to_thread(_make_dirs, log_dir)
-        config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
-        config.labels[labels.NODE_LABEL] = ctx.node_name
+        config = await self._sandbox_config(attempt)
         try:
             sandbox_id = await ctx.cri.run_pod_sandbox(config)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
@@ -369,6 +383,16 @@ class PodWorker:
         self._waiting.clear()
         _, status = await asyncio.gather(self._persist(), ctx.cri.pod_sandbox_status(sandbox_id))
         return status
+
+    async def _sandbox_config(self, attempt: int) -> Any:
+        """The sandbox's config as created: node label, and the pod cgroup under its QoS class."""
+        ctx = self.ctx
+        log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
+        config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
+        config.labels[labels.NODE_LABEL] = ctx.node_name
+        if ctx.cgroups is not None:
+            config.linux.cgroup_parent = pod_cgroup_parent(self.pod, await ctx.cgroups.get())
+        return config
 
     async def _start_or_back_off(
         self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
@@ -452,12 +476,7 @@ class PodWorker:
             termination_log_host_path=term_log,
         )
         config.labels[labels.NODE_LABEL] = ctx.node_name
-        sandbox_config = specs.sandbox_config(
-            self.pod,
-            log_dir=specs.pod_log_dir(ctx.logs_dir, self.pod),
-            attempt=sandbox.attempt,
-            dns=ctx.dns,
-        )
+        sandbox_config = await self._sandbox_config(sandbox.attempt)
         try:
             container_id = await ctx.cri.create_container(sandbox.id, config, sandbox_config)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
@@ -641,6 +660,8 @@ class PodWorker:
                 await _ignore_missing(self.ctx.cri.remove_container(c.id))
             for sandbox in observed.sandboxes:
                 await _ignore_missing(self.ctx.cri.remove_pod_sandbox(sandbox.id))
+            if self.ctx.cgroups is not None:
+                await self.ctx.cgroups.remove(self.uid)
 
     def grace_seconds(self) -> int:
         meta, spec = self.pod.get("metadata", {}), self.pod.get("spec", {})
@@ -674,6 +695,8 @@ class PodWorker:
                 terminal=self.terminal,
             )
             status = compute_pod_status(self.pod, obs, self.status, ctx.now())
+            if self.evicted is not None:
+                status = {**status, "phase": "Failed", "reason": "Evicted", "message": self.evicted}
         if status != self.status:
             self.status = status
             await self._persist()
@@ -703,10 +726,15 @@ class PodWorker:
             "status": self.status,
             "terminal": self.terminal,
             "backoff": backoff,
+            **({"evicted": self.evicted} if self.evicted is not None else {}),
         }
 
     async def _persist(self) -> None:
         await self.ctx.persist(self.uid, self.state())
+
+    async def persist_now(self) -> None:
+        """Write the state at once (an eviction must survive a restart before the next sync)."""
+        await self._persist()
 
 
 def fingerprint(raw_sandboxes: list[Any], raw_containers: list[Any]) -> frozenset[tuple[str, str]]:

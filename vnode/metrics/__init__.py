@@ -1,0 +1,1 @@
+"""Prometheus exposition: the node's resource metrics and vnode's own."""
