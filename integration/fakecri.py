@@ -60,6 +60,7 @@ from integration.images import BUSYBOX, PAUSE
 
 VERSION = "0.1.0"
 PRESET_IMAGES = (BUSYBOX, PAUSE)
+POD_UID = "io.kubernetes.pod.uid"  # kubelet's label; nodes list one pod's objects by it
 WORKING_SET = 4 * 1024 * 1024  # bytes each running container reports
 CPU_SHARE = 0.001  # of one core, what each running container reports using
 
@@ -138,7 +139,10 @@ class Sandbox:
     config: Any  # api_pb2.PodSandboxConfig
     created_at: int
     ip: str
+    labels: dict[str, str]  # the config's, as a plain dict: protobuf maps are slow to filter
     state: int = api_pb2.SANDBOX_READY
+    listed: Any = None  # the cached api_pb2.PodSandbox, rebuilt when the state changes
+    containers: set[str] = field(default_factory=set)  # IDs of its containers
 
     @property
     def key(self) -> str:
@@ -155,6 +159,7 @@ class Container:
     image: str  # the name it was created from
     image_ref: str
     key: str
+    labels: dict[str, str]
     log_path: str
     created_at: int
     state: int = api_pb2.CONTAINER_CREATED
@@ -179,6 +184,28 @@ class State:
         self.images: dict[str, str] = {image_id(n): n for n in images}  # id -> name
         self.names: dict[str, str] = {}  # reserved sandbox/container key -> id
         self.next_ip = 2
+        # Pod UID label -> IDs of the sandboxes and containers carrying it: a node lists each pod's
+        # objects by that label, and scanning every object for each pod would make the fake, not
+        # the node, the cost being measured.
+        self.by_uid: dict[str, set[str]] = {}
+
+    def index(self, ident: str, labels: Mapping[str, str]) -> None:
+        if POD_UID in labels:
+            self.by_uid.setdefault(labels[POD_UID], set()).add(ident)
+
+    def unindex(self, ident: str, labels: Mapping[str, str]) -> None:
+        ids = self.by_uid.get(labels.get(POD_UID, ""))
+        if ids is not None:
+            ids.discard(ident)
+            if not ids:
+                del self.by_uid[labels[POD_UID]]
+
+    def candidates(self, table: Mapping[str, Any], selector: Mapping[str, str]) -> Iterable[Any]:
+        """The objects of ``table`` that may match ``selector`` (all, unless it names a pod UID)."""
+        if POD_UID in selector:
+            ids = self.by_uid.get(selector[POD_UID], ())
+            return [table[i] for i in ids if i in table]
+        return table.values()
 
     # -- lookups --------------------------------------------------------------------------------
 
@@ -271,7 +298,9 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     @rpc
     async def RunPodSandbox(self, request: Any, context: Any) -> Any:
         config = request.config
-        sandbox = Sandbox(id=secrets.token_hex(32), config=config, created_at=now_ns(), ip="")
+        sandbox = Sandbox(
+            id=secrets.token_hex(32), config=config, created_at=now_ns(), ip="", labels=dict(config.labels)
+        )
         if sandbox.key in self.s.names:
             raise Abort(
                 grpc.StatusCode.UNKNOWN,
@@ -285,14 +314,15 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
             sandbox.ip = f"10.{88 + n // 65536 % 8}.{n // 256 % 256}.{n % 256}"
         self.s.names[sandbox.key] = sandbox.id
         self.s.sandboxes[sandbox.id] = sandbox
+        self.s.index(sandbox.id, sandbox.labels)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox.id)
 
     @rpc
     async def StopPodSandbox(self, request: Any, context: Any) -> Any:
         sandbox = self.s.sandbox(request.pod_sandbox_id, context)
-        for c in [c for c in self.s.containers.values() if c.sandbox_id == sandbox.id]:
-            await kill(c, 0)
-        sandbox.state = api_pb2.SANDBOX_NOTREADY
+        for cid in list(sandbox.containers):
+            await kill(self.s.containers[cid], 0)
+        sandbox.state, sandbox.listed = api_pb2.SANDBOX_NOTREADY, None
         return api_pb2.StopPodSandboxResponse()
 
     @rpc
@@ -301,11 +331,13 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
             sandbox = self.s.sandbox(request.pod_sandbox_id, context)
         except Abort:
             return api_pb2.RemovePodSandboxResponse()  # idempotent, as containerd
-        for c in [c for c in self.s.containers.values() if c.sandbox_id == sandbox.id]:
+        for cid in list(sandbox.containers):
+            c = self.s.containers[cid]
             await kill(c, 0)
             self._forget(c)
-        sandbox.state = api_pb2.SANDBOX_NOTREADY
+        sandbox.state, sandbox.listed = api_pb2.SANDBOX_NOTREADY, None
         self.s.names.pop(sandbox.key, None)
+        self.s.unindex(sandbox.id, sandbox.labels)
         del self.s.sandboxes[sandbox.id]
         return api_pb2.RemovePodSandboxResponse()
 
@@ -335,16 +367,17 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     @rpc
     async def ListPodSandbox(self, request: Any, context: Any) -> Any:
         f = request.filter
+        selector = dict(f.label_selector)
         items = []
-        for sandbox in self.s.sandboxes.values():
+        for sandbox in self.s.candidates(self.s.sandboxes, selector):
             if f.id and not sandbox.id.startswith(f.id):
                 continue
             if f.HasField("state") and sandbox.state != f.state.state:
                 continue
-            if not matches(sandbox.config.labels, f.label_selector):
+            if not matches(sandbox.labels, selector):
                 continue
-            items.append(
-                api_pb2.PodSandbox(
+            if sandbox.listed is None:
+                sandbox.listed = api_pb2.PodSandbox(
                     id=sandbox.id,
                     metadata=sandbox.config.metadata,
                     state=sandbox.state,
@@ -352,7 +385,7 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
                     labels=sandbox.config.labels,
                     annotations=sandbox.config.annotations,
                 )
-            )
+            items.append(sandbox.listed)
         return api_pb2.ListPodSandboxResponse(items=items)
 
     # -- containers ----------------------------------------------------------------------------
@@ -387,11 +420,14 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
             image=self.s.images[ident],
             image_ref=ident,
             key=key,
+            labels=dict(config.labels),
             log_path=log_path,
             created_at=now_ns(),
         )
         self.s.names[key] = container.id
         self.s.containers[container.id] = container
+        self.s.index(container.id, container.labels)
+        sandbox.containers.add(container.id)
         return api_pb2.CreateContainerResponse(container_id=container.id)
 
     @rpc
@@ -434,7 +470,11 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
 
     def _forget(self, c: Container) -> None:
         self.s.names.pop(c.key, None)
+        self.s.unindex(c.id, c.labels)
         self.s.containers.pop(c.id, None)
+        sandbox = self.s.sandboxes.get(c.sandbox_id)
+        if sandbox is not None:
+            sandbox.containers.discard(c.id)
 
     @rpc
     async def ContainerStatus(self, request: Any, context: Any) -> Any:
@@ -464,15 +504,16 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     @rpc
     async def ListContainers(self, request: Any, context: Any) -> Any:
         f = request.filter
+        selector = dict(f.label_selector)
         found = []
-        for c in self.s.containers.values():
+        for c in self.s.candidates(self.s.containers, selector):
             if f.id and not c.id.startswith(f.id):
                 continue
             if f.pod_sandbox_id and not c.sandbox_id.startswith(f.pod_sandbox_id):
                 continue
             if f.HasField("state") and c.state != f.state.state:
                 continue
-            if not matches(c.config.labels, f.label_selector):
+            if not matches(c.labels, selector):
                 continue
             if c.listed is None:
                 c.listed = api_pb2.Container(
@@ -552,12 +593,13 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         )
 
     def _selected(self, f: Any) -> list[Container]:
+        selector = dict(f.label_selector)
         return [
             c
-            for c in self.s.containers.values()
+            for c in self.s.candidates(self.s.containers, selector)
             if (not f.id or c.id.startswith(f.id))
             and (not f.pod_sandbox_id or c.sandbox_id.startswith(f.pod_sandbox_id))
-            and matches(c.config.labels, f.label_selector)
+            and matches(c.labels, selector)
         ]
 
     @rpc
@@ -572,7 +614,7 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         )
 
     def _sandbox_stats(self, sandbox: Sandbox) -> Any:
-        containers = [self._stats(c) for c in self.s.containers.values() if c.sandbox_id == sandbox.id]
+        containers = [self._stats(self.s.containers[cid]) for cid in sandbox.containers]
         ts = now_ns()
         cpu = sum(s.cpu.usage_core_nano_seconds.value for s in containers)
         memory = sum(s.memory.working_set_bytes.value for s in containers)
@@ -598,10 +640,11 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     @rpc
     async def ListPodSandboxStats(self, request: Any, context: Any) -> Any:
         f = request.filter
+        selector = dict(f.label_selector)
         chosen = [
             s
-            for s in self.s.sandboxes.values()
-            if (not f.id or s.id.startswith(f.id)) and matches(s.config.labels, f.label_selector)
+            for s in self.s.candidates(self.s.sandboxes, selector)
+            if (not f.id or s.id.startswith(f.id)) and matches(s.labels, selector)
         ]
         return api_pb2.ListPodSandboxStatsResponse(stats=[self._sandbox_stats(s) for s in chosen])
 
