@@ -55,6 +55,9 @@ class Pods:
     def list_pods(self) -> list[dict[str, Any]]:
         return [POD]
 
+    def listed_pod(self, uid: str) -> dict[str, Any] | None:
+        return POD if uid == POD["metadata"]["uid"] else None
+
     def add_listener(self, callback: Any) -> None:
         return None
 

@@ -181,6 +181,11 @@ class PodManager:
         pod["status"] = worker.status or {"phase": "Pending"}
         return pod
 
+    def listed_pod(self, uid: str) -> dict[str, Any] | None:
+        """One pod as ``list_pods`` shows it, or None when it is not listed."""
+        worker = self._workers.get(uid)
+        return None if worker is None or worker.deleting else self.pod_with_status(worker)
+
     def list_pods(self) -> list[dict[str, Any]]:
         """Every pod bound here with its current status (kubelet's ``/pods``)."""
         return [self.pod_with_status(w) for w in self._workers.values() if not w.deleting]
