@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from integration.fakecri import FakeRuntime
+from integration.kube import KubeCluster
+from integration.kube.view import ClusterView
 from integration.node import VnodeProcess, busybox_pod, container_status, is_running
 
 POLL = 0.25
@@ -116,6 +118,79 @@ class Figures:
     notes: list[str] = field(default_factory=list)
 
 
+class StaticPods:
+    """Pods from manifest files, one file each, written the way a configuration tool would."""
+
+    api = False
+
+    def __init__(self, node: VnodeProcess) -> None:
+        self.node = node
+
+    def args(self) -> list[str]:
+        return []
+
+    def names(self, n: int) -> set[str]:
+        return {self.node.static_name(f"p{i}") for i in range(n)}
+
+    async def create(self, n: int) -> None:
+        for i in range(n):
+            self.node.write_manifest(f"p{i}.yaml", busybox_pod(f"p{i}", "sleep 86400"))
+
+    async def running_in_api(self, n: int) -> bool:
+        return True
+
+    async def delete_all(self) -> None:
+        for path in self.node.manifests.glob("*.yaml"):
+            path.unlink()
+
+    async def none_in_api(self) -> bool:
+        return True
+
+
+class ApiPods:
+    """Pods created in the real API server with ``nodeName`` set (no scheduler in the way), in a
+    namespace of their own, with what admission gives every pod (a projected service-account
+    token, the kube-root-ca.crt configMap)."""
+
+    api = True
+
+    def __init__(self, view: ClusterView, node_name: str) -> None:
+        self.view = view
+        self.node_name = node_name
+
+    def args(self) -> list[str]:
+        return self.view.node_args(self.node_name)
+
+    def names(self, n: int) -> set[str]:
+        return {f"p{i}" for i in range(n)}
+
+    async def create(self, n: int) -> None:
+        pods = []
+        for i in range(n):
+            pod = busybox_pod(f"p{i}", "sleep 86400")
+            pod["spec"]["nodeName"] = self.node_name
+            pods.append(pod)
+        listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": pods}).encode()
+        await self.view.kubectl("create", "-f", "-", stdin=listed, timeout=600)
+
+    async def _phases(self) -> list[str]:
+        body = await self.view.get_json("pods")
+        return [p.get("status", {}).get("phase", "") for p in (body or {}).get("items", [])]
+
+    async def running_in_api(self, n: int) -> bool:
+        phases = await self._phases()
+        return len(phases) == n and all(p == "Running" for p in phases)
+
+    async def delete_all(self) -> None:
+        await self.view.kubectl("delete", "pods", "--all", "--wait=false", timeout=600)
+
+    async def none_in_api(self) -> bool:
+        return not await self._phases()
+
+
+Source = StaticPods | ApiPods
+
+
 async def all_running(node: VnodeProcess, names: set[str]) -> dict[str, dict[str, Any]] | None:
     try:
         pods = await node.pods()
@@ -160,26 +235,33 @@ async def readopt(
         await asyncio.sleep(0.05)
 
 
-async def measure(n: int, idle: float, base: Path, profiler: Profiler) -> Figures:
+async def measure(n: int, idle: float, base: Path, profiler: Profiler, kube: KubeCluster | None) -> Figures:
     figures = Figures(n)
     runtime = FakeRuntime(base / "fakecri")
     await asyncio.to_thread(runtime.start)
-    node = VnodeProcess(
-        base / "node", runtime.endpoint, node_name="scalenode", extra_args=["-v=0", f"--max-pods={n + 10}"]
-    )
+    node_name = f"scale{n}-{os.getpid()}"
+    view = await ClusterView(kube, f"scale{n}").open() if kube is not None else None
+    node = VnodeProcess(base / "node", runtime.endpoint, node_name=node_name)
+    source: Source = ApiPods(view, node_name) if view is not None else StaticPods(node)
+    node.extra_args = [*source.args(), "-v=0", f"--max-pods={n + 10}"]
     try:
         await node.start()
         assert node.proc is not None and runtime.proc is not None
-        names = {node.static_name(f"p{i}") for i in range(n)}
+        names = source.names(n)
         pids = {"vnode": node.proc.pid, "runtime": runtime.proc.pid}
         await profiler.start("start", n, pids)
-        for i in range(n):
-            node.write_manifest(f"p{i}.yaml", busybox_pod(f"p{i}", "sleep 86400"))
         start = time.perf_counter()
+        await source.create(n)
+        if not source.api:
+            start = time.perf_counter()  # from all manifests written
         pods = await until(lambda: all_running(node, names))
         figures.start = time.perf_counter() - start
         await profiler.stop()
-        print(f"  {n}: all Running after {figures.start:.2f} s", flush=True)
+        print(f"  {n}: all Running in /pods after {figures.start:.2f} s", flush=True)
+        if source.api:
+            await until(lambda: source.running_in_api(n), interval=1.0)
+            figures.start_api = time.perf_counter() - start
+            print(f"  {n}: all Running in the API after {figures.start_api:.2f} s", flush=True)
 
         await asyncio.sleep(5)  # let the start-up writes and status updates settle
         v0, r0, t0 = cpu_seconds(node.proc.pid), cpu_seconds(runtime.proc.pid), time.perf_counter()
@@ -209,11 +291,14 @@ async def measure(n: int, idle: float, base: Path, profiler: Profiler) -> Figure
 
         await profiler.start("delete", n, {"vnode": node.proc.pid, "runtime": runtime.proc.pid})
         start = time.perf_counter()
-        for path in node.manifests.glob("*.yaml"):
-            path.unlink()
+        await source.delete_all()
 
         async def gone() -> bool:
-            return not await node.pods() and (await asyncio.to_thread(runtime.counts))[0] == 0
+            return (
+                not await node.pods()
+                and (await asyncio.to_thread(runtime.counts))[0] == 0
+                and await source.none_in_api()
+            )
 
         await until(gone)
         figures.delete = time.perf_counter() - start
@@ -224,12 +309,14 @@ async def measure(n: int, idle: float, base: Path, profiler: Profiler) -> Figure
         if node.proc is not None and node.proc.returncode is None:
             await node.terminate()
         await asyncio.to_thread(runtime.stop)
+        if view is not None:
+            await view.close()
     return figures
 
 
 def report(results: list[Figures], idle: float) -> None:
     rows = [
-        ("start: manifests written -> all Running (s)", "start"),
+        ("start: created -> all Running in /pods (s)", "start"),
         (f"idle CPU over {idle:.0f} s (% of one core)", "idle_cpu"),
         ("  fake runtime's idle CPU (%)", "runtime_cpu"),
         ("RSS (MiB)", "rss"),
@@ -256,15 +343,24 @@ def report(results: list[Figures], idle: float) -> None:
             print(f"note ({r.n} pods): {note}")
 
 
-async def run(sizes: list[int], idle: float, profile: Path | None) -> None:
+async def run(sizes: list[int], idle: float, profile: Path | None, api: bool) -> None:
     profiler = Profiler(profile)
     results = []
-    for n in sizes:
-        base = Path(tempfile.mkdtemp(prefix=f"vnode-scale-{n}-"))
-        try:
-            results.append(await measure(n, idle, base, profiler))
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+    kube: KubeCluster | None = None
+    top = Path(tempfile.mkdtemp(prefix="vnode-scale-"))
+    try:
+        if api:
+            kube = KubeCluster(top / "kube", masters=1)
+            await asyncio.to_thread(kube.start)
+            print(f"control plane: kube-apiserver {kube.bin.parent.name}; pods created in the API")
+        else:
+            print("static pods from manifest files")
+        for n in sizes:
+            results.append(await measure(n, idle, top / f"n{n}", profiler, kube))
+    finally:
+        if kube is not None:
+            await asyncio.to_thread(kube.stop)
+        shutil.rmtree(top, ignore_errors=True)
     report(results, idle)
     print(json.dumps([r.__dict__ for r in results]))
 
@@ -280,8 +376,10 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="record py-spy profiles of each phase into this directory"
     )
+    parser.add_argument("--source", choices=("static", "api"), default="static")
     args = parser.parse_args()
-    asyncio.run(run([int(s) for s in args.sizes.split(",")], args.idle, args.profile))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    asyncio.run(run(sizes, args.idle, args.profile, args.source == "api"))
 
 
 if __name__ == "__main__":
