@@ -29,7 +29,7 @@ from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.events import EventPoster
 from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
-from vnode.controllers.objects import ObjectCache
+from vnode.controllers.objects import MAX_WATCHES, ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.provider.protocols import HealthCheck
@@ -73,6 +73,8 @@ class Components:
 
     async def close(self) -> None:
         await self.pods.stop()
+        if self.objects is not None:
+            await self.objects.close()
         if self.masters is not None:
             await self.masters.close()
         await self.cri.close()
@@ -133,7 +135,9 @@ async def build(settings: Settings) -> Components:
         objects = None
         if access is not None and masters is not None:
             store.claim(access.identity(settings.node.name))
-            objects = ObjectCache(masters, store, Sealer(settings.store_key_file))
+            # Object watches get a client of their own: each holds a connection while it is open.
+            watches = Masters(access, limit=MAX_WATCHES)
+            objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=watches)
         components = await _build_with_store(settings, store, host_ip, ssl_context, objects)
     except BaseException:
         await store.close()

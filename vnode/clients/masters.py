@@ -45,8 +45,9 @@ def _keepalive_socket_factory(addr_info: Any) -> socket.socket:
 class Masters:
     """See the module docstring. ``close()`` releases the connections."""
 
-    def __init__(self, access: ClusterAccess) -> None:
+    def __init__(self, access: ClusterAccess, *, limit: int = 20) -> None:
         self.access = access
+        self.limit = limit  # connections at once; each open watch holds one
         self.active = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -56,7 +57,7 @@ class Masters:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            kwargs: dict[str, Any] = {"ssl": self.access.ssl_context or False, "limit": 20}
+            kwargs: dict[str, Any] = {"ssl": self.access.ssl_context or False, "limit": self.limit}
             try:
                 connector = aiohttp.TCPConnector(socket_factory=_keepalive_socket_factory, **kwargs)
             except TypeError:  # aiohttp older than 3.12 has no socket_factory
