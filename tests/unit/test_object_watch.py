@@ -86,6 +86,8 @@ async def test_a_watch_replaces_polling_and_follows_changes(
     access = ClusterAccess((url,), None)
     masters, watches = Masters(access), Masters(access, limit=objects.MAX_WATCHES)
     cache = ObjectCache(masters, store, watches=watches)
+    changes: list[tuple[str, str, str]] = []
+    cache.add_listener(lambda *change: changes.append(change))
     try:
         assert (await cache.get_object("configmaps", "default", "cm"))["data"] == {"k": "v1"}
 
@@ -98,6 +100,8 @@ async def test_a_watch_replaces_polling_and_follows_changes(
         for _ in range(5):
             await cache.get_object("configmaps", "default", "cm")
         assert state.gets == 1, "the object was fetched again while its watch was open"
+        assert cache.watched("configmaps", "default", "cm")
+        assert not cache.watched("configmaps", "default", "other")
 
         writes = cache.writes
         state.events.put_nowait({"type": "MODIFIED", "object": config_map("2", "v2")})
@@ -108,6 +112,7 @@ async def test_a_watch_replaces_polling_and_follows_changes(
 
         await wait_for(lambda: _is(value, "v2"), timeout=10, interval=0.01, what="the change to arrive")
         assert cache.writes == writes + 1  # the new version is kept for offline use
+        assert changes == [("configmaps", "default", "cm")]  # the pods using it are woken
         state.events.put_nowait({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "5"}}})
         state.events.put_nowait({"type": "DELETED", "object": config_map("6", "v2")})
         await wait_for(lambda: _is(value, None), timeout=10, interval=0.01, what="the deletion to arrive")

@@ -157,6 +157,8 @@ async def build(settings: Settings) -> Components:
         writer.pods_known = lambda: [w.uid for w in pods.workers()]
         informer.listed = writer.resync
         pods.add_listener(writer.changed)
+        if objects is not None:
+            objects.add_listener(pods.object_changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)

@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,16 @@ class ObjectCache:
         self.watcher = watches
         self._cache: dict[str, tuple[float, Obj | None]] = {}
         self._watches: dict[str, _Watch] = {}
+        self._listeners: list[Callable[[str, str, str], None]] = []
         self.writes = 0  # store writes, for tests and benchmarks
+
+    def add_listener(self, callback: Callable[[str, str, str], None]) -> None:
+        """``callback(kind, namespace, name)`` runs when a watch brings a new version of an object."""
+        self._listeners.append(callback)
+
+    def watched(self, kind: str, namespace: str, name: str) -> bool:
+        watch = self._watches.get(f"{kind}/{namespace}/{name}")
+        return watch is not None and watch.live
 
     async def close(self) -> None:
         """End every watch (the node is stopping) and release the watch client."""
@@ -189,18 +199,25 @@ class ObjectCache:
                 raise errors.Conflict(str(obj.get("message", "410 Gone")))
             raise errors.Unavailable(f"watch error: {obj.get('message', obj)}")
         rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if kind in ("ADDED", "MODIFIED"):
-            await self._update(key, obj)
-        elif kind == "DELETED":
-            await self._update(key, None)
+        changed = kind in ("ADDED", "MODIFIED", "DELETED") and await self._update(
+            key, obj if kind != "DELETED" else None
+        )
+        for callback in self._listeners if changed else []:
+            try:
+                callback(watch.kind, watch.namespace, watch.name)
+            except Exception:
+                log.exception("object listener failed")
         return str(rv) if rv else None
 
-    async def _update(self, key: str, obj: Obj | None) -> None:
+    async def _update(self, key: str, obj: Obj | None) -> bool:
+        """Keep ``obj`` as ``key``'s copy; True if it is another version than the one kept."""
         cached = self._cache.get(key)
         self._cache[key] = (time.monotonic(), obj)
         if cached is None or _version(cached[1]) != _version(obj):
             sealed = key.split("/", 1)[0] in SEALED_KINDS and obj is not None
             await self._save(key, obj, sealed=sealed)
+            return True
+        return False
 
     async def token(self, pod: Obj, audience: str, expiration_seconds: int) -> tuple[str, float]:
         """TokenRequest for the pod's service account, bound to the pod; offline, the last token
