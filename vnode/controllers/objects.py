@@ -43,6 +43,7 @@ MAX_WATCHES = 64  # object watches per node, each an HTTP/1.1 connection to the 
 WATCH_SECONDS = (1800, 3600)  # a watch's timeoutSeconds, drawn from this range
 UNUSED_SECONDS = 300.0  # a watch for an object no worker asked about for this long ends
 MAX_BACKOFF = 30.0
+TOKEN_REUSE = 0.25  # a kept token is used again while more than this part of its lifetime is left
 TABLE = "objects"
 SEALED_KINDS = ("secrets",)
 
@@ -221,7 +222,10 @@ class ObjectCache:
 
     async def token(self, pod: Obj, audience: str, expiration_seconds: int) -> tuple[str, float]:
         """TokenRequest for the pod's service account, bound to the pod; offline, the last token
-        issued for it while it has not expired."""
+        issued for it while it has not expired. A token kept from before a restart is used again
+        while more than ``TOKEN_REUSE`` of its lifetime is left (workers ask at 80%, so this is
+        only ever a restart), so that re-adopting N pods costs no N TokenRequests and no N volume
+        rewrites."""
         meta, spec = pod["metadata"], pod.get("spec") or {}
         namespace = meta.get("namespace", "default")
         account = spec.get("serviceAccountName") or "default"
@@ -240,13 +244,15 @@ class ObjectCache:
                 },
             },
         }
+        found, stored = self._load(key)
+        left = float((stored or {}).get("expires", 0)) - time.time()
+        if found and stored is not None and left > TOKEN_REUSE * expiration_seconds:
+            return str(stored["token"]), left
         try:
             answer = await self.masters.request(
                 "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", body=body
             )
         except errors.Unavailable:
-            found, stored = self._load(key)
-            left = float((stored or {}).get("expires", 0)) - time.time()
             if not found or stored is None or left <= 0:
                 raise
             return str(stored["token"]), left
