@@ -221,6 +221,8 @@ async def readopt(
     await profiler.start("readopt", len(before), {"vnode": node.proc.pid, "runtime": runtime})
     serving: float | None = None
     while True:
+        if node.proc.returncode is not None:
+            raise RuntimeError(f"vnode exited with {node.proc.returncode}:\n{node.log_tail()}")
         try:
             if serving is None and (await node.get("/healthz/ping"))[0] == 200:
                 serving = time.perf_counter() - start
