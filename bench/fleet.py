@@ -37,7 +37,7 @@ from typing import Any
 from integration.fakecri import FakeRuntime
 from integration.kube import KubeCluster
 from integration.kube.view import ClusterView
-from integration.node import VnodeProcess, busybox_pod
+from integration.node import VnodeProcess, busybox_pod, free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -155,7 +155,15 @@ class Fleet:
         args = self.view.node_args(name, servers=[relay.url])
         node = VnodeProcess(self.base / name, runtime.endpoint, node_name=name, extra_args=[*args, "-v=0"])
         self.nodes.append(node)
-        await node.start()
+        for attempt in range(3):
+            try:
+                await node.start()
+                return
+            except AssertionError:
+                # free_port's port can be taken by another process before vnode binds it
+                if attempt == 2 or "address already in use" not in node.log_tail():
+                    raise
+                node.port, node.local_api_port = free_port(), free_port()
 
     async def close(self) -> None:
         await asyncio.gather(
