@@ -1,11 +1,15 @@
 """Cluster-mode benchmarks against a real control plane (or the imitation) and a real containerd.
 
-    .venv/bin/python -m bench.cluster [--pods 20] [--idle 60] [--plane real|imitation]
+    .venv/bin/python -m bench.cluster [--pods 20] [--idle 60] [--plane real|imitation] [--objects]
 
 - API load: requests per minute the node sends while idle with N running pods from the API, by
   kind of request (read from kube-apiserver's audit log for the node's user, or from the
   imitation's request counters). Kubelet's steady state is 6 Lease renewals a minute plus changed
   statuses (a node status report every 5 minutes).
+- With ``--objects``, each pod mounts a configMap and a secret of its own (and the projected
+  service-account token admission adds to every pod), the issue's idle node; after the idle window
+  one configMap is edited and the time until the pod prints the new value from its mounted file
+  is measured.
 - Start latency: ``kubectl apply`` of one pod with ``nodeName`` to status Running in the API,
   beside the standalone start of the same pod (manifest to Running in ``/pods``) in the same run.
 """
@@ -42,6 +46,36 @@ spec:
 """
 
 
+OBJECTS = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cm-{name}}}
+data: {{value: v1}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: s-{name}}}
+stringData: {{password: p}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: benchnode
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  volumes:
+    - {{name: cfg, configMap: {{name: cm-{name}}}}}
+    - {{name: sec, secret: {{secretName: s-{name}}}}}
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.35
+      volumeMounts: [{{name: cfg, mountPath: /etc/cfg}}, {{name: sec, mountPath: /etc/sec}}]
+      command: [sh, -c, {command}]
+"""
+WATCHING = "'while true; do echo \"value=$(cat /etc/cfg/value)\"; sleep 1; done'"
+
+
 async def counts(plane: Plane) -> dict[str, int]:
     if isinstance(plane, ClusterView):
         return await asyncio.to_thread(plane.kube.requests_of, "system:node:benchnode")
@@ -63,7 +97,7 @@ async def poll(probe: Any, interval: float = 0.05) -> float:
     return time.perf_counter() - start
 
 
-async def run(pods: int, idle: float, real: bool) -> None:
+async def run(pods: int, idle: float, real: bool, objects: bool) -> None:
     harness = Containerd()
     await asyncio.to_thread(harness.start)
     base = Path(tempfile.mkdtemp(prefix="vnode-bench-cluster-"))
@@ -103,7 +137,13 @@ async def run(pods: int, idle: float, real: bool) -> None:
               f"{standalone:.3f} s (ratio {via_api / standalone:.2f})")  # fmt: skip
 
         names = [f"p{i}" for i in range(pods)]
-        manifest = "\n---\n".join(POD.format(name=n) for n in names)
+        if objects:
+            manifest = "\n---\n".join(
+                OBJECTS.format(name=n, command=WATCHING if i == 0 else '"sleep 3600"')
+                for i, n in enumerate(names)
+            )
+        else:
+            manifest = "\n---\n".join(POD.format(name=n) for n in names)
         await plane.kubectl("apply", "-f", "-", stdin=manifest.encode())
         await poll(lambda: api_running(plane, names), interval=0.5)
         await asyncio.sleep(15)  # let the start-up writes settle
@@ -115,6 +155,20 @@ async def run(pods: int, idle: float, real: bool) -> None:
         print(f"idle with {pods + 2} pods over {idle:.0f} s: {total:.1f} requests/minute")
         for key, value in sorted(delta.items(), key=lambda kv: -kv[1]):
             print(f"  {value * 60 / idle:6.1f}/min  {key}")
+        if objects:
+            namespace = plane.namespace if isinstance(plane, ClusterView) else "default"
+            start = time.perf_counter()
+            await plane.kubectl(
+                "patch", "configmap", "cm-p0", "--type=merge", "-p", '{"data":{"value":"v2"}}'
+            )
+
+            async def edited() -> bool:
+                status, body = await node.get(f"/containerLogs/{namespace}/p0/main", tailLines="2")
+                return status == 200 and b"value=v2" in body
+
+            await poll(edited, interval=0.2)
+            took = time.perf_counter() - start
+            print(f"configMap edit -> the new value read from the mounted file: {took:.1f} s")
     finally:
         if node.proc is not None and node.proc.returncode is None:
             await node.terminate()
@@ -134,8 +188,9 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--plane", choices=("real", "imitation"), default="real")
+    parser.add_argument("--objects", action="store_true", help="each pod mounts a configMap and a secret")
     args = parser.parse_args()
-    asyncio.run(run(args.pods, args.idle, args.plane == "real"))
+    asyncio.run(run(args.pods, args.idle, args.plane == "real", args.objects))
 
 
 if __name__ == "__main__":

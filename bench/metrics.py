@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from integration.fakecri import FakeContainer, FakePod, FakeStatsRuntime
+from integration.fakestats import FakeContainer, FakePod, FakeStatsRuntime
 from vnode.api.server import KubeletApp, KubeletHandlers
 from vnode.api.stats import StatsHandlers
 from vnode.metrics.node import NodeMetrics

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integration.fakecri import FakePod, FakeStatsRuntime
+from integration.fakestats import FakePod, FakeStatsRuntime
 from vnode import errors
 from vnode.api import local
 from vnode.api.guard import Guard
@@ -58,6 +58,9 @@ class Pods:
 
     def list_pods(self) -> list[dict[str, Any]]:
         return [POD]
+
+    def listed_pod(self, uid: str) -> dict[str, Any] | None:
+        return POD if uid == POD["metadata"]["uid"] else None
 
     def add_listener(self, callback: Any) -> None:
         return None

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.containerd import Containerd
-from integration.fakecri import FakePod, FakeStatsRuntime
+from integration.fakestats import FakePod, FakeStatsRuntime
 from integration.images import NAMESPACE, pause_layer, write_oci
 from integration.node import VnodeProcess, busybox_pod, is_running, running_node, wait_for
 from tests.metrics_server_rules import decode
@@ -178,7 +178,7 @@ def fields(message: Any, prefix: str = "") -> set[str]:
 
 
 async def compare_with_the_stand_in(cri: CriClient, node_name: str) -> None:
-    """integration.fakecri answers with the fields this containerd sets, and no others."""
+    """integration.fakestats answers with the fields this containerd sets, and no others."""
     selector = {labels.NODE_LABEL: node_name}
     fake = FakeStatsRuntime([FakePod("p", host_network=True)], node_name)  # as the busy pod
     calls = ["list_container_stats", "list_pod_sandbox_stats", "list_containers", "list_pod_sandboxes"]

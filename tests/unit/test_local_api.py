@@ -48,6 +48,9 @@ class FakePods:
     def list_pods(self) -> list[dict[str, Any]]:
         return list(self.pods.values())
 
+    def listed_pod(self, uid: str) -> dict[str, Any] | None:
+        return self.pods.get(uid)
+
     def add_listener(self, callback: Callable[[str], None]) -> None:
         self.listeners.append(callback)
 

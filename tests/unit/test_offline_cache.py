@@ -7,6 +7,7 @@ answers 500 to everything, and a "restart" is a new ObjectCache on the same stor
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from integration.faults import FaultyMaster, serving
 from vnode import errors
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
+from vnode.controllers import objects
 from vnode.controllers.objects import ObjectCache
 from vnode.security.sealing import Sealer
 from vnode.store import Store
@@ -190,6 +192,26 @@ async def test_tokens_are_served_offline_until_they_expire(
                 await offline.token(pod, "short", 0)
         finally:
             await masters.close()
+
+
+async def test_a_fresh_token_kept_from_before_a_restart_is_used_again(
+    master: Master, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod = {"metadata": {"name": "p", "uid": "pod-1"}}
+    cache, masters = await cache_on(master.url, store, tmp_path / "key")
+    try:
+        assert (await cache.token(pod, "aud", 3600))[0] == "token-1"
+    finally:
+        await masters.close()
+    restarted, masters = await cache_on(master.url, store, tmp_path / "key")
+    try:
+        token, left = await restarted.token(pod, "aud", 3600)
+        assert token == "token-1" and 3500 < left <= 3600 and master.tokens == 1  # no new TokenRequest
+        now = time.time()
+        monkeypatch.setattr(objects.time, "time", lambda: now + 2800)  # less than a quarter left
+        assert (await restarted.token(pod, "aud", 3600))[0] == "token-2"
+    finally:
+        await masters.close()
 
 
 async def test_a_store_of_another_cluster_is_refused(store: Store) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from integration.fakecri import FakeContainer, FakePod, FakeStatsRuntime
+from integration.fakestats import FakeContainer, FakePod, FakeStatsRuntime
 from tests.metrics_server_rules import decode
 from vnode import errors
 from vnode.config.loader import load_settings

@@ -436,6 +436,10 @@ class LocalPods(PodLister, LogLocator, Protocol):
 
     def add_listener(self, callback: Callable[[str], None]) -> None: ...
 
+    def listed_pod(self, uid: str) -> dict[str, Any] | None:
+        """The pod as ``list_pods`` shows it, or None when it is not listed (gone or deleting)."""
+        ...
+
 
 @dataclass
 class Event:
@@ -460,8 +464,9 @@ class _Watcher:
 class PodHistory:
     """The pods as served (with resourceVersions), the last ``HISTORY`` changes, and the watchers.
 
-    ``sync`` diffs ``list_pods()`` against what was served; it runs on every listener call and
-    before every list, so a list's resourceVersion and the events after it always agree.
+    ``sync`` diffs ``list_pods()`` against what was served before every list, and ``sync_one``
+    diffs the one pod a listener call names (a full diff per status change made starting N pods
+    cost O(N^2)), so a list's resourceVersion and the events after it always agree.
     """
 
     def __init__(self, pods: LocalPods, keep: int = HISTORY) -> None:
@@ -471,7 +476,20 @@ class PodHistory:
         self._served: dict[str, dict[str, Any]] = {}  # uid -> the pod with kind and resourceVersion
         self._events: deque[Event] = deque(maxlen=keep)
         self._watchers: set[_Watcher] = set()
-        pods.add_listener(lambda uid: self.sync())
+        pods.add_listener(self.sync_one)
+
+    def sync_one(self, uid: str) -> None:
+        pod = self.pods.listed_pod(uid)
+        if pod is None:
+            if uid in self._served:
+                del self._raw[uid]
+                self._emit("DELETED", uid, self._served.pop(uid), None)
+            return
+        if self._raw.get(uid) == pod:
+            return
+        previous = self._served.get(uid)
+        raw = self._raw[uid] = copy.deepcopy(pod)
+        self._emit("ADDED" if previous is None else "MODIFIED", uid, raw, previous)
 
     def sync(self) -> None:
         current = {p["metadata"]["uid"]: p for p in self.pods.list_pods()}

@@ -30,7 +30,7 @@ from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.events import EventPoster
 from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
-from vnode.controllers.objects import ObjectCache
+from vnode.controllers.objects import MAX_WATCHES, ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker
@@ -82,6 +82,8 @@ class Components:
 
     async def close(self) -> None:
         await self.pods.stop()
+        if self.objects is not None:
+            await self.objects.close()
         if self.masters is not None:
             await self.masters.close()
         await self.cri.close()
@@ -143,7 +145,9 @@ async def build(settings: Settings) -> Components:
         objects = None
         if access is not None and masters is not None:
             store.claim(access.identity(settings.node.name))
-            objects = ObjectCache(masters, store, Sealer(settings.store_key_file))
+            # Object watches get a client of their own: each holds a connection while it is open.
+            watches = Masters(access, limit=MAX_WATCHES)
+            objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=watches)
         components = await _build_with_store(settings, store, host_ip, ssl_context, objects, metrics)
     except BaseException:
         await store.close()
@@ -164,6 +168,8 @@ async def build(settings: Settings) -> Components:
         writer.pods_known = lambda: [w.uid for w in pods.workers()]
         informer.listed = writer.resync
         pods.add_listener(writer.changed)
+        if objects is not None:
+            objects.add_listener(pods.object_changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)

@@ -47,9 +47,14 @@ class Masters:
     """See the module docstring. ``close()`` releases the connections."""
 
     def __init__(
-        self, access: ClusterAccess, *, on_response: Callable[[str, str, str], None] | None = None
+        self,
+        access: ClusterAccess,
+        *,
+        limit: int = 20,
+        on_response: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.access = access
+        self.limit = limit  # connections at once; each open watch holds one
         self.on_response = on_response  # (method, host, code or "<error>"): the node's metrics
         self.active = 0
         self._session: aiohttp.ClientSession | None = None
@@ -60,7 +65,7 @@ class Masters:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            kwargs: dict[str, Any] = {"ssl": self.access.ssl_context or False, "limit": 20}
+            kwargs: dict[str, Any] = {"ssl": self.access.ssl_context or False, "limit": self.limit}
             try:
                 connector = aiohttp.TCPConnector(socket_factory=_keepalive_socket_factory, **kwargs)
             except TypeError:  # aiohttp older than 3.12 has no socket_factory

@@ -3,9 +3,11 @@
 One loop for every object kind the node follows (its pods, its own Node, and next the objects its
 pods reference): a full list hands the complete set to ``replace``, then a watch from the list's
 resourceVersion (with bookmarks) hands each change to ``apply``; after a burst of changes
-``settled`` runs once. A 410 Gone, a broken watch or a failed-over master leads to a fresh list:
-the list, not a replay, is the truth, so no change is missed across a failover. Failures are
-retried with capped, jittered back-off, forever.
+``settled`` runs once. When the server ends a watch (its randomized ``timeoutSeconds``), the next
+one resumes from the last resourceVersion seen, as a reflector does: a periodic relist would cost
+an idle node a request and the whole collection every few minutes. A 410 Gone, a broken watch or
+a failed-over master leads to a fresh list: the list, not a replay, is the truth, so no change is
+missed across a failover. Failures are retried with capped, jittered back-off, forever.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 BURST_SECONDS = 0.05  # changes arriving this close together are settled once
 MAX_BACKOFF = 30.0
-WATCH_SECONDS = 300  # the server ends a watch after this; the next one starts from a fresh list
+WATCH_SECONDS = (1800, 3600)  # the server ends a watch after a time drawn from this; the next resumes
 
 Obj = dict[str, Any]
 
@@ -54,14 +56,18 @@ class ListWatch:
 
     async def run(self) -> None:
         delay = 0.5
+        rv: str | None = None
         while True:
             try:
-                rv = await self._list()
-                delay = 0.5
-                await self._watch(rv)
+                if rv is None:
+                    rv = await self._list()
+                    delay = 0.5
+                rv = await self._watch(rv)  # ended by the server: resume from where it got to
             except errors.Conflict as exc:  # 410 Gone: the version is too old
                 log.info("%s watch expired (%s); listing again", self.what, exc)
+                rv = None
             except errors.VnodeError as exc:
+                rv = None
                 log.warning("%s informer: %s; listing again in %.1fs", self.what, exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -73,9 +79,10 @@ class ListWatch:
         self.synced.set()
         return str(body["metadata"]["resourceVersion"])
 
-    async def _watch(self, rv: str) -> None:
-        """Apply events until the watch ends (then the caller lists again)."""
-        params = {**self.params, "resourceVersion": rv, "timeoutSeconds": str(WATCH_SECONDS)}
+    async def _watch(self, rv: str) -> str:
+        """Apply events until the server ends the watch; returns the last resourceVersion seen."""
+        timeout = random.randint(*WATCH_SECONDS)
+        params = {**self.params, "resourceVersion": rv, "timeoutSeconds": str(timeout)}
         events = self.masters.watch(self.path, params).__aiter__()
         pending = False
         while True:
@@ -91,12 +98,13 @@ class ListWatch:
             except StopAsyncIteration:
                 if pending:
                     await self.settled()
-                return
+                return rv
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:
                     raise errors.Conflict(str(obj.get("message", "410 Gone")))
                 raise errors.Unavailable(f"watch error: {obj.get('message', obj)}")
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
             if kind == "BOOKMARK" or not (obj.get("metadata") or {}).get("uid"):
                 continue
             pending = self.apply(str(kind), obj) or pending

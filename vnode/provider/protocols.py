@@ -103,6 +103,11 @@ class ObjectSource(Protocol):
 
     async def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    def watched(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether a watch keeps the object current (its changes then wake the pods using it, and
+        their files need no periodic refresh)."""
+        ...
+
     async def token(self, pod: dict[str, Any], audience: str, expiration_seconds: int) -> tuple[str, float]:
         """A service-account token bound to ``pod`` (TokenRequest), with its lifetime in seconds."""
         ...

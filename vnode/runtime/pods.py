@@ -23,7 +23,7 @@ from typing import Any
 from vnode import errors
 from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.provider.types import ContainerState
-from vnode.runtime import labels
+from vnode.runtime import apiobjects, labels
 from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
 from vnode.store import Delete, Put, Store
 
@@ -160,6 +160,15 @@ class PodManager:
             except Exception:
                 log.exception("status listener failed")
 
+    def object_changed(self, kind: str, namespace: str, name: str) -> None:
+        """A configMap or secret changed (its watch said so): wake the pods that use it."""
+        for worker in self._workers.values():
+            pod = worker.pod
+            if pod["metadata"].get("namespace", "default") != namespace:
+                continue
+            if (kind, name) in apiobjects.references(pod):
+                worker.wake()
+
     def worker(self, uid: str) -> PodWorker | None:
         return self._workers.get(uid)
 
@@ -189,6 +198,11 @@ class PodManager:
         pod = dict(worker.pod)
         pod["status"] = worker.status or {"phase": "Pending"}
         return pod
+
+    def listed_pod(self, uid: str) -> dict[str, Any] | None:
+        """One pod as ``list_pods`` shows it, or None when it is not listed."""
+        worker = self._workers.get(uid)
+        return None if worker is None or worker.deleting else self.pod_with_status(worker)
 
     def list_pods(self) -> list[dict[str, Any]]:
         """Every pod bound here with its current status (kubelet's ``/pods``)."""

@@ -46,7 +46,7 @@ MIN_GRACE_SECONDS = 2  # kubelet's minimumGracePeriodInSeconds
 DEFAULT_GRACE_SECONDS = 30
 KEEP_INSTANCES = 2  # per container name: the current one and the one lastState reports
 RESYNC_SECONDS = 60.0  # kubelet's syncFrequency: a worker re-checks its pod at least this often
-OBJECT_RESYNC_SECONDS = 20.0  # pods with configMap/secret volumes: how often their files are refreshed
+OBJECT_RESYNC_SECONDS = 20.0  # pods using unwatched configMaps/secrets: how often their files are refreshed
 RETRY_SECONDS = 5.0  # after a runtime error that has no back-off of its own
 
 
@@ -546,7 +546,10 @@ class PodWorker:
         objects = await self._api_objects()
         if objects is None or not (objects or apiobjects.token_requests(self.pod) or self._has_api_volumes()):
             return
-        self._schedule(OBJECT_RESYNC_SECONDS)
+        source, namespace = self.ctx.objects, self.pod["metadata"].get("namespace", "default")
+        if source is not None and not all(source.watched(kind, namespace, name) for kind, name in objects):
+            # Watched objects wake the pod when they change; the others are polled.
+            self._schedule(OBJECT_RESYNC_SECONDS)
         try:
             files = await self._api_volume_files(objects, self.last_observed.sandbox)
         except errors.InvalidInput as exc:

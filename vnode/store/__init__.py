@@ -68,7 +68,11 @@ class Store:
         self.path = path
         self.max_map_size = max_map_size
         self._dbs: dict[str, Any] = {}
-        self._dbs_lock = threading.Lock()
+        # Held around opening a table and around every write transaction. py-lmdb's open_db takes
+        # LMDB's write lock without releasing the GIL: a reader opening a table while the writer
+        # thread's transaction waited for the GIL deadlocked both (seen under load). Waiting for
+        # this lock releases the GIL.
+        self._dbs_lock = threading.RLock()
         self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._closed = False
@@ -258,7 +262,7 @@ class Store:
         dbs = {table: self._db(table, create=True) for table, _, _ in encoded}
         for _ in range(8):
             try:
-                with self._env.begin(write=True) as txn:
+                with self._dbs_lock, self._env.begin(write=True) as txn:
                     for table, key, value in encoded:
                         db = dbs[table]
                         if value is None:
