@@ -77,6 +77,28 @@ def deployment(name: str, replicas: int, node: str, command: str, **container: A
     }
 
 
+def sleeper(name: str, node: str, **spec: Any) -> dict[str, Any]:
+    """A pod bound to ``node`` that sleeps (bound by nodeName: these tests are about the node)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            **spec,
+            "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
+        },
+    }
+
+
+async def running(cluster: ClusterView, name: str, *context: str) -> dict[str, Any] | None:
+    """The pod when the API shows it Running (through the API server ``context`` names, if any)."""
+    out = await cluster.kubectl(*context, "get", "pod", name, "-o", "json", check=False)
+    pod = json.loads(out) if out else None
+    return pod if (pod or {}).get("status", {}).get("phase") == "Running" else None
+
+
 async def apply(cluster: ClusterView, *objects: dict[str, Any]) -> None:
     body = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
     await cluster.kubectl("apply", "-f", "-", stdin=json.dumps(body).encode())
@@ -125,25 +147,8 @@ async def test_join_registers_under_node_restriction_with_its_own_credential(
             return bool(lease) and lease["spec"]["renewTime"] != first["spec"]["renewTime"]
 
         await wait_for(renewed, timeout=30, what="the Lease to be renewed")
-        await apply(
-            cluster,
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "hello"},
-                "spec": {
-                    "nodeName": "joined1",
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
-                },
-            },
-        )
-
-        async def running() -> bool:
-            pod = await cluster.get_json("pod", "hello")
-            return (pod or {}).get("status", {}).get("phase") == "Running"
-
-        await wait_for(running, timeout=60, what="a pod on the joined node to run")
+        await apply(cluster, sleeper("hello", "joined1"))
+        await wait_for(lambda: running(cluster, "hello"), timeout=60, what="a pod on the joined node to run")
         assert " W " not in "\n".join(
             line for line in node.log_tail(400).splitlines() if "forbidden" in line
         ), "the API server refused something the node wrote"
@@ -323,48 +328,21 @@ async def test_ha_survives_a_killed_then_a_frozen_api_server(
     """SIGKILL the API server the node uses, then SIGSTOP the next: the real node lifecycle
     controller never sees the node NotReady (no NodeNotReady event, no unreachable taint), pods keep
     their containers, and a pod created through the surviving server runs."""
-    await apply(
-        cluster,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "steady"},
-            "spec": {
-                "nodeName": "edge1",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
-            },
-        },
-    )
-
-    async def running(name: str) -> dict[str, Any] | None:
-        pod = await cluster.get_json(name)
-        return pod if (pod or {}).get("status", {}).get("phase") == "Running" else None
-
-    steady = await wait_for(lambda: running("pod/steady"), what="steady Running")
+    await apply(cluster, sleeper("steady", "edge1"))
+    steady = await wait_for(lambda: running(cluster, "steady"), what="steady Running")
     (cid,) = container_ids([steady]).values()
     survivor = ["--context", "m2"]  # the admin's kubeconfig has a context per API server
     try:
         outage = datetime.now(UTC)
         kube.kill_master(0)
         kube.freeze_master(1)
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "during"},
-            "spec": {
-                "nodeName": "edge1",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
-            },
-        }
+        pod = sleeper("during", "edge1")
         await cluster.kubectl(*survivor, "apply", "-f", "-", stdin=json.dumps(pod).encode())
-
-        async def during_running() -> bool:
-            out = await cluster.kubectl(*survivor, "get", "pod", "during", "-o", "json", check=False)
-            return bool(out) and json.loads(out)["status"].get("phase") == "Running"
-
-        await wait_for(during_running, timeout=150, what="the pod created through the surviving server")
+        await wait_for(
+            lambda: running(cluster, "during", *survivor),
+            timeout=150,
+            what="the pod created through the surviving server",
+        )
 
         async def renewed_past_grace() -> bool:
             """The Lease renewed through the survivor later than the node monitor grace period
@@ -410,17 +388,7 @@ async def test_cut_link_taints_evicts_what_does_not_tolerate_and_recovers(
         toleration: dict[str, Any] = {"key": unreachable, "operator": "Exists", "effect": "NoExecute"}
         if seconds is not None:
             toleration["tolerationSeconds"] = seconds
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name},
-            "spec": {
-                "nodeName": "cut1",
-                "terminationGracePeriodSeconds": 1,
-                "tolerations": [toleration],
-                "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
-            },
-        }
+        return sleeper(name, "cut1", tolerations=[toleration])
 
     # A peer keeps its link: with every node of a zone unreachable the controller assumes its own
     # connectivity is at fault and evicts nothing (its "full disruption" mode).
@@ -489,25 +457,10 @@ async def test_plain_http_through_kubectl_proxy(
         args = ["--master", f"http://127.0.0.1:{port}"]
         async with running_node(tmp_path, containerd.endpoint, node_name="plain1", extra_args=args):
             await wait_for(lambda: node_ready(cluster, "plain1"), timeout=60, what="plain1 Ready")
-            await apply(
-                cluster,
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"name": "plain"},
-                    "spec": {
-                        "nodeName": "plain1",
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
-                    },
-                },
+            await apply(cluster, sleeper("plain", "plain1"))
+            await wait_for(
+                lambda: running(cluster, "plain"), timeout=60, what="the pod through kubectl proxy"
             )
-
-            async def running() -> bool:
-                pod = await cluster.get_json("pod", "plain")
-                return (pod or {}).get("status", {}).get("phase") == "Running"
-
-            await wait_for(running, timeout=60, what="the pod through kubectl proxy")
     finally:
         proxy.kill()
         await proxy.wait()
