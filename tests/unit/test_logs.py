@@ -502,3 +502,34 @@ def test_content_joiner_matches_the_full_parser(seed: int, monkeypatch: pytest.M
         for e in map(PartialJoiner().feed, split_lines(data))
         if e is not None and e.stream == "stdout"
     )
+
+
+async def test_tail_is_exactly_n_lines_while_the_container_writes(tmp_path: Path) -> None:
+    """Not following, a read stops where the file ended when it was opened: a writer appending
+    lines meanwhile (one write per line, as containerd writes them) never adds a fourth line to
+    ``tailLines=3``."""
+    path = tmp_path / "fast.log"
+    path.write_bytes(b"".join(cri(0, "stdout", f"seed {i}") for i in range(10)))
+    stop = asyncio.Event()
+    written = 0
+
+    def writer() -> None:
+        nonlocal written
+        with path.open("ab", buffering=0) as f:
+            while not stop.is_set():
+                for _ in range(50):
+                    f.write(cri(1, "stdout", f"line {written}"))
+                    written += 1
+
+    task = asyncio.create_task(asyncio.to_thread(writer))
+    try:
+        counts = []
+        for _ in range(200):
+            out = await collect(path, LogOptions(tail_lines=3))
+            counts.append(out.count(b"\n"))
+            assert out.endswith(b"\n")
+    finally:
+        stop.set()
+        await task
+    assert written >= 1000  # the writer really raced the reads
+    assert counts == [3] * 200

@@ -4,7 +4,8 @@ File work runs on a worker thread (``asyncio.to_thread``) in bounded batches, so
 never blocks the event loop nor fills memory; ``tailLines`` walks the file backwards from the end
 instead of reading it all. ``follow`` waits on an inotify watch of the log's directory
 (``DirectoryWatcher``), reopens the path when the file is rotated (another inode) or truncated,
-and ends once the container is no longer running and the file has nothing more to give.
+and ends once the container is no longer running and the file has nothing more to give. Not
+following, a read ends where the file ended when it was opened (what kubelet's tail gives).
 
 Differences from kubelet, on purpose: ``tailLines`` counts whole lines (P fragments joined), so
 ``tailLines=1`` never prints the tail end of a long line; fragments are joined per stream before
@@ -71,9 +72,11 @@ def _is_partial(line: bytes) -> bool:
         return False
 
 
-def tail_offset(f: BinaryIO, lines: int) -> int:
-    """Where the last ``lines`` whole lines of ``f`` start; P fragments count with their line."""
-    end = f.seek(0, os.SEEK_END)
+def tail_offset(f: BinaryIO, lines: int, end: int | None = None) -> int:
+    """Where the last ``lines`` whole lines of ``f`` before ``end`` (default: its size) start;
+    P fragments count with their line."""
+    if end is None:
+        end = f.seek(0, os.SEEK_END)
     start: int | None = None
     found = 0
     for offset, line in _lines_backwards(f, end):
@@ -94,9 +97,14 @@ def tail_offset(f: BinaryIO, lines: int) -> int:
 
 
 class _Cursor:
-    """An open log file, and the bytes read from it that do not form a complete line yet."""
+    """An open log file, and the bytes read from it that do not form a complete line yet.
 
-    def __init__(self, path: Path, tail: int | None) -> None:
+    ``bounded``: read only what the file held when it was opened. Not following, a reader must
+    not go on into lines written while it reads: ``tailLines=3`` would print four (the tail was
+    located before them), and ``limitBytes``/``sinceTime`` would answer a moving question.
+    """
+
+    def __init__(self, path: Path, tail: int | None, *, bounded: bool = False) -> None:
         self.path = path
         try:
             self.file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
@@ -105,12 +113,14 @@ class _Cursor:
         except OSError as exc:
             raise errors.RuntimeFailure(f"cannot open log file {path}: {exc}") from exc
         try:
-            self.inode = os.fstat(self.file.fileno()).st_ino
-            if tail is not None:
-                self.file.seek(tail_offset(self.file, tail))
+            st = os.fstat(self.file.fileno())
+            self.inode = st.st_ino
+            start = tail_offset(self.file, tail, st.st_size) if tail is not None else 0
+            self.file.seek(start)
         except BaseException:
             self.file.close()
             raise
+        self.left: int | None = st.st_size - start if bounded else None  # bytes still to read
         self.rest = b""
 
     def read_chunk(self) -> bytes:
@@ -118,10 +128,12 @@ class _Cursor:
         pieces: list[bytes] = []
         size = 0
         while size < BATCH:
-            block = self.file.read(BLOCK)
+            block = self.file.read(BLOCK if self.left is None else min(BLOCK, self.left))
             if not block:
                 break
             size += len(block)
+            if self.left is not None:
+                self.left -= len(block)
             cut = block.rfind(b"\n") + 1
             if cut:
                 pieces.append(self.rest)
@@ -148,8 +160,8 @@ class _Cursor:
         self.file.close()
 
 
-def _open(path: Path, tail: int | None) -> _Cursor:
-    return _Cursor(path, tail)
+def _open(path: Path, tail: int | None, bounded: bool = False) -> _Cursor:
+    return _Cursor(path, tail, bounded=bounded)
 
 
 class _Printer:
@@ -206,7 +218,7 @@ async def read_log(
     when ``limitBytes`` is reached; cancel the task to stop earlier (the client went away).
     """
     path = Path(target.path)
-    cursor = await asyncio.to_thread(_open, path, options.tail_lines)
+    cursor = await asyncio.to_thread(_open, path, options.tail_lines, not options.follow)
     printer = _Printer(options, write)
     watcher: DirectoryWatcher | None = None
     stopping = False
