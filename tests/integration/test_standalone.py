@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -420,3 +421,30 @@ async def test_runtime_that_appears_later_is_used(tmp_path: Path) -> None:
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def test_a_second_vnode_on_the_same_root_dir_exits_4(node: VnodeProcess, tmp_path: Path) -> None:
+    """The root dir's lock: a second ``vnode run`` on it (other ports) exits at once with code 4
+    naming the holder, the first keeps running, ``vnode status`` still reads, and after the first
+    is SIGKILLed the lock file it left does not block a new start."""
+    second = VnodeProcess(tmp_path / "second", node.endpoint)
+    second.root_dir = node.root_dir
+    proc = await asyncio.create_subprocess_exec(
+        *second.args(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 4, out.decode()
+    pid = node.proc.pid if node.proc is not None else None
+    assert f"root dir {node.root_dir} is in use by vnode pid {pid} (started " in out.decode()
+    assert (await node.get("/healthz"))[0] == 200
+
+    status = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vnode", "status", f"--root-dir={node.root_dir}", stdout=asyncio.subprocess.PIPE
+    )
+    report, _ = await status.communicate()
+    assert status.returncode == 0 and f"store {node.root_dir}" in report.decode()
+
+    await node.kill()
+    assert (node.root_dir / "vnode.lock").exists()
+    await node.start()
+    assert (await node.get("/healthz"))[0] == 200

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from vnode import errors
 from vnode.api import local
 from vnode.api.server import KubeletServer, Listener
+from vnode.app import rootlock
 from vnode.app.wiring import Components, build, serving_cert_path
 from vnode.config.settings import Settings
 
@@ -112,6 +113,21 @@ async def main(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        lock = rootlock.acquire(settings.root_dir)
+    except rootlock.RootDirInUse as exc:
+        log.error("%s", exc)
+        return 4
+    except OSError as exc:
+        log.error("cannot start: cannot lock root dir %s: %s", settings.root_dir, exc)
+        return 1
+    try:
+        return await _run_locked(settings, stop)
+    finally:
+        lock.release()
+
+
+async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
     try:
         node = await start(settings)
     except errors.ConfigError as exc:
