@@ -448,3 +448,20 @@ async def test_a_second_vnode_on_the_same_root_dir_exits_4(node: VnodeProcess, t
     assert (node.root_dir / "vnode.lock").exists()
     await node.start()
     assert (await node.get("/healthz"))[0] == 200
+
+
+async def test_killing_event_is_recorded_when_the_stop_begins(node: VnodeProcess, cri: CriClient) -> None:
+    """A container that ignores SIGTERM runs out its grace period; the Killing Event is recorded at
+    its start, while the container is still running, not when it has ended."""
+    pod = busybox_pod("slow", "trap '' TERM; while true; do sleep 1; done", terminationGracePeriodSeconds=30)
+    path = node.write_manifest("slow.yaml", pod)
+    await node.wait_pod("slow", lambda p: is_running(p, "main"))
+    path.unlink()
+    line = f"pod/default/{node.static_name('slow')} Killing: Stopping container main (grace period 30s)"
+
+    async def killing_logged() -> bool:
+        return line in node.log_tail(400)
+
+    await wait_for(killing_logged, what="the Killing event")
+    states = [state for _, state in (await container_ids(cri, node)).values()]
+    assert states == ["RUNNING"], "the Killing event came only after the container had stopped"

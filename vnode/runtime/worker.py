@@ -637,9 +637,12 @@ class PodWorker:
             self._waiting[c["name"]] = Waiting(reason, message)
 
     async def _stop_container(self, container: ContainerObservation) -> None:
+        # Recorded when the stop begins: for the whole grace period it says what is going on.
+        grace = self.grace_seconds()
+        message = f"Stopping container {container.name} (grace period {grace}s)"
+        self.ctx.events.event(self.pod, "Normal", "Killing", message)
         with contextlib.suppress(errors.NotFound):
-            await self.ctx.cri.stop_container(container.id, self.grace_seconds())
-        self.ctx.events.event(self.pod, "Normal", "Killing", f"Stopping container {container.name}")
+            await self.ctx.cri.stop_container(container.id, grace)
 
     async def _prune(self, name: str, observed: Observed) -> None:
         """Remove exited instances beyond the ones status and ``previous`` logs still need."""
