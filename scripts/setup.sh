@@ -23,8 +23,22 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 extras="${VNODE_EXTRAS:-}"
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+# Once installed, a start needs no network (an edge box restarts its node with its uplink down):
+# pip runs again only when the package's requirements change or an extra not installed is asked.
+stamp=.venv/.vnode-setup
+deps=$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+have=""
+if [ -f "$stamp" ] && [ "$(head -1 "$stamp")" = "$deps" ]; then have=$(sed -n 2p "$stamp"); fi
+need=no
+IFS=, read -ra wanted <<< "$extras"
+for e in "${wanted[@]}"; do [[ ",$have," == *",$e,"* ]] || need=yes; done
+[ -f "$stamp" ] && [ "$(head -1 "$stamp")" = "$deps" ] || need=yes
+if [ "$need" = yes ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+    all=$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | paste -sd, -)
+    printf '%s\n%s\n' "$deps" "$all" > "$stamp"
+fi
 
 # The tests run a real control plane built from its Go modules (cached per machine; a no-op once built).
 if [[ ",$extras," == *",test,"* ]]; then
