@@ -373,6 +373,27 @@ async def test_ha_survives_a_killed_then_a_frozen_api_server(
         await asyncio.to_thread(kube.restart_master, 0)
 
 
+async def test_watches_follow_a_failover_from_a_hung_master(
+    kube: KubeCluster, cluster: ClusterView, edge: VnodeProcess
+) -> None:
+    """SIGSTOP the master the node uses (it accepts connections and never answers): once the
+    client has moved on, its pod watch must be on the new master at once, not after the watch's
+    90 s idle deadline, so a pod created through a live master runs well within that."""
+    live = ["--context", "m1"]
+    try:
+        kube.freeze_master(0)
+        pod = sleeper("after-hang", "edge1")
+        await cluster.kubectl(*live, "apply", "-f", "-", stdin=json.dumps(pod).encode())
+        await wait_for(
+            lambda: running(cluster, "after-hang", *live),
+            timeout=60,  # the old way needed the failover (<= 20 s) plus the 90 s idle deadline
+            what="the pod created through a live master during the hang",
+        )
+        assert "active master is now " in edge.log_tail(400)
+    finally:
+        kube.thaw_master(0)
+
+
 async def test_cut_link_taints_evicts_what_does_not_tolerate_and_recovers(
     containerd: Any, kube: KubeCluster, cluster: ClusterView, tmp_path: Path
 ) -> None:

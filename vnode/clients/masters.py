@@ -4,13 +4,17 @@ Every request has a deadline. A connection error, a timeout or a 5xx moves the c
 master and retries there once per master; a 4xx is the caller's answer (``NotFound``,
 ``Conflict``, ``InvalidInput``). No master is ever dropped: after a failure the client keeps
 cycling through all of them, and it logs which one is active. Watches are streams of JSON lines
-read with an idle deadline, so a silently dead link ends the watch (the caller re-lists).
+read with an idle deadline, so a silently dead link ends the watch (the caller re-lists); and a
+failover ends every watch still open on the master left behind at once (the caller resumes on the
+new one), since a hung master would otherwise hold them until that deadline.
 
 The layer speaks plain dicts; nothing above it sees aiohttp.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -58,6 +62,7 @@ class Masters:
         self.on_response = on_response  # (method, host, code or "<error>"): the node's metrics
         self.active = 0
         self._session: aiohttp.ClientSession | None = None
+        self._moved = asyncio.Event()  # set (and replaced) when the active master changes
 
     @property
     def server(self) -> str:
@@ -85,6 +90,8 @@ class Masters:
         if self.access.servers[self.active] != server:
             return  # another request already moved on
         self.active = (self.active + 1) % len(self.access.servers)
+        self._moved.set()
+        self._moved = asyncio.Event()
         if len(self.access.servers) > 1:
             log.warning("master %s failed (%s); active master is now %s", server, problem, self.server)
 
@@ -133,7 +140,9 @@ class Masters:
     async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
         """Events of a watch on the active master until it ends; ``Unavailable`` if it breaks."""
         server = self.server
+        moved = self._moved
         query = {**params, "watch": "true", "allowWatchBookmarks": "true"}
+        closer: asyncio.Task[None] | None = None
         try:
             async with self._client().get(
                 server + path,
@@ -146,12 +155,25 @@ class Masters:
                     raise _ServerError(f"{resp.status}")
                 if resp.status >= 400:
                     raise _client_error(resp.status, await resp.text(), f"watch {path}")
+                closer = asyncio.create_task(_close_when_set(moved, resp), name="watch-failover")
                 async for line in resp.content:
                     if line.strip():
                         yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError, _ServerError, ValueError) as exc:
+            if moved.is_set():
+                return  # closed because the client moved on: the caller resumes on the new master
             self._fail_over(server, f"watch: {type(exc).__name__}: {exc}")
             raise errors.Unavailable(f"watch {path} on {server}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if closer is not None:
+                closer.cancel()
+
+
+async def _close_when_set(moved: asyncio.Event, resp: aiohttp.ClientResponse) -> None:
+    """End a watch's response once the client has moved to another master."""
+    await moved.wait()
+    with contextlib.suppress(Exception):
+        resp.close()
 
 
 class _ServerError(Exception):
