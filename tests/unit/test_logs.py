@@ -231,8 +231,10 @@ async def test_tail_reads_backwards_across_blocks_and_skips_an_unfinished_line(t
         assert tail_offset(f, 0) == sum(map(len, lines))
         assert tail_offset(f, 5000) == 0
     out = await collect(path, LogOptions(tail_lines=2))
-    # Not following, the unfinished last line is printed as it is (kubelet does the same).
-    assert out == b"00998" + b"x" * 300 + b"\n00999" + b"x" * 300 + b"\nunfinis"
+    # tailLines counts complete lines: the one being written is left out.
+    assert out == b"00998" + b"x" * 300 + b"\n00999" + b"x" * 300 + b"\n"
+    # Without it, the unfinished last line is printed as it is (kubelet does the same).
+    assert (await collect(path, LogOptions(limit_bytes=10**9))).endswith(b"x\nunfinis")
 
 
 def test_tail_offset_of_files_without_complete_lines() -> None:

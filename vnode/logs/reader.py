@@ -232,8 +232,10 @@ async def read_log(
                     return
                 continue  # read on to EOF before waiting
             if not options.follow:
-                rest = cursor.take_rest()  # kubelet prints an unfinished last line when not following
-                if rest:
+                # An unfinished last line is printed as kubelet does, except after tailLines,
+                # which counts complete lines: there it is a line being written, not a line.
+                rest = cursor.take_rest()
+                if rest and options.tail_lines is None:
                     await printer.emit(rest)
                 return
             if await asyncio.to_thread(cursor.rotated):
