@@ -432,7 +432,12 @@ async def test_a_second_vnode_on_the_same_root_dir_exits_4(node: VnodeProcess, t
     proc = await asyncio.create_subprocess_exec(
         *second.args(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:  # it started (no lock): it must not outlive the test
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 4, out.decode()
     pid = node.proc.pid if node.proc is not None else None
     assert f"root dir {node.root_dir} is in use by vnode pid {pid} (started " in out.decode()
