@@ -85,6 +85,7 @@ class Observed:
     sandboxes: list[SandboxObservation] = field(default_factory=list)  # newest first
     containers: dict[str, list[ContainerObservation]] = field(default_factory=dict)  # newest first
     sandbox_of: dict[str, str] = field(default_factory=dict)  # container id -> sandbox id
+    fingerprint: frozenset[tuple[str, str]] = frozenset()  # as the relist computes it
 
     @property
     def sandbox(self) -> SandboxObservation | None:
@@ -200,6 +201,9 @@ class PodWorker:
     async def sync(self) -> None:
         """One pass: observe, act, observe again, publish the status."""
         observed = await self.observe()
+        # What this pass decides on. The look after acting is only published: a container that
+        # exited before it must still wake the worker at the next relist (it did not decide on it).
+        self._fingerprint = observed.fingerprint
         if self.deleting:
             await self._kill_pod(observed, remove=True)
             await asyncio.to_thread(self.ctx.volumes.cleanup, self.uid)
@@ -264,7 +268,7 @@ class PodWorker:
                 key=lambda c: (c.attempt, c.created_at or datetime.min.replace(tzinfo=UTC)), reverse=True
             )
         self._known = known
-        self._fingerprint = fingerprint(raw_sandboxes, raw_containers)
+        observed.fingerprint = fingerprint(raw_sandboxes, raw_containers)
         return observed
 
     # -- deciding and acting -----------------------------------------------------------------
