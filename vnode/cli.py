@@ -134,8 +134,13 @@ def _status(root_dir: Path) -> int:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
         for uid, record in store.items("pods"):
             meta = record["pod"]["metadata"]
-            phase = ((states.get(uid) or {}).get("status") or {}).get("phase", "Pending")
-            print(f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}")
+            state = states.get(uid) or {}
+            phase = (state.get("status") or {}).get("phase", "Pending")
+            line = f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}"
+            problem = state.get("problem")
+            if problem:
+                line += f"\tsync failing since {problem.get('since')}: {problem.get('message')}"
+            print(line)
     finally:
         store.close_sync()
     return 0

@@ -219,6 +219,47 @@ async def test_sigkill_and_restart_keep_every_container(node: VnodeProcess, cri:
     assert await container_ids(cri, node) == before
 
 
+async def test_sigkill_while_pods_start_starts_each_application_once(
+    node: VnodeProcess, cri: CriClient, tmp_path: Path
+) -> None:
+    """vnode is killed while 30 pods are being started, ideally with a container created and not
+    yet started: after the restart every pod runs once, with no restart counted that did not
+    happen, and nothing is left over. Each container appends a line to a host file as it starts,
+    so an application started twice shows as a second line."""
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    count = 30
+    for i in range(count):
+        pod = busybox_pod(
+            f"start{i}",
+            f"echo started >> /starts/start{i}; sleep 3600",
+            volumes=[{"name": "starts", "hostPath": {"path": str(starts)}}],
+            container={"volumeMounts": [{"name": "starts", "mountPath": "/starts"}]},
+        )
+        node.write_manifest(f"start{i}.yaml", pod)
+
+    async def mid_start() -> bool | None:
+        states = [state for _, state in (await container_ids(cri, node)).values()]
+        created = states.count("0")  # CRI's CONTAINER_CREATED, as container_ids gives it
+        return True if created or states.count(ContainerState.RUNNING.name) >= count // 2 else None
+
+    await wait_for(mid_start, timeout=120, interval=0.02, what="pods being started")
+    await node.kill()
+    await node.start()
+    for i in range(count):
+        pod = await node.wait_pod(f"start{i}", lambda p: is_running(p, "main"), timeout=120)
+        assert container_status(pod, "main")["restartCount"] == 0, pod["metadata"]["name"]
+
+    async def settled() -> dict[tuple[str, str], tuple[str, str]] | None:
+        found = await container_ids(cri, node)
+        return found if len(found) == count else None
+
+    found = await wait_for(settled, timeout=60, what="one container per pod in the runtime")
+    assert all(state == ContainerState.RUNNING.name for _, state in found.values()), found
+    lines = {path.name: path.read_text().count("started") for path in starts.iterdir()}
+    assert lines == {f"start{i}": 1 for i in range(count)}
+
+
 async def test_removing_a_manifest_removes_the_pod(node: VnodeProcess, cri: CriClient) -> None:
     path = node.write_manifest("gone.yaml", busybox_pod("gone", "trap 'exit 0' TERM; sleep 3600 & wait"))
     await node.wait_pod("gone", lambda p: is_running(p, "main"))

@@ -47,6 +47,7 @@ DEFAULT_GRACE_SECONDS = 30
 KEEP_INSTANCES = 2  # per container name: the current one and the one lastState reports
 RESYNC_SECONDS = 60.0  # kubelet's syncFrequency: a worker re-checks its pod at least this often
 OBJECT_RESYNC_SECONDS = 20.0  # pods using unwatched configMaps/secrets: how often their files are refreshed
+SYNC_KEY = "<sync>"  # the crash back-off's key for a pod whose syncs fail
 RETRY_SECONDS = 5.0  # after a runtime error that has no back-off of its own
 
 
@@ -116,12 +117,14 @@ class PodWorker:
         self.status: dict[str, Any] | None = state.get("status")
         self.terminal: bool = bool(state.get("terminal", False))
         self.evicted: str | None = state.get("evicted")  # the eviction's message, once evicted
+        self.problem: dict[str, str] | None = state.get("problem")  # why syncs fail: message, since
         self.deleting = False
         self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
         self.synced = asyncio.Event()  # set after the first completed sync
         self._waiting: dict[str, Waiting] = {}
         self._rejection: str | None = None
         self._known: dict[str, ContainerObservation] = {}
+        self._handled: set[str] = set()  # containers this process created or took over
         self._wake = asyncio.Event()
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
@@ -179,11 +182,13 @@ class PodWorker:
                 log.warning("pod %s: runtime unavailable: %s", self.name, exc)
                 self._schedule(RETRY_SECONDS)
             except errors.VnodeError as exc:
-                log.warning("pod %s: sync failed: %s", self.name, exc)
-                self._schedule(RETRY_SECONDS)
+                await self._sync_failed(str(exc))
             except Exception:
                 log.exception("pod %s: sync failed unexpectedly", self.name)
                 self._schedule(RETRY_SECONDS)
+            else:
+                if self.problem is not None:
+                    await self._sync_works()
             finally:
                 self.synced.set()
             if self.deleting and self.done.is_set():
@@ -192,6 +197,23 @@ class PodWorker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    async def _sync_failed(self, message: str) -> None:
+        """The runtime refused something this pod needs (a container stuck in its start that
+        cannot be removed, say): retry with back-off, say it once, and keep it for ``vnode status``."""
+        ctx = self.ctx
+        if message != (self.problem or {}).get("message"):
+            log.warning("pod %s: sync failed (retrying with back-off): %s", self.name, message)
+            self.problem = {"message": message, "since": ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ")}
+            await self._persist()
+        self._schedule(ctx.crash_backoff.next_delay(f"{self.uid}/{SYNC_KEY}", ctx.now()))
+
+    async def _sync_works(self) -> None:
+        log.info("pod %s: sync works again", self.name)
+        self.problem = None
+        self.ctx.crash_backoff.reset(f"{self.uid}/{SYNC_KEY}")
+        if not self.done.is_set():  # a removed pod's state is gone from the store: keep it so
+            await self._persist()
 
     def _schedule(self, seconds: float) -> None:
         seconds = max(seconds, 0.05)
@@ -290,7 +312,7 @@ class PodWorker:
             if sandbox is not None:
                 log.info("pod %s: sandbox %s is not ready; recreating the pod", self.name, sandbox.id[:12])
                 await self._kill_pod(observed, remove=False)
-            sandbox = await self._create_sandbox()
+            sandbox = await self._create_sandbox(observed)
             if sandbox is None:
                 return False
             # Go on in this pass: the new sandbox has no containers, the older instances still
@@ -353,15 +375,20 @@ class PodWorker:
                 return False
         return True
 
-    async def _create_sandbox(self) -> SandboxObservation | None:
-        """Run a new sandbox for the pod; None (with a waiting reason and a retry) if that failed."""
+    async def _create_sandbox(self, observed: Observed) -> SandboxObservation | None:
+        """Run a new sandbox for the pod; None (with a waiting reason and a retry) if that failed.
+
+        Its attempt follows the newest the runtime has, as kubelet numbers them, not only the one
+        this worker remembers: a sandbox whose creation a SIGKILL cut short still holds the name
+        of its attempt in the runtime, and reusing that number fails ("name is reserved") forever.
+        """
         ctx = self.ctx
         key = f"{self.uid}/<sandbox>"
         remaining = ctx.crash_backoff.remaining(key, None, ctx.now())
         if remaining > 0 and self.sandbox_attempt >= 0:
             self._schedule(remaining)
             return None
-        attempt = self.sandbox_attempt + 1
+        attempt = max([self.sandbox_attempt, *(s.attempt for s in observed.sandboxes)]) + 1
         try:
             files = await self._api_volume_files(await self._api_objects(), None)
             await asyncio.to_thread(ctx.volumes.prepare, self.pod, files)
@@ -407,6 +434,8 @@ class PodWorker:
         key = f"{self.uid}/{name}"
         instances = observed.containers.get(name, [])
         previous = instances[0] if instances else None
+        if previous is not None and self._start_cut_short(previous, observed):
+            return await self._take_over(previous, container, kind, observed, sandbox)
         if previous is not None and previous.state == ContainerState.EXITED and previous.finished_at:
             remaining = ctx.crash_backoff.remaining(key, previous.finished_at, ctx.now())
             if remaining > 0:
@@ -423,17 +452,6 @@ class PodWorker:
                 self._waiting[name] = Waiting("CrashLoopBackOff", message)
                 self._schedule(remaining)
                 return False
-        if (
-            previous is not None
-            and previous.state == ContainerState.CREATED
-            and previous is observed.current(name)
-        ):
-            # Created but never started (vnode stopped in between): start that instance.
-            try:
-                await ctx.cri.start_container(previous.id)
-                return True
-            except errors.VnodeError:
-                await _ignore_missing(ctx.cri.remove_container(previous.id))
         started = await self._start_container(container, kind, observed, sandbox)
         if previous is not None:
             ctx.crash_backoff.next_delay(key, ctx.now())
@@ -441,8 +459,58 @@ class PodWorker:
         await self._prune(name, observed)
         return started
 
+    def _start_cut_short(self, instance: ContainerObservation, observed: Observed) -> bool:
+        """Whether ``instance`` is one an earlier vnode process created and never saw started: the
+        newest of its name in the current sandbox, never run, and not handled by this process."""
+        return (
+            instance is observed.current(instance.name)
+            and instance.started_at is None
+            and instance.state in (ContainerState.CREATED, ContainerState.EXITED)
+            and instance.id not in self._handled
+        )
+
+    async def _take_over(
+        self,
+        instance: ContainerObservation,
+        container: dict[str, Any],
+        kind: str,
+        observed: Observed,
+        sandbox: SandboxObservation,
+    ) -> bool:
+        """Finish a start that vnode's own end cut short, without counting a restart.
+
+        A container still CREATED is started: it is the same instance, so the application starts
+        once. One the runtime already marked exited (containerd fails the start when the caller
+        goes: ``StartError``, ``context canceled``) never ran: it is removed and a new one is
+        created under the same attempt number, so restartCount says what really happened.
+        """
+        name = instance.name
+        if instance.state == ContainerState.CREATED:
+            try:
+                await self.ctx.cri.start_container(instance.id)
+            except errors.NotFound:
+                pass
+            else:
+                self._handled.add(instance.id)
+                log.info("pod %s: started container %s left created by an earlier run", self.name, name)
+                self.attempts[name] = instance.attempt
+                self._waiting.pop(name, None)
+                self.ctx.events.event(self.pod, "Normal", "Started", f"Started container {name}")
+                return True
+        # Raises while the runtime is still starting it: the sync is retried with back-off.
+        await _ignore_missing(self.ctx.cri.remove_container(instance.id))
+        self._handled.add(instance.id)
+        log.info("pod %s: replacing container %s, whose start an earlier run cut short", self.name, name)
+        remaining = replace(observed, containers={**observed.containers, name: observed.containers[name][1:]})
+        return await self._start_container(container, kind, remaining, sandbox, attempt=instance.attempt)
+
     async def _start_container(
-        self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
+        self,
+        container: dict[str, Any],
+        kind: str,
+        observed: Observed,
+        sandbox: SandboxObservation,
+        attempt: int | None = None,
     ) -> bool:
         ctx = self.ctx
         name = container["name"]
@@ -457,7 +525,8 @@ class PodWorker:
             host_ip=ctx.host_ip,
             pod_ips=[pod_ip, *sandbox.additional_ips],
         )
-        attempt = self._next_attempt(name, observed)
+        if attempt is None:
+            attempt = self._next_attempt(name, observed)
         try:
             objects = await self._api_objects()
             env = specs.resolve_env(container, env_ctx, objects)
@@ -487,6 +556,7 @@ class PodWorker:
             self._fail_waiting(container, "CreateContainerError", str(exc), "Failed")
             return False
         self.attempts[name] = attempt
+        self._handled.add(container_id)
         ctx.events.event(self.pod, "Normal", "Created", f"Created container {name}")
         try:
             # The attempt number is also on the container's labels: persisting it need not
@@ -737,6 +807,7 @@ class PodWorker:
             "terminal": self.terminal,
             "backoff": backoff,
             **({"evicted": self.evicted} if self.evicted is not None else {}),
+            **({"problem": self.problem} if self.problem is not None else {}),
         }
 
     async def _persist(self) -> None:
