@@ -252,9 +252,10 @@ async def test_sigkill_while_pods_start_starts_each_application_once(
 
     async def settled() -> dict[tuple[str, str], tuple[str, str]] | None:
         found = await container_ids(cri, node)
-        return found if len(found) == count else None
+        sandboxes = await cri.list_pod_sandboxes({labels.NODE_LABEL: node.node_name})
+        return found if len(found) == count and len(sandboxes) == count else None
 
-    found = await wait_for(settled, timeout=60, what="one container per pod in the runtime")
+    found = await wait_for(settled, timeout=60, what="one sandbox and one container per pod in the runtime")
     assert all(state == ContainerState.RUNNING.name for _, state in found.values()), found
     lines = {path.name: path.read_text().count("started") for path in starts.iterdir()}
     assert lines == {f"start{i}": 1 for i in range(count)}

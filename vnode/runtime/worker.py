@@ -243,6 +243,7 @@ class PodWorker:
                 observed = await self.observe()
             elif observed.sandbox is not None and observed.sandbox.ready:
                 await self._refresh_api_volumes()
+                await self._collect_sandboxes(observed)
         if self.terminal and observed.sandbox is not None and observed.sandbox.ready:
             await self._kill_pod(observed, remove=False)
             observed = await self.observe()
@@ -723,6 +724,16 @@ class PodWorker:
         for old in observed.containers.get(name, [])[KEEP_INSTANCES - 1 :]:
             if old.state == ContainerState.EXITED:
                 await _ignore_missing(self.ctx.cri.remove_container(old.id))
+
+    async def _collect_sandboxes(self, observed: Observed) -> None:
+        """Remove the pod's older sandboxes once they are stopped and hold no container, as
+        kubelet's garbage collector does (a sandbox recreated after a crash or a SIGKILL of vnode
+        would otherwise stay in the runtime for the pod's whole life)."""
+        holding = set(observed.sandbox_of.values())
+        for old in observed.sandboxes[1:]:
+            if not old.ready and old.id not in holding:
+                await _ignore_missing(self.ctx.cri.remove_pod_sandbox(old.id))
+                log.info("pod %s: removed old sandbox %s", self.name, old.id[:12])
 
     async def _kill_pod(self, observed: Observed, *, remove: bool) -> None:
         """Stop every running container (in parallel, with the grace period), then the sandboxes."""
