@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import builtins
 import contextlib
 import copy
 import hashlib
@@ -350,7 +351,7 @@ class Store:
         return event, body
 
     @_locked
-    def changes_since(self, rv: int) -> list[tuple[int, str, str, dict[str, Any]]]:
+    def changes_since(self, rv: int) -> builtins.list[tuple[int, str, str, dict[str, Any]]]:
         rows = self.db.execute(
             "SELECT rv, resource, type, body FROM changes WHERE rv > ? ORDER BY rv", (rv,)
         ).fetchall()

@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from vnode import errors
-from vnode.app.events import RecordedEvent
 from vnode.clients.masters import Masters
+from vnode.controllers.eventlog import RecordedEvent
 from vnode.store import Delete, Op, Put, Store
 
 log = logging.getLogger(__name__)

@@ -57,8 +57,6 @@ class PodManager:
         self._restored: list[PodWorker] = []
         self.runtime_error: str | None = "runtime not contacted yet"
         self.relisted = asyncio.Event()
-        ctx.status_changed = self._status_changed
-        ctx.persist = self._persist
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -113,7 +111,7 @@ class PodManager:
         self._ready_sources.add(source)
 
     def _start_worker(self, pod: dict[str, Any], state: dict[str, Any] | None) -> None:
-        worker = PodWorker(self.ctx, pod, state)
+        worker = PodWorker(self.ctx, pod, state, persist=self._persist, status_changed=self._status_changed)
         uid = worker.uid
         self._workers[uid] = worker
         task = asyncio.create_task(self._run_worker(worker), name=f"pod-worker:{worker.name}")
@@ -190,6 +188,9 @@ class PodManager:
         worker.evict(message)
         await worker.persist_now()
         return True
+
+    def known_uids(self) -> list[str]:
+        return list(self._workers)
 
     def workers(self) -> list[PodWorker]:
         return list(self._workers.values())

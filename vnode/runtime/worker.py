@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
+from vnode.kube import images
 from vnode.provider.protocols import EventSink, ObjectSource
 from vnode.provider.types import (
     ContainerObservation,
@@ -68,10 +69,6 @@ class WorkerContext:
     dns: specs.DNSSettings
     crash_backoff: Backoff
     image_backoff: Backoff
-    # Called with (uid, persisted state) whenever that state changes; the manager writes the store.
-    persist: Callable[[str, dict[str, Any]], Awaitable[None]]
-    # Called with the uid whenever the computed status changes.
-    status_changed: Callable[[str], None]
     now: Callable[[], datetime] = utcnow
     # The configMaps and secrets pods refer to; None on a standalone node.
     objects: ObjectSource | None = None
@@ -107,8 +104,19 @@ class Observed:
 class PodWorker:
     """Drives one pod towards its spec; see the module docstring."""
 
-    def __init__(self, ctx: WorkerContext, pod: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        pod: dict[str, Any],
+        state: dict[str, Any] | None = None,
+        *,
+        persist: Callable[[str, dict[str, Any]], Awaitable[None]],
+        status_changed: Callable[[str], None],
+    ) -> None:
         self.ctx = ctx
+        # The owner's (the pod manager's): it writes our state to the store, and hears of changes.
+        self._save = persist
+        self._status_changed = status_changed
         self.pod = pod
         self.uid: str = pod["metadata"]["uid"]
         state = state or {}
@@ -653,12 +661,12 @@ class PodWorker:
         ctx = self.ctx
         name = container["name"]
         try:
-            image = specs.normalize_image(container.get("image", ""))
+            image = images.normalize_image(container.get("image", ""))
         except errors.InvalidInput as exc:
             self._fail_waiting(container, "InvalidImageName", str(exc), "InspectFailed")
             return None
         present = await ctx.cri.image_ref(image)
-        decision = specs.image_pull_needed(container, present is not None)
+        decision = images.image_pull_needed(container, present is not None)
         if decision is None:
             message = f'Container image "{image}" is not present with pull policy of Never'
             self._fail_waiting(container, "ErrImageNeverPull", message, "ErrImageNeverPull")
@@ -791,7 +799,7 @@ class PodWorker:
         if status != self.status:
             self.status = status
             await self._persist()
-            ctx.status_changed(self.uid)
+            self._status_changed(self.uid)
 
     def _rejected_status(self) -> dict[str, Any]:
         previous = self.status or {}
@@ -822,7 +830,7 @@ class PodWorker:
         }
 
     async def _persist(self) -> None:
-        await self.ctx.persist(self.uid, self.state())
+        await self._save(self.uid, self.state())
 
     async def persist_now(self) -> None:
         """Write the state at once (an eviction must survive a restart before the next sync)."""
