@@ -33,10 +33,11 @@ from vnode.provider.types import ContainerObservation, ContainerState, SandboxOb
 from vnode.runtime import labels, specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cri import CriClient
-from vnode.runtime.pods import PODS, PodManager
+from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
 from vnode.runtime.worker import PodWorker, WorkerContext
 from vnode.store import Put, Store
+from vnode.store.layout import PODS
 
 POD = {
     "apiVersion": "v1",

@@ -21,8 +21,9 @@ from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
 from vnode.controllers import events as poster_module
 from vnode.controllers.eventlog import RecordedEvent
-from vnode.controllers.events import TABLE, EventPoster
+from vnode.controllers.events import EventPoster
 from vnode.store import Store
+from vnode.store.layout import EVENTS as TABLE
 
 
 def event(i: int) -> RecordedEvent:

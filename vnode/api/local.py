@@ -78,7 +78,7 @@ REASONS = {
 }
 
 
-class ApiError(Exception):
+class ApiError(errors.VnodeError):
     """An error the API answers with a metav1.Status body."""
 
     def __init__(self, code: int, message: str, reason: str | None = None) -> None:

@@ -26,11 +26,9 @@ from vnode.provider.types import ContainerState
 from vnode.runtime import apiobjects, labels
 from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
 from vnode.store import Delete, Put, Store
+from vnode.store.layout import PODS, PODSTATE, PodState
 
 log = logging.getLogger(__name__)
-
-PODS = "pods"
-PODSTATE = "podstate"
 
 
 class PodManager:
@@ -110,7 +108,7 @@ class PodManager:
                 worker.delete()
         self._ready_sources.add(source)
 
-    def _start_worker(self, pod: dict[str, Any], state: dict[str, Any] | None) -> None:
+    def _start_worker(self, pod: dict[str, Any], state: PodState | None) -> None:
         worker = PodWorker(self.ctx, pod, state, persist=self._persist, status_changed=self._status_changed)
         uid = worker.uid
         self._workers[uid] = worker
@@ -127,7 +125,7 @@ class PodManager:
             await self.store.write([Delete(PODS, uid), Delete(PODSTATE, uid)])
             self._notify(uid)
 
-    async def _persist(self, uid: str, state: dict[str, Any]) -> None:
+    async def _persist(self, uid: str, state: PodState) -> None:
         """Keep a worker's state; a full store degrades (logged, ``store_problem`` set for the
         Node's EdgeStoreFull condition) instead of stopping the pod's sync."""
         if uid in self._workers and not self._workers[uid].deleting:
