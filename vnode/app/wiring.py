@@ -22,7 +22,8 @@ from aiohttp import web
 
 from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
-from vnode.api.local import EmptyObjects, LocalApi, LocalSources, ensure_token, minimal_node
+from vnode.api.credentials import ensure_token
+from vnode.api.local import EmptyObjects, LocalApi, LocalSources, minimal_node
 from vnode.api.server import KubeletHandlers
 from vnode.api.stats import StatsHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
