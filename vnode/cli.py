@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def _status(root_dir: Path) -> int:
     """What the store says: its size, whose cache it is, the link to the control plane, the
     objects kept for offline use, and the pods with their last phase. Runs beside a live node."""
-    from vnode.store import Store
+    from vnode.store import Store, layout
 
     path = root_dir / "store"
     if not (path / "data.mdb").exists():
@@ -109,37 +109,38 @@ def _status(root_dir: Path) -> int:
         print(f"vnode: {exc}", file=sys.stderr)
         return 1
     try:
-        states = dict(store.items("podstate"))
+        states: dict[str, layout.PodState] = dict(store.items(layout.PODSTATE))
         info = store.info()
         print(f"store {path}: {info['used']} of {info['map_size']} bytes used")
-        owner = store.get("meta", "owner")
+        owner: layout.Owner | None = store.get(layout.META, "owner")
         if owner:
             print(f"cache of node {owner.get('node')} in the cluster with CA sha256:{owner.get('caHash')}")
-        link = store.get("link", "state") or {}
+        link: layout.LinkState = store.get(layout.LINK, layout.LINK_STATE) or layout.LinkState()
         if link.get("offlineSince"):
             print(f"control plane: unreachable, running offline since {link['offlineSince']}")
         elif link.get("activeMaster"):
             print(f"control plane: reachable at the last heartbeat, through {link['activeMaster']}")
-        waiting = [key for key, _ in store.items("events") if key != "dropped"]
-        if waiting or store.get("events", "dropped"):
-            print(
-                f"events waiting to be posted: {len(waiting)} ({store.get('events', 'dropped') or 0} dropped)"
-            )
+        waiting = [key for key, _ in store.items(layout.EVENTS) if key != layout.EVENTS_DROPPED]
+        dropped = store.get(layout.EVENTS, layout.EVENTS_DROPPED) or 0
+        if waiting or dropped:
+            print(f"events waiting to be posted: {len(waiting)} ({dropped} dropped)")
         from vnode.security.certs import status_lines
 
         for line in status_lines(root_dir):
             print(line)
-        kinds = Counter(key.split("/", 1)[0] for key, _ in store.items("objects"))
+        kinds = Counter(key.split("/", 1)[0] for key, _ in store.items(layout.OBJECTS))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
-        for uid, record in store.items("pods"):
+        pods: list[tuple[str, layout.PodRecord]] = list(store.items(layout.PODS))
+        for uid, record in pods:
             meta = record["pod"]["metadata"]
-            state = states.get(uid) or {}
-            phase = (state.get("status") or {}).get("phase", "Pending")
+            state = states.get(uid)
+            status = state.get("status") if state is not None else None
+            phase = (status or {}).get("phase", "Pending")
             line = f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}"
-            problem = state.get("problem")
+            problem = state.get("problem") if state is not None else None
             if problem:
-                line += f"\tsync failing since {problem.get('since')}: {problem.get('message')}"
+                line += f"\tsync failing since {problem['since']}: {problem['message']}"
             print(line)
     finally:
         store.close_sync()

@@ -21,12 +21,12 @@ from vnode import errors
 from vnode.api.guard import Guard
 from vnode.api.server import KubeletHandlers, KubeletServer
 from vnode.config.loader import load_settings
+from vnode.errors import AuthorizationError, Unauthenticated
 from vnode.security import tlspolicy
-from vnode.security.authn import Authenticator, TokenReviewer, TtlCache, Unauthenticated, User
+from vnode.security.authn import Authenticator, TokenReviewer, TtlCache, User
 from vnode.security.authz import (
     AlwaysAllow,
     Attributes,
-    AuthorizationError,
     WebhookAuthorizer,
     kubelet_attributes,
     local_api_attributes,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,20 +23,21 @@ from aiohttp import web
 
 from integration.faults import serving
 from vnode import errors
-from vnode.app.events import EventLog
 from vnode.cli import main
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
+from vnode.controllers.eventlog import EventLog
 from vnode.controllers.node import NodeController, NodeIdentity
 from vnode.controllers.pods import SOURCE, StatusWriter
 from vnode.provider.types import ContainerObservation, ContainerState, SandboxObservation
 from vnode.runtime import labels, specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cri import CriClient
-from vnode.runtime.pods import PODS, PodManager
+from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
 from vnode.runtime.worker import PodWorker, WorkerContext
 from vnode.store import Put, Store
+from vnode.store.layout import PODS
 
 POD = {
     "apiVersion": "v1",
@@ -45,10 +46,6 @@ POD = {
     "spec": {"containers": [{"name": "main", "image": "busybox"}]},
 }
 STATUS = {"phase": "Running"}
-
-
-async def nothing(*args: Any) -> None:
-    return None
 
 
 def worker_context(tmp_path: Path, cri: CriClient) -> WorkerContext:
@@ -62,8 +59,6 @@ def worker_context(tmp_path: Path, cri: CriClient) -> WorkerContext:
         dns=specs.DNSSettings(),
         crash_backoff=Backoff(10.0, 300.0),
         image_backoff=Backoff(10.0, 300.0),
-        persist=nothing,
-        status_changed=lambda uid: None,
     )
 
 
@@ -159,11 +154,51 @@ async def test_only_static_pods_get_mirrors(
     api: tuple[Recorder, Masters], source: str | None, wanted: list[str]
 ) -> None:
     recorder, masters = api
-    writer = StatusWriter(masters, lambda uid: (POD, STATUS), lambda uid: source, lambda uid: None)
-    writer.node_uid = lambda: "node-uid"
+    writer = StatusWriter(masters, OnePod(source), NoApiPods(), node_uid=lambda: "node-uid")
     writer.changed("u-1")
     await writer._write("u-1")
     assert recorder.requests == wanted
+
+
+class OnePod:
+    """The pod manager's side of the status writer's seam, holding ``POD`` from ``source``."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+
+    async def set_source_pods(self, source: str, pods: list[dict[str, Any]]) -> None:
+        return None
+
+    def status_of(self, uid: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return POD, STATUS
+
+    def source_of(self, uid: str) -> str | None:
+        return self.source
+
+    def known_uids(self) -> list[str]:
+        return ["u-1"]
+
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        return None
+
+
+class NoApiPods:
+    """The informer's side: an API with no pods and no mirrors yet."""
+
+    def pod(self, uid: str) -> dict[str, Any] | None:
+        return None
+
+    def api_status(self, uid: str) -> dict[str, Any] | None:
+        return None
+
+    def mirror(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    def on_listed(self, callback: Callable[[], None]) -> None:
+        return None
+
+    def on_mirrors_changed(self, callback: Callable[[], None]) -> None:
+        return None
 
 
 class StuckRuntime:
@@ -222,12 +257,8 @@ async def test_a_container_the_runtime_will_not_remove_is_retried_with_back_off_
     async def persist(uid: str, state: dict[str, Any]) -> None:
         saved[uid] = state
 
-    ctx = replace(
-        worker_context(tmp_path, cast(CriClient, runtime)),
-        crash_backoff=Backoff(0.01, 0.04),
-        persist=persist,
-    )
-    worker = PodWorker(ctx, POD)
+    ctx = replace(worker_context(tmp_path, cast(CriClient, runtime)), crash_backoff=Backoff(0.01, 0.04))
+    worker = PodWorker(ctx, POD, persist=persist, status_changed=lambda uid: None)
     worker.delete()
     task = asyncio.create_task(worker.run())
     try:

@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from vnode.security.authn import Authenticator, Unauthenticated, User
+from vnode.errors import AuthorizationError, Unauthenticated
+from vnode.security.authn import Authenticator, User
 from vnode.security.authz import (
-    AuthorizationError,
     Authorizer,
     authorize_any,
     describe,

@@ -26,11 +26,9 @@ from vnode.provider.types import ContainerState
 from vnode.runtime import apiobjects, labels
 from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
 from vnode.store import Delete, Put, Store
+from vnode.store.layout import PODS, PODSTATE, PodState
 
 log = logging.getLogger(__name__)
-
-PODS = "pods"
-PODSTATE = "podstate"
 
 
 class PodManager:
@@ -57,8 +55,6 @@ class PodManager:
         self._restored: list[PodWorker] = []
         self.runtime_error: str | None = "runtime not contacted yet"
         self.relisted = asyncio.Event()
-        ctx.status_changed = self._status_changed
-        ctx.persist = self._persist
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -112,8 +108,8 @@ class PodManager:
                 worker.delete()
         self._ready_sources.add(source)
 
-    def _start_worker(self, pod: dict[str, Any], state: dict[str, Any] | None) -> None:
-        worker = PodWorker(self.ctx, pod, state)
+    def _start_worker(self, pod: dict[str, Any], state: PodState | None) -> None:
+        worker = PodWorker(self.ctx, pod, state, persist=self._persist, status_changed=self._status_changed)
         uid = worker.uid
         self._workers[uid] = worker
         task = asyncio.create_task(self._run_worker(worker), name=f"pod-worker:{worker.name}")
@@ -129,7 +125,7 @@ class PodManager:
             await self.store.write([Delete(PODS, uid), Delete(PODSTATE, uid)])
             self._notify(uid)
 
-    async def _persist(self, uid: str, state: dict[str, Any]) -> None:
+    async def _persist(self, uid: str, state: PodState) -> None:
         """Keep a worker's state; a full store degrades (logged, ``store_problem`` set for the
         Node's EdgeStoreFull condition) instead of stopping the pod's sync."""
         if uid in self._workers and not self._workers[uid].deleting:
@@ -190,6 +186,9 @@ class PodManager:
         worker.evict(message)
         await worker.persist_now()
         return True
+
+    def known_uids(self) -> list[str]:
+        return list(self._workers)
 
     def workers(self) -> list[PodWorker]:
         return list(self._workers.values())

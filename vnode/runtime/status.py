@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from vnode.kube.qos import qos_class
 from vnode.provider.types import ContainerObservation, ContainerState, PodObservation, Waiting
-from vnode.runtime.specs import qos_class
 
 RUNTIME = "containerd"
 

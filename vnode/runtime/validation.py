@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from vnode import errors
-from vnode.runtime.quantity import parse_quantity
+from vnode.kube.quantity import parse_quantity
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
+from vnode.kube import images
 from vnode.provider.protocols import EventSink, ObjectSource
 from vnode.provider.types import (
     ContainerObservation,
@@ -39,6 +40,7 @@ from vnode.runtime.cri import CriClient
 from vnode.runtime.status import compute_pod_status
 from vnode.runtime.validation import validate_pod
 from vnode.runtime.volumes import VolumeManager
+from vnode.store.layout import PodState, SyncProblem
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,6 @@ class WorkerContext:
     dns: specs.DNSSettings
     crash_backoff: Backoff
     image_backoff: Backoff
-    # Called with (uid, persisted state) whenever that state changes; the manager writes the store.
-    persist: Callable[[str, dict[str, Any]], Awaitable[None]]
-    # Called with the uid whenever the computed status changes.
-    status_changed: Callable[[str], None]
     now: Callable[[], datetime] = utcnow
     # The configMaps and secrets pods refer to; None on a standalone node.
     objects: ObjectSource | None = None
@@ -107,17 +105,28 @@ class Observed:
 class PodWorker:
     """Drives one pod towards its spec; see the module docstring."""
 
-    def __init__(self, ctx: WorkerContext, pod: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        pod: dict[str, Any],
+        state: PodState | None = None,
+        *,
+        persist: Callable[[str, PodState], Awaitable[None]],
+        status_changed: Callable[[str], None],
+    ) -> None:
         self.ctx = ctx
+        # The owner's (the pod manager's): it writes our state to the store, and hears of changes.
+        self._save = persist
+        self._status_changed = status_changed
         self.pod = pod
         self.uid: str = pod["metadata"]["uid"]
-        state = state or {}
-        self.attempts: dict[str, int] = dict(state.get("attempts", {}))
-        self.sandbox_attempt: int = int(state.get("sandboxAttempt", -1))
-        self.status: dict[str, Any] | None = state.get("status")
-        self.terminal: bool = bool(state.get("terminal", False))
-        self.evicted: str | None = state.get("evicted")  # the eviction's message, once evicted
-        self.problem: dict[str, str] | None = state.get("problem")  # why syncs fail: message, since
+        saved: dict[str, Any] = dict(state) if state is not None else {}  # a record may be partial
+        self.attempts: dict[str, int] = dict(saved.get("attempts", {}))
+        self.sandbox_attempt: int = int(saved.get("sandboxAttempt", -1))
+        self.status: dict[str, Any] | None = saved.get("status")
+        self.terminal: bool = bool(saved.get("terminal", False))
+        self.evicted: str | None = saved.get("evicted")  # the eviction's message, once evicted
+        self.problem: SyncProblem | None = saved.get("problem")  # why syncs fail: message, since
         self.deleting = False
         self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
         self.synced = asyncio.Event()  # set after the first completed sync
@@ -130,7 +139,7 @@ class PodWorker:
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
         self._tokens: dict[tuple[str, int], tuple[str, float]] = {}  # -> (token, refresh at)
         self.last_observed = Observed()
-        for name, entry in (state.get("backoff") or {}).items():
+        for name, entry in (saved.get("backoff") or {}).items():
             ctx.crash_backoff.restore(f"{self.uid}/{name}", entry)
 
     # -- inputs from the manager -------------------------------------------------------------
@@ -202,9 +211,9 @@ class PodWorker:
         """The runtime refused something this pod needs (a container stuck in its start that
         cannot be removed, say): retry with back-off, say it once, and keep it for ``vnode status``."""
         ctx = self.ctx
-        if message != (self.problem or {}).get("message"):
+        if self.problem is None or message != self.problem["message"]:
             log.warning("pod %s: sync failed (retrying with back-off): %s", self.name, message)
-            self.problem = {"message": message, "since": ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ")}
+            self.problem = SyncProblem(message=message, since=ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
             await self._persist()
         self._schedule(ctx.crash_backoff.next_delay(f"{self.uid}/{SYNC_KEY}", ctx.now()))
 
@@ -653,12 +662,12 @@ class PodWorker:
         ctx = self.ctx
         name = container["name"]
         try:
-            image = specs.normalize_image(container.get("image", ""))
+            image = images.normalize_image(container.get("image", ""))
         except errors.InvalidInput as exc:
             self._fail_waiting(container, "InvalidImageName", str(exc), "InspectFailed")
             return None
         present = await ctx.cri.image_ref(image)
-        decision = specs.image_pull_needed(container, present is not None)
+        decision = images.image_pull_needed(container, present is not None)
         if decision is None:
             message = f'Container image "{image}" is not present with pull policy of Never'
             self._fail_waiting(container, "ErrImageNeverPull", message, "ErrImageNeverPull")
@@ -791,7 +800,7 @@ class PodWorker:
         if status != self.status:
             self.status = status
             await self._persist()
-            ctx.status_changed(self.uid)
+            self._status_changed(self.uid)
 
     def _rejected_status(self) -> dict[str, Any]:
         previous = self.status or {}
@@ -803,7 +812,7 @@ class PodWorker:
             "startTime": previous.get("startTime") or self.ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> PodState:
         """What survives a restart of vnode (kept in the store's ``podstate`` table)."""
         backoff = {}
         for name in self.attempts:
@@ -811,18 +820,21 @@ class PodWorker:
             entry = self.ctx.crash_backoff.to_state(key)
             if entry is not None:
                 backoff[name] = entry
-        return {
-            "attempts": self.attempts,
-            "sandboxAttempt": self.sandbox_attempt,
-            "status": self.status,
-            "terminal": self.terminal,
-            "backoff": backoff,
-            **({"evicted": self.evicted} if self.evicted is not None else {}),
-            **({"problem": self.problem} if self.problem is not None else {}),
-        }
+        state = PodState(
+            attempts=self.attempts,
+            sandboxAttempt=self.sandbox_attempt,
+            status=self.status,
+            terminal=self.terminal,
+            backoff=backoff,
+        )
+        if self.evicted is not None:
+            state["evicted"] = self.evicted
+        if self.problem is not None:
+            state["problem"] = self.problem
+        return state
 
     async def _persist(self) -> None:
-        await self.ctx.persist(self.uid, self.state())
+        await self._save(self.uid, self.state())
 
     async def persist_now(self) -> None:
         """Write the state at once (an eviction must survive a restart before the next sync)."""

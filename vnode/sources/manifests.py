@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from vnode.kube.images import default_pull_policy
 from vnode.logs.inotify import DirectoryWatcher
-from vnode.runtime.specs import default_pull_policy
 
 log = logging.getLogger(__name__)
 
