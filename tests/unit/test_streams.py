@@ -261,6 +261,8 @@ async def test_frames_from_the_server_are_reported_and_pings_answered() -> None:
     assert frames[0].headers == {"a": "b"}
     assert await reader.readexactly(12) == spdy.control(spdy.PING, struct.pack(">I", 2))
     conn.close()
+    writer.close()
+    await writer.wait_closed()
 
 
 async def test_a_truncated_frame_is_a_protocol_error() -> None:
