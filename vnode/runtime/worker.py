@@ -25,11 +25,14 @@ from typing import Any
 
 from vnode import errors
 from vnode.kube import images
+from vnode.probes.machine import Target
+from vnode.probes.manager import ContainerView, Kill, Prober
 from vnode.provider.protocols import EventSink, ObjectSource
 from vnode.provider.types import (
     ContainerObservation,
     ContainerState,
     PodObservation,
+    ProbeState,
     SandboxObservation,
     Waiting,
 )
@@ -75,6 +78,8 @@ class WorkerContext:
     objects: ObjectSource | None = None
     # Gives every sandbox its pod cgroup (vnode.runtime.cgroups); None leaves the runtime's default.
     cgroups: CgroupDriver | None = None
+    # Runs the containers' probes (vnode.probes); None: no probes run (benchmarks of the rest).
+    prober: Prober | None = None
 
 
 @dataclass
@@ -134,6 +139,7 @@ class PodWorker:
         self._rejection: str | None = None
         self._known: dict[str, ContainerObservation] = {}
         self._handled: set[str] = set()  # containers this process created or took over
+        self._kills: dict[str, Kill] = {}  # container name -> a probe's kill not yet done
         self._wake = asyncio.Event()
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
@@ -170,6 +176,11 @@ class PodWorker:
         self.terminal = True
         log.warning("pod %s evicted: %s", self.name, message)
         self.ctx.events.event(self.pod, "Warning", "Evicted", message)
+        self.wake()
+
+    def probe_failed(self, kill: Kill) -> None:
+        """A liveness or startup probe failed past its threshold: restart that container."""
+        self._kills[kill.container] = kill
         self.wake()
 
     def observe_listing(self, fingerprint: frozenset[tuple[str, str]]) -> None:
@@ -350,6 +361,15 @@ class PodWorker:
         for container in spec.get("containers") or []:
             name = container["name"]
             current = observed.current(name)
+            kill = self._kills.pop(name, None)
+            if (
+                kill is not None
+                and current is not None
+                and current.id == kill.container_id
+                and current.state == ContainerState.RUNNING
+            ):
+                await self._stop_container(current, grace=kill.grace, message=kill.message)
+                return True  # the next pass sees it exited and restarts it (back-off applies)
             if current is not None and current.state == ContainerState.RUNNING:
                 if current.spec_hash and current.spec_hash != specs.container_hash(container):
                     log.info("pod %s: container %s spec changed; restarting it", self.name, name)
@@ -720,10 +740,12 @@ class PodWorker:
         for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
             self._waiting[c["name"]] = Waiting(reason, message)
 
-    async def _stop_container(self, container: ContainerObservation) -> None:
+    async def _stop_container(
+        self, container: ContainerObservation, *, grace: int | None = None, message: str = ""
+    ) -> None:
         # Recorded when the stop begins: for the whole grace period it says what is going on.
-        grace = self.grace_seconds()
-        message = f"Stopping container {container.name} (grace period {grace}s)"
+        grace = self.grace_seconds() if grace is None else grace
+        message = message or f"Stopping container {container.name} (grace period {grace}s)"
         self.ctx.events.event(self.pod, "Normal", "Killing", message)
         with contextlib.suppress(errors.NotFound):
             await self.ctx.cri.stop_container(container.id, grace)
@@ -793,6 +815,7 @@ class PodWorker:
                 waiting=dict(self._waiting),
                 host_ip=ctx.host_ip,
                 terminal=self.terminal,
+                probes=self._probe(observed, sandbox.ip if sandbox is not None else ""),
             )
             status = compute_pod_status(self.pod, obs, self.status, ctx.now())
             if self.evicted is not None:
@@ -801,6 +824,50 @@ class PodWorker:
             self.status = status
             await self._persist()
             self._status_changed(self.uid)
+
+    def _probe(self, observed: Observed, pod_ip: str) -> dict[str, ProbeState]:
+        """Tell the prober what runs now; what its probes say of each container's instance."""
+        prober = self.ctx.prober
+        if prober is None:
+            return {}
+        spec = self.pod.get("spec", {})
+        policy = spec.get("restartPolicy", "Always")
+        sidecars = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+        before = self.status or {}
+        previous = {
+            s["name"]: s
+            for s in [*(before.get("initContainerStatuses") or []), *(before.get("containerStatuses") or [])]
+        }
+        deleting = self.deleting or bool(self.pod["metadata"].get("deletionTimestamp"))
+        views: dict[str, ContainerView] = {}
+        for container in [*sidecars, *(spec.get("containers") or [])]:
+            name = container["name"]
+            current = observed.current(name)
+            cid = current.id if current is not None else ""
+            running = current is not None and current.state == ContainerState.RUNNING
+            started = prober.started(self.uid, name, cid, bool(previous.get(name, {}).get("started")))
+            restarts = container in sidecars or (
+                current is not None and _should_restart(policy, current.exit_code)
+            )
+            target = Target(
+                container_id=cid,
+                running=running,
+                started_at=current.started_at if current is not None else None,
+                started=running and started is not False,
+                will_restart=restarts and not self.terminal,
+                deleting=deleting,
+            )
+            views[name] = ContainerView(target, container)
+        prober.update(self.pod, pod_ip or self.ctx.host_ip, views, terminal=self.terminal)
+        states = {}
+        for name, view in views.items():
+            said = previous.get(name, {})
+            cid = view.target.container_id
+            states[name] = ProbeState(
+                started=prober.started(self.uid, name, cid, bool(said.get("started"))),
+                ready=prober.ready(self.uid, name, cid, bool(said.get("ready"))),
+            )
+        return states
 
     def _rejected_status(self) -> dict[str, Any]:
         previous = self.status or {}
