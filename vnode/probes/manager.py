@@ -26,7 +26,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,8 +84,9 @@ class _Worker:
 class ContainerView:
     """One container of a pod as the pod worker observed it (the input of ``update``)."""
 
-    target: Target
+    target: Target  # its ``started`` is the prober's to fill in (see ``update``)
     spec: dict[str, Any]
+    previously_started: bool = False  # as last reported, for a container older than vnode
 
 
 @dataclass
@@ -146,13 +147,30 @@ class Prober:
         wanted: set[Key] = set()
         if not terminal:
             for name, view in containers.items():
-                for kind in ProbeType:
+                # The startup probe first: whether the container has started gates the others.
+                for kind in (ProbeType.STARTUP, ProbeType.LIVENESS, ProbeType.READINESS):
                     spec = probe_spec(view.spec, kind)
-                    if spec is not None:
-                        wanted.add(Key(uid, name, kind))
-                        self._see(Key(uid, name, kind), spec, pod, pod_ip, view)
+                    if spec is None:
+                        continue
+                    key = Key(uid, name, kind)
+                    wanted.add(key)
+                    target = replace(view.target, started=self._has_started(uid, name, view))
+                    self._see(key, spec, pod, pod_ip, replace(view, target=target))
         for key in [k for k in self._workers if k.uid == uid and k not in wanted]:
             self._remove(key)
+
+    def _has_started(self, uid: str, name: str, view: ContainerView) -> bool:
+        """kubelet's isContainerStarted: running, and past its startup probe if it has one."""
+        target = view.target
+        if not target.running:
+            return False
+        if probe_spec(view.spec, ProbeType.STARTUP) is None:
+            return True
+        started = self.started(uid, name, target.container_id, view.previously_started)
+        if started is None:  # its startup worker is made just now
+            older = target.started_at is not None and target.started_at < self.restarted_before
+            return older and view.previously_started  # started before vnode did: not probed again
+        return started
 
     def forget(self, uid: str) -> None:
         """The pod is gone: stop its probes and drop their series."""
@@ -331,10 +349,11 @@ class Prober:
             return
         if machine.result != before:
             if key.kind == ProbeType.STARTUP and machine.result == Result.SUCCESS:
-                # started: the other probes of this container may run from now on
+                # started: the other probes of this container run from now on
                 for kind in (ProbeType.LIVENESS, ProbeType.READINESS):
                     other = self._workers.get(Key(key.uid, key.container, kind))
-                    if other is not None:
+                    if other is not None and other.target is not None:
+                        other.target = replace(other.target, started=other.target.running)
                         self._schedule(other, self.clock())
             self._emit(Changed(key.uid))
 

@@ -845,7 +845,6 @@ class PodWorker:
             current = observed.current(name)
             cid = current.id if current is not None else ""
             running = current is not None and current.state == ContainerState.RUNNING
-            started = prober.started(self.uid, name, cid, bool(previous.get(name, {}).get("started")))
             restarts = container in sidecars or (
                 current is not None and _should_restart(policy, current.exit_code)
             )
@@ -853,19 +852,20 @@ class PodWorker:
                 container_id=cid,
                 running=running,
                 started_at=current.started_at if current is not None else None,
-                started=running and started is not False,
+                started=running,  # the prober decides, from the startup probe if there is one
                 will_restart=restarts and not self.terminal,
                 deleting=deleting,
             )
-            views[name] = ContainerView(target, container)
+            said = bool(previous.get(name, {}).get("started"))
+            views[name] = ContainerView(target, container, previously_started=said)
         prober.update(self.pod, pod_ip or self.ctx.host_ip, views, terminal=self.terminal)
         states = {}
         for name, view in views.items():
-            said = previous.get(name, {})
+            last = previous.get(name, {})
             cid = view.target.container_id
             states[name] = ProbeState(
-                started=prober.started(self.uid, name, cid, bool(said.get("started"))),
-                ready=prober.ready(self.uid, name, cid, bool(said.get("ready"))),
+                started=prober.started(self.uid, name, cid, bool(last.get("started"))),
+                ready=prober.ready(self.uid, name, cid, bool(last.get("ready"))),
             )
         return states
 
