@@ -42,11 +42,13 @@ def pod(i: int, port: int | None, period: int) -> dict[str, Any]:
 
 
 async def settled(node: VnodeProcess, n: int, probed: bool) -> None:
+    def done(pod: dict[str, Any]) -> bool:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return bool(statuses) and bool(container_status(pod, "main").get("ready" if probed else "started"))
+
     while True:
         pods = await node.pods()
-        if len(pods) == n and all(
-            container_status(p, "main").get("ready" if probed else "started") for p in pods.values()
-        ):
+        if len(pods) == n and all(done(p) for p in pods.values()):
             return
         await asyncio.sleep(POLL)
 
@@ -84,7 +86,11 @@ async def probe_runs(node: VnodeProcess) -> float:
 
 async def run(n: int, period: int, idle: float) -> None:
     app = web.Application()
-    app.router.add_get("/healthz", lambda request: web.Response(text="ok"))
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
