@@ -346,6 +346,8 @@ class PodWorker:
             name = container["name"]
             current = observed.current(name)
             sidecar = container.get("restartPolicy") == "Always"
+            if sidecar and await self._probe_kill(name, current):
+                return True
             if current is not None and current.state == ContainerState.RUNNING:
                 if sidecar:
                     continue
@@ -361,14 +363,7 @@ class PodWorker:
         for container in spec.get("containers") or []:
             name = container["name"]
             current = observed.current(name)
-            kill = self._kills.pop(name, None)
-            if (
-                kill is not None
-                and current is not None
-                and current.id == kill.container_id
-                and current.state == ContainerState.RUNNING
-            ):
-                await self._stop_container(current, grace=kill.grace, message=kill.message)
+            if await self._probe_kill(name, current):
                 return True  # the next pass sees it exited and restarts it (back-off applies)
             if current is not None and current.state == ContainerState.RUNNING:
                 if current.spec_hash and current.spec_hash != specs.container_hash(container):
@@ -739,6 +734,16 @@ class PodWorker:
         spec = self.pod.get("spec", {})
         for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
             self._waiting[c["name"]] = Waiting(reason, message)
+
+    async def _probe_kill(self, name: str, current: ContainerObservation | None) -> bool:
+        """Stop ``current`` if a probe asked for it (the kill names the instance it judged)."""
+        kill = self._kills.pop(name, None)
+        if kill is None or current is None or current.id != kill.container_id:
+            return False
+        if current.state != ContainerState.RUNNING:
+            return False
+        await self._stop_container(current, grace=kill.grace, message=kill.message)
+        return True
 
     async def _stop_container(
         self, container: ContainerObservation, *, grace: int | None = None, message: str = ""
