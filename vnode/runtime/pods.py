@@ -25,7 +25,8 @@ from vnode.probes.manager import Kill, ProbeEvent
 from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.provider.types import ContainerState
 from vnode.runtime import apiobjects, labels
-from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
+from vnode.runtime.observation import fingerprint
+from vnode.runtime.worker import PodWorker, WorkerContext
 from vnode.store import Delete, Put, Store
 from vnode.store.layout import PODS, PODSTATE, PodState
 
