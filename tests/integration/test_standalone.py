@@ -10,12 +10,11 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from integration.containerd import Containerd
 from integration.node import (
@@ -24,27 +23,11 @@ from integration.node import (
     container_status,
     free_port,
     is_running,
-    running_node,
     wait_for,
 )
 from vnode.provider.types import ContainerState
 from vnode.runtime import labels
 from vnode.runtime.cri import CriClient
-
-
-@pytest.fixture
-async def node(containerd: Any, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
-    async with running_node(tmp_path, containerd.endpoint) as proc:
-        yield proc
-
-
-@pytest.fixture
-async def cri(containerd: Any) -> AsyncIterator[CriClient]:
-    client = CriClient(containerd.endpoint, timeout=30)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def container_ids(cri: CriClient, node: VnodeProcess) -> dict[tuple[str, str], tuple[str, str]]:

@@ -38,6 +38,8 @@ from vnode.controllers.objects import MAX_WATCHES, ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker
+from vnode.probes.handlers import Handlers
+from vnode.probes.manager import Prober
 from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
@@ -74,6 +76,7 @@ class Components:
     healthz_handlers: KubeletHandlers
     stats: StatsCollector
     metrics: NodeMetrics
+    prober: Prober
     pressure: node_pressure.PressureMonitor | None = None
     masters: Masters | None = None
     objects: ObjectCache | None = None
@@ -381,6 +384,7 @@ async def _build_with_store(
         host_searches=searches,
         host_options=options,
     )
+    prober = Prober(Handlers(cri.exec_sync), events.event)
     ctx = WorkerContext(
         cri=cri,
         volumes=VolumeManager(settings.root_dir / "pods"),
@@ -393,6 +397,7 @@ async def _build_with_store(
         image_backoff=Backoff(10.0, 300.0),
         objects=objects,
         cgroups=CgroupDriver(settings.runtime.cgroup_driver, cri.cgroup_driver),
+        prober=prober,
     )
     sources = [FILE_SOURCE] if settings.pods.manifest_path is not None else []
     if settings.cluster.configured:
@@ -432,7 +437,7 @@ async def _build_with_store(
         logs=pods,
         health_checks=checks,
         streams=StreamHandlers(pods, limits),
-        stats=StatsHandlers(stats, metrics, settings.node.name),
+        stats=StatsHandlers(stats, metrics, settings.node.name, probes=prober.render),
         guard=kubelet_guard,
     )
     healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)
@@ -448,4 +453,5 @@ async def _build_with_store(
         healthz_handlers=healthz_handlers,
         stats=stats,
         metrics=metrics,
+        prober=prober,
     )

@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vnode import errors
+from vnode.probes.manager import Kill, ProbeEvent
 from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.provider.types import ContainerState
 from vnode.runtime import apiobjects, labels
-from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
+from vnode.runtime.observation import fingerprint
+from vnode.runtime.worker import PodWorker, WorkerContext
 from vnode.store import Delete, Put, Store
 from vnode.store.layout import PODS, PODSTATE, PodState
 
@@ -55,6 +57,8 @@ class PodManager:
         self._restored: list[PodWorker] = []
         self.runtime_error: str | None = "runtime not contacted yet"
         self.relisted = asyncio.Event()
+        if ctx.prober is not None:
+            ctx.prober.subscribe(self._probed)
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -119,6 +123,8 @@ class PodManager:
         await worker.run()
         # Only a deleted pod's worker returns: forget it.
         uid = worker.uid
+        if self.ctx.prober is not None:
+            self.ctx.prober.forget(uid)
         if self._workers.get(uid) is worker:
             del self._workers[uid]
             self._tasks.pop(uid, None)
@@ -148,6 +154,16 @@ class PodManager:
 
     def _status_changed(self, uid: str) -> None:
         self._notify(uid)
+
+    def _probed(self, event: ProbeEvent) -> None:
+        """The prober's word: a result moved (compute the status again) or a container must go."""
+        worker = self._workers.get(event.uid)
+        if worker is None:
+            return
+        if isinstance(event, Kill):
+            worker.probe_failed(event)
+        else:
+            worker.wake()
 
     def _notify(self, uid: str) -> None:
         for callback in self._listeners:

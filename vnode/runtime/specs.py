@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from typing import Any, Literal
 from cri_api.v1 import api_pb2
 
 from vnode import errors
+from vnode.kube.envvars import expand
 from vnode.kube.qos import qos_class
 from vnode.kube.quantity import milli_cpu, parse_quantity, to_bytes
 from vnode.runtime import apiobjects, labels
@@ -40,7 +40,6 @@ _PROPAGATION = {
     "HostToContainer": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
     "Bidirectional": api_pb2.PROPAGATION_BIDIRECTIONAL,
 }
-_VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
 # -- identity and hashing ---------------------------------------------------------------------
@@ -249,18 +248,6 @@ def resource_value(container: dict[str, Any], ref: dict[str, Any], node: NodeCap
     else:
         amount = parse_quantity(node.cpus if name == "cpu" else node.memory)
     return str(math.ceil(amount / divisor))
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """kubelet's ``$(VAR)`` expansion: defined references replaced, ``$$`` escapes, others kept."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return _VAR_REF.sub(replace, text)
 
 
 def resolve_env(

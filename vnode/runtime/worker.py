@@ -18,18 +18,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vnode import errors
 from vnode.kube import images
+from vnode.kube.restarts import should_restart
+from vnode.probes.manager import Kill, Prober
 from vnode.provider.protocols import EventSink, ObjectSource
 from vnode.provider.types import (
     ContainerObservation,
     ContainerState,
     PodObservation,
+    ProbeState,
     SandboxObservation,
     Waiting,
 )
@@ -37,6 +40,9 @@ from vnode.runtime import apiobjects, labels, specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cgroups import CgroupDriver, pod_cgroup_parent
 from vnode.runtime.cri import CriClient
+from vnode.runtime.observation import Observed, Observer
+from vnode.runtime.podfiles import PodFiles, has_api_volumes
+from vnode.runtime.probing import probe_states
 from vnode.runtime.status import compute_pod_status
 from vnode.runtime.validation import validate_pod
 from vnode.runtime.volumes import VolumeManager
@@ -75,31 +81,8 @@ class WorkerContext:
     objects: ObjectSource | None = None
     # Gives every sandbox its pod cgroup (vnode.runtime.cgroups); None leaves the runtime's default.
     cgroups: CgroupDriver | None = None
-
-
-@dataclass
-class Observed:
-    """The runtime's view of one pod, fresh from CRI at the start of a sync."""
-
-    sandboxes: list[SandboxObservation] = field(default_factory=list)  # newest first
-    containers: dict[str, list[ContainerObservation]] = field(default_factory=dict)  # newest first
-    sandbox_of: dict[str, str] = field(default_factory=dict)  # container id -> sandbox id
-    fingerprint: frozenset[tuple[str, str]] = frozenset()  # as the relist computes it
-
-    @property
-    def sandbox(self) -> SandboxObservation | None:
-        return self.sandboxes[0] if self.sandboxes else None
-
-    def current(self, name: str) -> ContainerObservation | None:
-        """The newest instance of ``name`` if it belongs to the current sandbox."""
-        instances = self.containers.get(name)
-        sandbox = self.sandbox
-        if not instances or sandbox is None or self.sandbox_of.get(instances[0].id) != sandbox.id:
-            return None
-        return instances[0]
-
-    def all_containers(self) -> list[ContainerObservation]:
-        return [c for instances in self.containers.values() for c in instances]
+    # Runs the containers' probes (vnode.probes); None: no probes run (benchmarks of the rest).
+    prober: Prober | None = None
 
 
 class PodWorker:
@@ -132,12 +115,13 @@ class PodWorker:
         self.synced = asyncio.Event()  # set after the first completed sync
         self._waiting: dict[str, Waiting] = {}
         self._rejection: str | None = None
-        self._known: dict[str, ContainerObservation] = {}
+        self._observer = Observer(ctx.cri, ctx.volumes, self.uid, ctx.node_name)
         self._handled: set[str] = set()  # containers this process created or took over
+        self._kills: dict[str, Kill] = {}  # container name -> a probe's kill not yet done
         self._wake = asyncio.Event()
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
-        self._tokens: dict[tuple[str, int], tuple[str, float]] = {}  # -> (token, refresh at)
+        self._files = PodFiles(ctx.objects, ctx.node_name, ctx.host_ip)
         self.last_observed = Observed()
         for name, entry in (saved.get("backoff") or {}).items():
             ctx.crash_backoff.restore(f"{self.uid}/{name}", entry)
@@ -170,6 +154,11 @@ class PodWorker:
         self.terminal = True
         log.warning("pod %s evicted: %s", self.name, message)
         self.ctx.events.event(self.pod, "Warning", "Evicted", message)
+        self.wake()
+
+    def probe_failed(self, kill: Kill) -> None:
+        """A liveness or startup probe failed past its threshold: restart that container."""
+        self._kills[kill.container] = kill
         self.wake()
 
     def observe_listing(self, fingerprint: frozenset[tuple[str, str]]) -> None:
@@ -262,46 +251,7 @@ class PodWorker:
     # -- observing ---------------------------------------------------------------------------
 
     async def observe(self) -> Observed:
-        """Sandboxes and containers of this pod, with full status only for what changed."""
-        cri = self.ctx.cri
-        selector = {labels.POD_UID: self.uid, labels.NODE_LABEL: self.ctx.node_name}
-        raw_sandboxes = await cri.list_pod_sandboxes(selector)
-        raw_containers = await cri.list_containers(selector)
-        sandboxes = []
-        for sb in raw_sandboxes:
-            try:
-                sandboxes.append(await cri.pod_sandbox_status(sb.id))
-            except errors.NotFound:
-                continue
-        sandboxes.sort(key=lambda s: (s.created_at or datetime.min.replace(tzinfo=UTC), s.id), reverse=True)
-        observed = Observed(sandboxes=sandboxes)
-        known: dict[str, ContainerObservation] = {}
-        for raw in raw_containers:
-            cached = self._known.get(raw.id)
-            listed_state = _list_state(raw.state)
-            if cached is not None and cached.state == listed_state and listed_state != ContainerState.CREATED:
-                obs = cached
-            else:
-                try:
-                    obs = await cri.container_status(raw.id)
-                except errors.NotFound:
-                    continue
-                if obs.state == ContainerState.EXITED and not obs.message:
-                    message = await asyncio.to_thread(
-                        self.ctx.volumes.termination_message, self.uid, obs.name, obs.attempt
-                    )
-                    if message:
-                        obs = replace(obs, message=message)
-            known[obs.id] = obs
-            observed.sandbox_of[obs.id] = raw.pod_sandbox_id
-            observed.containers.setdefault(obs.name, []).append(obs)
-        for instances in observed.containers.values():
-            instances.sort(
-                key=lambda c: (c.attempt, c.created_at or datetime.min.replace(tzinfo=UTC)), reverse=True
-            )
-        self._known = known
-        observed.fingerprint = fingerprint(raw_sandboxes, raw_containers)
-        return observed
+        return await self._observer.observe()
 
     # -- deciding and acting -----------------------------------------------------------------
 
@@ -335,6 +285,8 @@ class PodWorker:
             name = container["name"]
             current = observed.current(name)
             sidecar = container.get("restartPolicy") == "Always"
+            if sidecar and await self._probe_kill(name, current):
+                return True
             if current is not None and current.state == ContainerState.RUNNING:
                 if sidecar:
                     continue
@@ -350,6 +302,8 @@ class PodWorker:
         for container in spec.get("containers") or []:
             name = container["name"]
             current = observed.current(name)
+            if await self._probe_kill(name, current):
+                return True  # the next pass sees it exited and restarts it (back-off applies)
             if current is not None and current.state == ContainerState.RUNNING:
                 if current.spec_hash and current.spec_hash != specs.container_hash(container):
                     log.info("pod %s: container %s spec changed; restarting it", self.name, name)
@@ -360,7 +314,7 @@ class PodWorker:
             if (
                 current is not None
                 and current.state == ContainerState.EXITED
-                and not _should_restart(policy, current.exit_code)
+                and not should_restart(policy, current.exit_code)
             ):
                 self._waiting.pop(name, None)
                 continue
@@ -381,7 +335,7 @@ class PodWorker:
             current = observed.current(container["name"])
             if current is None or current.state != ContainerState.EXITED:
                 return False
-            if _should_restart(policy, current.exit_code):
+            if should_restart(policy, current.exit_code):
                 return False
         return True
 
@@ -400,7 +354,7 @@ class PodWorker:
             return None
         attempt = max([self.sandbox_attempt, *(s.attempt for s in observed.sandboxes)]) + 1
         try:
-            files = await self._api_volume_files(await self._api_objects(), None)
+            files = await self._files.volume_files(self.pod, await self._files.objects(self.pod), None)
             await asyncio.to_thread(ctx.volumes.prepare, self.pod, files)
         except errors.VnodeError as exc:
             self._set_all_waiting("ContainerCreating", str(exc))
@@ -538,9 +492,9 @@ class PodWorker:
         if attempt is None:
             attempt = self._next_attempt(name, observed)
         try:
-            objects = await self._api_objects()
+            objects = await self._files.objects(self.pod)
             env = specs.resolve_env(container, env_ctx, objects)
-            files = await self._api_volume_files(objects, sandbox)
+            files = await self._files.volume_files(self.pod, objects, sandbox)
             volume_paths, term_log = await asyncio.to_thread(
                 self._prepare_host_files, container, attempt, files
             )
@@ -583,59 +537,19 @@ class PodWorker:
         log.info("pod %s: container %s started (%s, attempt %d)", self.name, name, container_id[:12], attempt)
         return True
 
-    async def _api_objects(self) -> apiobjects.Objects | None:
-        """The configMaps and secrets this pod refers to (None standalone)."""
-        source = self.ctx.objects
-        if source is None:
-            return None
-        namespace = self.pod["metadata"].get("namespace", "default")
-        refs = sorted(apiobjects.references(self.pod))
-        found = await asyncio.gather(*(source.get_object(kind, namespace, name) for kind, name in refs))
-        return dict(zip(refs, found, strict=True))
-
-    def _has_api_volumes(self) -> bool:
-        volumes = self.pod.get("spec", {}).get("volumes") or []
-        return any(kind in v for v in volumes for kind in apiobjects.API_VOLUME_KINDS)
-
-    async def _api_volume_files(
-        self, objects: apiobjects.Objects | None, sandbox: SandboxObservation | None
-    ) -> dict[str, dict[str, tuple[bytes, int]]] | None:
-        """Contents of the pod's configMap, secret, downwardAPI and projected volumes."""
-        source = self.ctx.objects
-        if objects is None or source is None:
-            return None
-        tokens: apiobjects.Tokens = {}
-        now = asyncio.get_running_loop().time()
-        for audience, seconds in apiobjects.token_requests(self.pod):
-            cached = self._tokens.get((audience, seconds))
-            if cached is None or now >= cached[1]:
-                token, lifetime = await source.token(self.pod, audience, seconds)
-                cached = (token, now + 0.8 * lifetime)  # kubelet refreshes at 80% of the lifetime
-                self._tokens[(audience, seconds)] = cached
-            tokens[(audience, seconds)] = cached[0]
-        pod_ip = (sandbox.ip if sandbox is not None else "") or self.ctx.host_ip
-        env_ctx = specs.EnvContext(self.pod, self.ctx.node_name, pod_ip, self.ctx.host_ip, [pod_ip])
-        containers = {c["name"]: c for c in self.pod.get("spec", {}).get("containers") or []}
-
-        def field(item: dict[str, Any]) -> str:
-            if "fieldRef" in item:
-                return specs.field_value(str(item["fieldRef"].get("fieldPath", "")), env_ctx)
-            ref = item.get("resourceFieldRef") or {}
-            return specs.resource_value(containers.get(str(ref.get("containerName", "")), {}), ref)
-
-        return apiobjects.volume_files(self.pod, objects, tokens, field)
-
     async def _refresh_api_volumes(self) -> None:
         """Rewrite configMap and secret volumes whose objects changed (atomic swap, kubelet style)."""
-        objects = await self._api_objects()
-        if objects is None or not (objects or apiobjects.token_requests(self.pod) or self._has_api_volumes()):
+        objects = await self._files.objects(self.pod)
+        if objects is None or not (
+            objects or apiobjects.token_requests(self.pod) or has_api_volumes(self.pod)
+        ):
             return
         source, namespace = self.ctx.objects, self.pod["metadata"].get("namespace", "default")
         if source is not None and not all(source.watched(kind, namespace, name) for kind, name in objects):
             # Watched objects wake the pod when they change; the others are polled.
             self._schedule(OBJECT_RESYNC_SECONDS)
         try:
-            files = await self._api_volume_files(objects, self.last_observed.sandbox)
+            files = await self._files.volume_files(self.pod, objects, self.last_observed.sandbox)
         except errors.InvalidInput as exc:
             log.warning("pod %s: volumes not refreshed: %s", self.name, exc)
             return
@@ -691,7 +605,7 @@ class PodWorker:
             return None
         ctx.events.event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
         try:
-            objects = await self._api_objects()
+            objects = await self._files.objects(self.pod)
             auth = apiobjects.pull_auth(self.pod, image, objects) if objects is not None else None
             ref = await ctx.cri.pull_image(image, auth)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
@@ -720,10 +634,22 @@ class PodWorker:
         for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
             self._waiting[c["name"]] = Waiting(reason, message)
 
-    async def _stop_container(self, container: ContainerObservation) -> None:
+    async def _probe_kill(self, name: str, current: ContainerObservation | None) -> bool:
+        """Stop ``current`` if a probe asked for it (the kill names the instance it judged)."""
+        kill = self._kills.pop(name, None)
+        if kill is None or current is None or current.id != kill.container_id:
+            return False
+        if current.state != ContainerState.RUNNING:
+            return False
+        await self._stop_container(current, grace=kill.grace, message=kill.message)
+        return True
+
+    async def _stop_container(
+        self, container: ContainerObservation, *, grace: int | None = None, message: str = ""
+    ) -> None:
         # Recorded when the stop begins: for the whole grace period it says what is going on.
-        grace = self.grace_seconds()
-        message = f"Stopping container {container.name} (grace period {grace}s)"
+        grace = self.grace_seconds() if grace is None else grace
+        message = message or f"Stopping container {container.name} (grace period {grace}s)"
         self.ctx.events.event(self.pod, "Normal", "Killing", message)
         with contextlib.suppress(errors.NotFound):
             await self.ctx.cri.stop_container(container.id, grace)
@@ -793,6 +719,7 @@ class PodWorker:
                 waiting=dict(self._waiting),
                 host_ip=ctx.host_ip,
                 terminal=self.terminal,
+                probes=self._probe_states(observed, sandbox.ip if sandbox is not None else ""),
             )
             status = compute_pod_status(self.pod, obs, self.status, ctx.now())
             if self.evicted is not None:
@@ -801,6 +728,21 @@ class PodWorker:
             self.status = status
             await self._persist()
             self._status_changed(self.uid)
+
+    def _probe_states(self, observed: Observed, pod_ip: str) -> dict[str, ProbeState]:
+        """Tell the prober what runs now; what its probes say of each container's instance."""
+        if self.ctx.prober is None:
+            return {}
+        deleting = self.deleting or bool(self.pod["metadata"].get("deletionTimestamp"))
+        return probe_states(
+            self.ctx.prober,
+            self.pod,
+            observed,
+            self.status,
+            pod_ip or self.ctx.host_ip,
+            deleting=deleting,
+            terminal=self.terminal,
+        )
 
     def _rejected_status(self) -> dict[str, Any]:
         previous = self.status or {}
@@ -839,23 +781,6 @@ class PodWorker:
     async def persist_now(self) -> None:
         """Write the state at once (an eviction must survive a restart before the next sync)."""
         await self._persist()
-
-
-def fingerprint(raw_sandboxes: list[Any], raw_containers: list[Any]) -> frozenset[tuple[str, str]]:
-    """What the relist compares: the IDs and states of a pod's runtime objects."""
-    return frozenset(
-        [(s.id, str(s.state)) for s in raw_sandboxes] + [(c.id, str(c.state)) for c in raw_containers]
-    )
-
-
-def _list_state(value: int) -> ContainerState:
-    return [ContainerState.CREATED, ContainerState.RUNNING, ContainerState.EXITED, ContainerState.UNKNOWN][
-        value if 0 <= value <= 3 else 3
-    ]
-
-
-def _should_restart(policy: str, exit_code: int) -> bool:
-    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
 
 def _make_dirs(path: Path) -> None:
