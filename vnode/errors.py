@@ -22,6 +22,8 @@ translated where they enter (``raise ... from exc``), so callers catch by meanin
      +-- StoreError           the LMDB store can't be opened or written
      |    +-- StoreFull        the map is full: callers degrade instead of crashing
      +-- NodeDeleted          the Node object was deleted and the config says exit (exit code 3)
+     +-- CannotListen         a port is taken or not ours to bind (exit code 5): not a config
+                              error, the same config may start once the port is free
      +-- JoinRefused          join: the cluster is not the one pinned, the token is wrong or unknown,
                               or the CSR was denied; nothing was written
 
@@ -102,6 +104,14 @@ class TooMany(VnodeError):
 
 class JoinRefused(VnodeError):
     """``vnode join`` will not trust this cluster or was not let in; nothing was written."""
+
+
+class CannotListen(VnodeError):
+    """A listener cannot bind its address; ``setting`` names the option that chose it."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting}: {reason}")
+        self.setting = setting
 
 
 class NodeDeleted(VnodeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -193,12 +194,21 @@ async def test_sigkill_and_restart_keep_every_container(node: VnodeProcess, cri:
         await node.wait_pod(f"keep{i}", lambda p: is_running(p, "main"))
     before = await container_ids(cri, node)
     assert len(before) == 3
+    created = {name: pod["metadata"] for name, pod in (await node.pods()).items()}
 
     await node.kill()
     await node.start()
     for i in range(3):
         pod = await node.wait_pod(f"keep{i}", lambda p: is_running(p, "main"))
         assert container_status(pod, "main")["restartCount"] == 0
+        # A static pod keeps its creation time, so its AGE, across restarts (to the microsecond
+        # in config.seen, which the creationTimestamp is cut from).
+        meta, was = pod["metadata"], created[pod["metadata"]["name"]]
+        assert meta["creationTimestamp"] == was["creationTimestamp"]
+        assert (
+            meta["annotations"]["kubernetes.io/config.seen"]
+            == was["annotations"]["kubernetes.io/config.seen"]
+        )
     assert await container_ids(cri, node) == before
 
 
@@ -349,6 +359,22 @@ async def test_container_logs_follow_streams_until_the_container_ends(node: Vnod
         await client.close()
     done = await node.wait_pod("ticker", lambda p: p["status"]["phase"] == "Succeeded")
     assert container_status(done, "main")["state"]["terminated"]["reason"] == "Completed"
+
+
+async def test_a_taken_port_is_its_own_error_not_a_config_error(containerd: Any, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = VnodeProcess(
+            tmp_path, containerd.endpoint, extra_args=[f"--port={port}", "--address=127.0.0.1"]
+        )
+        await proc.start(wait=False)
+        assert proc.proc is not None
+        assert await proc.proc.wait() == 5
+    log = proc.log_tail()
+    assert f"cannot listen: server.port: kubelet: cannot listen on 127.0.0.1:{port}" in log, log
+    assert "config error" not in log
 
 
 async def test_a_socket_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:

@@ -71,9 +71,11 @@ def minimal_node(
     created: str,
     version: str,
     pressure: Sequence[tuple[str, bool, str, str]] = (),
+    node_info: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Node when the API never showed one (standalone, or not registered yet); ``pressure``:
-    the pressure conditions as (type, status, reason, message)."""
+    the pressure conditions as (type, status, reason, message); ``node_info``: more of
+    ``status.nodeInfo`` (kernel, OS image, container runtime, machine and boot IDs)."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     ready = runtime_problem is None
     condition = {
@@ -108,7 +110,12 @@ def minimal_node(
                 condition,
             ],
             "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": version, "operatingSystem": "linux", "architecture": arch},
+            "nodeInfo": {
+                **(node_info or {}),
+                "kubeletVersion": version,
+                "operatingSystem": "linux",
+                "architecture": arch,
+            },
         },
     }
 

@@ -134,6 +134,9 @@ async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
     except errors.ConfigError as exc:
         log.error("config error: %s", exc)
         return 2
+    except errors.CannotListen as exc:
+        log.error("cannot listen: %s", exc)
+        return 5
     except (errors.StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1

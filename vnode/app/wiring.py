@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from vnode import errors
+from vnode.aiokits import hostinfo
 from vnode.aiokits.hostinfo import primary_ipv4
 from vnode.api.credentials import ensure_token
 from vnode.api.local import EmptyObjects, LocalApi, LocalSources, minimal_node
@@ -51,8 +52,8 @@ from vnode.runtime.worker import WorkerContext
 from vnode.security import rotation
 from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
+from vnode.sources.manifests import CONFIG_SEEN, ManifestSource
 from vnode.sources.manifests import SOURCE as FILE_SOURCE
-from vnode.sources.manifests import ManifestSource
 from vnode.stats import pressure as node_pressure
 from vnode.stats.collector import StatsCollector
 from vnode.stats.reclaim import ImageReclaimer
@@ -204,8 +205,24 @@ def _local_api(
             return known
         labels = settings.node.labels
         pressure = c.pressure.conditions() if c.pressure is not None else []
+        host = hostinfo.read_host(settings.root_dir)
+        info = {
+            "machineID": host.machine_id,
+            "systemUUID": host.system_uuid,
+            "bootID": host.boot_id,
+            "kernelVersion": host.kernel,
+            "osImage": host.os_image,
+            "containerRuntimeVersion": c.cri.runtime_version,
+        }
         return minimal_node(
-            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION, pressure
+            settings.node.name,
+            host_ip,
+            labels,
+            c.pods.runtime_error,
+            started,
+            KUBELET_VERSION,
+            pressure,
+            info,
         )
 
     objects = c.objects if c.objects is not None else EmptyObjects()
@@ -413,6 +430,7 @@ async def _build_with_store(
             settings.node.name,
             pods.set_source_pods,
             check_frequency=settings.pods.file_check_frequency,
+            seen=pods.first_seen(FILE_SOURCE, CONFIG_SEEN),
         )
 
     async def check_ping() -> None:

@@ -203,6 +203,16 @@ class PodManager:
         await worker.persist_now()
         return True
 
+    def first_seen(self, source: str, annotation: str) -> dict[str, str]:
+        """uid -> the ``annotation`` of each pod restored from ``source`` (a static pod's first
+        sighting, which its source keeps stable across restarts)."""
+        found = {}
+        for uid, worker in self._workers.items():
+            value = (worker.pod["metadata"].get("annotations") or {}).get(annotation)
+            if self._source_of.get(uid) == source and isinstance(value, str):
+                found[uid] = value
+        return found
+
     def known_uids(self) -> list[str]:
         return list(self._workers)
 
@@ -352,6 +362,8 @@ class PodManager:
                 await self.relist()
                 if self.runtime_error is not None:
                     log.info("container runtime is reachable at %s", self.ctx.cri.endpoint)
+                    with contextlib.suppress(errors.VnodeError):
+                        await self.ctx.cri.version()  # kept by the client for the Node's nodeInfo
                     for worker in self._workers.values():
                         worker.wake()
                 self.runtime_error = None

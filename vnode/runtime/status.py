@@ -35,8 +35,10 @@ def _terminated(c: ContainerObservation) -> dict[str, Any]:
     state: dict[str, Any] = {"exitCode": c.exit_code, "reason": reason}
     if c.message:
         state["message"] = c.message
-    state["startedAt"] = timestamp(c.started_at)
-    state["finishedAt"] = timestamp(c.finished_at)
+    if c.started_at is not None:  # one that never started has none (not 0001-01-01)
+        state["startedAt"] = timestamp(c.started_at)
+    if c.finished_at is not None:
+        state["finishedAt"] = timestamp(c.finished_at)
     state["containerID"] = f"{RUNTIME}://{c.id}"
     return state
 
