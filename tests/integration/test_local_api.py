@@ -229,3 +229,45 @@ async def test_token_required_and_writes_refused(node: VnodeProcess) -> None:
     assert rows(out)[name][1:3] == ["1/1", "Running"]
     kept = await node.pod(name)
     assert kept is not None and is_running(kept, "main")
+
+
+async def test_kubectl_describe_and_get_events_through_the_local_api(node: VnodeProcess) -> None:
+    """The node's own Events, served as the API server would: ``describe pod`` shows why a pod
+    does not run (the pull error), also after vnode restarts; ``get events`` prints kubectl's
+    table; ``get events -w`` streams a new one."""
+    bad = busybox_pod("nopull", "true", container={"image": "registry.invalid/nothing/here:1.0"})
+    node.write_manifest("nopull.yaml", bad)
+    name = node.static_name("nopull")
+
+    async def described() -> str | None:
+        code, out, _ = await kubectl(node, "describe", "pod", name, check=False)
+        return out if code == 0 and "Failed to pull image" in out else None
+
+    out = await wait_for(described, timeout=60, what="describe to show the pull failure")
+    assert "Warning" in out and "registry.invalid/nothing/here:1.0" in out
+
+    _, table, _ = await kubectl(node, "get", "events")
+    assert table.splitlines()[0].split()[:5] == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT"], table
+    assert f"pod/{name}" in table
+
+    await node.terminate()
+    await node.start()
+    await wait_for(lambda: _exists(kubeconfig_path(node)), timeout=30, what="local.kubeconfig")
+    out = await wait_for(described, timeout=60, what="the Events after a restart")
+
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl", "--kubeconfig", str(kubeconfig_path(node)), "get", "events", "-w", "--output-watch-events",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await start_pod(node, "fresh", "sleep 3600")
+        fresh = node.static_name("fresh")
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "the watch ended"
+            if f"pod/{fresh}" in line and "Started" in line:
+                break
+    finally:
+        proc.kill()
+        await proc.wait()

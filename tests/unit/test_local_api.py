@@ -329,7 +329,7 @@ async def test_discovery_lists_read_only_resources(api: tuple[str, FakePods]) ->
     base, _ = api
     assert (await call(f"{base}/api"))[1]["versions"] == ["v1"]
     resources = {r["name"]: r for r in (await call(f"{base}/api/v1"))[1]["resources"]}
-    assert set(resources) == {"pods", "pods/log", "nodes", "configmaps", "secrets", "services"}
+    assert set(resources) == {"pods", "pods/log", "nodes", "configmaps", "secrets", "services", "events"}
     assert resources["pods"]["verbs"] == ["get", "list", "watch"] and not resources["nodes"]["namespaced"]
 
 

@@ -47,7 +47,7 @@ from vnode.api.stats import PATHS as STATS_PATHS
 from vnode.api.stats import StatsHandlers
 from vnode.api.streams import PORT_FORWARD, StreamHandlers
 from vnode.api.watchcache import LocalPods, PodHistory, filtered
-from vnode.kube.selectors import POD_FIELDS, Filter, parse_selector
+from vnode.kube.selectors import EVENT_FIELDS, POD_FIELDS, Filter, parse_selector
 from vnode.kube.tables import table, wants_table
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
@@ -140,6 +140,7 @@ RESOURCES = {
         Resource("configmaps", "ConfigMap", True, ("cm",)),
         Resource("secrets", "Secret", True),
         Resource("services", "Service", True, ("svc",), ("all",)),
+        Resource("events", "Event", True, ("ev",)),
     )
 }
 READ_VERBS = ["get", "list", "watch"]
@@ -169,6 +170,10 @@ class LocalSources:
     # authn/authz (vnode.api.guard.Guard.local): None to go on, else (code, message); without
     # it only ``token`` is accepted
     access: Callable[[web.Request], Awaitable[tuple[int, str] | None]] | None = None
+    # the node's Events as v1 Events (what it recorded, kept across restarts), and a way to hear
+    # of new ones: ``watch_events(callback)`` returns the function that stops it
+    events: Callable[[], list[dict[str, Any]]] = list
+    watch_events: Callable[[Callable[[], None]], Callable[[], None]] | None = None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -291,6 +296,10 @@ class LocalApi:
             return self.history.snapshot()
         if resource.plural == "nodes":
             return [self._node()], self.history.rv
+        if resource.plural == "events":
+            events = self.sources.events()
+            mine = [e for e in events if namespace is None or e["metadata"]["namespace"] == namespace]
+            return mine, self.history.rv
         objects = self.sources.objects.list_objects(resource.plural, namespace)
         return objects, self.history.rv
 
@@ -310,7 +319,9 @@ class LocalApi:
             if as_table:
                 return _json(table(resource.kind, [obj], obj["metadata"].get("resourceVersion", ""), now))
             return _json(obj)
-        fields = POD_FIELDS if resource.plural == "pods" else ("metadata.name", "metadata.namespace")
+        fields = {"pods": POD_FIELDS, "events": EVENT_FIELDS}.get(
+            resource.plural, ("metadata.name", "metadata.namespace")
+        )
         wanted = Filter(
             namespace,
             parse_selector(query.get("labelSelector")),
@@ -336,6 +347,10 @@ class LocalApi:
             node = self._node()
             if node["metadata"]["name"] == name:
                 return node
+        elif resource.plural == "events":
+            for event in self._items(resource, namespace)[0]:
+                if event["metadata"]["name"] == name:
+                    return event
         else:
             obj = self.sources.objects.read_object(resource.plural, namespace, name)
             if obj is not None:
@@ -354,6 +369,8 @@ class LocalApi:
         raw_rv = request.query.get("resourceVersion") or "0"
         if not raw_rv.isdigit():
             raise ApiError(400, f"invalid resourceVersion {raw_rv!r}")
+        if resource.plural == "events" and self.sources.watch_events is not None:
+            return await self.watch_events(request, resource, wanted, as_table, timeout)
         watcher = self.history.subscribe() if resource.plural == "pods" else None
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         first = True
@@ -406,6 +423,46 @@ class LocalApi:
         finally:
             if watcher is not None:
                 self.history.unsubscribe(watcher)
+        return response
+
+    async def watch_events(
+        self, request: web.Request, resource: Resource, wanted: Filter, as_table: bool, timeout: float
+    ) -> web.StreamResponse:
+        """The node's Events: those remembered, then each new one (ADDED) or repeat (MODIFIED, its
+        count grown), as ``kubectl get events -w`` shows them."""
+        assert self.sources.watch_events is not None
+        changed = asyncio.Event()
+        stop = self.sources.watch_events(changed.set)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        sent: dict[str, int] = {}  # event name -> count sent
+        first = True
+        try:
+            await response.prepare(request)
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed.clear()
+                    for event in self._items(resource, wanted.namespace)[0]:
+                        name, count = event["metadata"]["name"], int(event.get("count", 1))
+                        if not wanted.wants(event) or sent.get(name) == count:
+                            continue
+                        kind = "MODIFIED" if name in sent else "ADDED"
+                        sent[name] = count
+                        obj = event
+                        if as_table:
+                            obj = table(resource.kind, [event], "", datetime.now(tz=UTC), columns=first)
+                            first = False
+                        await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    closing = asyncio.ensure_future(self._closing.wait())
+                    try:
+                        await while_connected(request, _first_of(changed.wait(), closing))
+                    finally:
+                        closing.cancel()
+                    if self._closing.is_set():
+                        break
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            stop()
         return response
 
     async def pod_stream(
@@ -485,3 +542,13 @@ async def serve(
         raise errors.ConfigError("server.localAPIPort", f"writing {kubeconfig_path}: {exc}") from exc
     log.info("local read-only API serving on %s (kubeconfig %s)", url, kubeconfig_path)
     return server
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Return when the first of ``waits`` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -46,6 +46,7 @@ class Node:
         c = self.components
         async with asyncio.TaskGroup() as group:
             group.create_task(c.pods.run(), name="relist")
+            group.create_task(c.events.run(), name="event-log")
             group.create_task(c.prober.run(), name="prober")
             if c.manifests is not None:
                 group.create_task(c.manifests.run(), name="static-pods")

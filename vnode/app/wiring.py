@@ -237,6 +237,8 @@ def _local_api(
             streams,
             stats=c.kubelet_handlers.stats,
             access=access,
+            events=lambda: c.events.v1_events(settings.node.name),
+            watch_events=c.events.watch,
         )
     )
 
@@ -392,7 +394,7 @@ async def _build_with_store(
     cri = CriClient(
         settings.runtime.endpoint, timeout=settings.runtime.request_timeout, on_call=metrics.runtime_call
     )
-    events = EventLog()
+    events = EventLog(store=store)
     servers, searches, options = await asyncio.to_thread(specs.read_resolv_conf, settings.pods.resolv_conf)
     dns = specs.DNSSettings(
         cluster_domain=settings.pods.cluster_domain,

@@ -23,11 +23,10 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
 
 from vnode import errors
 from vnode.clients.masters import Masters
-from vnode.controllers.eventlog import RecordedEvent
+from vnode.controllers.eventlog import RecordedEvent, v1_event
 from vnode.store import Delete, Op, Put, Store
 from vnode.store.layout import EVENTS, EVENTS_DROPPED
 
@@ -204,27 +203,7 @@ class EventPoster:
             self.limited += 1
             return
         name = f"{event.name}.{secrets.token_hex(8)}"
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": event.namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": event.kind,
-                **({"namespace": event.namespace} if event.kind == "Pod" else {}),
-                "name": event.name,
-                "uid": event.uid,
-            },
-            "reason": event.reason,
-            "message": event.message,
-            "type": event.type,
-            "source": {"component": "kubelet", "host": self.node_name},
-            "reportingComponent": "kubelet",
-            "reportingInstance": self.node_name,
-            "firstTimestamp": (first or event).time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": stamp,
-            "count": count,
-        }
+        body = v1_event(event, self.node_name, name, count=count, first=first)
         await self.masters.request("POST", f"/api/v1/namespaces/{event.namespace}/events", body=body)
         self._posted[key] = _Posted(event.namespace, name, count, now)
         self.posts += 1

@@ -71,14 +71,30 @@ def matches(values: Mapping[str, str], requirements: list[Requirement]) -> bool:
     return True
 
 
+EVENT_FIELDS = (
+    "metadata.name", "metadata.namespace", "involvedObject.kind", "involvedObject.namespace",
+    "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "reason", "type",
+    "source", "reportingComponent",
+)  # fmt: skip
+
+
 def field_values(obj: dict[str, Any]) -> dict[str, str]:
+    """The values field selectors see: a pod's, an Event's (what ``kubectl describe`` selects on)."""
     meta, spec, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
-    return {
+    values = {
         "metadata.name": meta.get("name", ""),
         "metadata.namespace": meta.get("namespace", ""),
         "spec.nodeName": spec.get("nodeName", ""),
         "status.phase": st.get("phase", ""),
     }
+    if obj.get("kind") == "Event":
+        involved = obj.get("involvedObject") or {}
+        for key in ("kind", "namespace", "name", "uid", "apiVersion"):
+            values[f"involvedObject.{key}"] = str(involved.get(key, ""))
+        values["reason"], values["type"] = str(obj.get("reason", "")), str(obj.get("type", ""))
+        values["source"] = str((obj.get("source") or {}).get("component", ""))
+        values["reportingComponent"] = str(obj.get("reportingComponent", ""))
+    return values
 
 
 @dataclass(frozen=True)

@@ -128,14 +128,40 @@ def _generic_cells(obj: dict[str, Any], now: datetime) -> list[Any]:
 
 
 _NAME = "The object's name."
+
+
+def event_cells(event: dict[str, Any], now: datetime) -> list[Any]:
+    """kubectl's event columns: last seen, type, reason, object, message (wide: first seen,
+    count, name)."""
+    involved = event.get("involvedObject") or {}
+    obj = f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
+    return [
+        _age(event.get("lastTimestamp"), now),
+        event.get("type", ""),
+        event.get("reason", ""),
+        obj,
+        event.get("message", ""),
+        _age(event.get("firstTimestamp"), now),
+        event.get("count", 1),
+        (event.get("metadata") or {}).get("name", ""),
+    ]
+
+
 COLUMNS: dict[str, list[tuple[str, str, int]]] = {  # kind -> (name, type, priority); 1 shows with -o wide
     "Pod": [("Name", "string", 0), ("Ready", "string", 0), ("Status", "string", 0), ("Restarts", "string", 0),
             ("Age", "string", 0), ("IP", "string", 1), ("Node", "string", 1)],
     "Node": [("Name", "string", 0), ("Status", "string", 0), ("Roles", "string", 0), ("Age", "string", 0),
              ("Version", "string", 0), ("Internal-IP", "string", 1), ("External-IP", "string", 1),
              ("OS-Image", "string", 1), ("Kernel-Version", "string", 1), ("Container-Runtime", "string", 1)],
+    "Event": [("Last Seen", "string", 0), ("Type", "string", 0), ("Reason", "string", 0),
+              ("Object", "string", 0), ("Message", "string", 0), ("First Seen", "string", 1),
+              ("Count", "integer", 1), ("Name", "string", 1)],
 }  # fmt: skip
-CELLS: dict[str, Callable[[dict[str, Any], datetime], list[Any]]] = {"Pod": pod_cells, "Node": node_cells}
+CELLS: dict[str, Callable[[dict[str, Any], datetime], list[Any]]] = {
+    "Pod": pod_cells,
+    "Node": node_cells,
+    "Event": event_cells,
+}
 
 
 def wants_table(accept: str) -> bool:

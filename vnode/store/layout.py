@@ -15,6 +15,8 @@ events     12-digit sequence number       ``StoredEvent``: an Event waiting to b
 events     ``dropped``                    how many Events the bounded queue dropped (an int)
 objects    ``<kind>/<namespace>/<name>``  ``ObjectRow``: a configMap, secret or token for
                                           offline use; secrets and tokens sealed
+eventlog   12-digit sequence number       ``StoredEvent``: the node's last Events (1,000), for
+                                          the local API's ``kubectl get events`` / ``describe``
 ========== ============================== ===================================================
 
 A change that an older vnode would misread (a renamed table or key, a record field that changes
@@ -34,8 +36,9 @@ PODSTATE = "podstate"
 LINK = "link"
 EVENTS = "events"
 OBJECTS = "objects"
+EVENTLOG = "eventlog"
 
-TABLES = (META, PODS, PODSTATE, LINK, EVENTS, OBJECTS)
+TABLES = (META, PODS, PODSTATE, LINK, EVENTS, OBJECTS, EVENTLOG)
 
 EVENTS_DROPPED = "dropped"  # the key of the dropped count in EVENTS (event keys are numbers)
 LINK_STATE = "state"
