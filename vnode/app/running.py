@@ -61,6 +61,8 @@ class Node:
                 group.create_task(c.pressure.run(), name="pressure")
             if c.rotator is not None:
                 group.create_task(c.rotator.run(), name="certificates")
+            if c.openapi is not None:
+                group.create_task(c.openapi.run(), name="openapi")
             await stop.wait()
             raise _Stop()
 

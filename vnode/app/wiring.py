@@ -36,6 +36,7 @@ from vnode.controllers.eventlog import EventLog
 from vnode.controllers.events import EventPoster
 from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
 from vnode.controllers.objects import MAX_WATCHES, ObjectCache
+from vnode.controllers.openapi import OpenApiKeeper
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker
@@ -87,6 +88,7 @@ class Components:
     event_poster: EventPoster | None = None
     local_api: LocalApi | None = None
     rotator: rotation.CertificateRotator | None = None
+    openapi: OpenApiKeeper | None = None
 
     async def close(self) -> None:
         await self.pods.stop()
@@ -182,6 +184,7 @@ async def build(settings: Settings) -> Components:
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)
+        components.openapi = OpenApiKeeper(masters, store)
     _readings(components)
     if token is not None:
         components.local_api = _local_api(settings, components, host_ip, token, guards.local.local)
@@ -237,6 +240,7 @@ def _local_api(
             streams,
             stats=c.kubelet_handlers.stats,
             access=access,
+            openapi=c.openapi.kept if c.openapi is not None else lambda: None,
         )
     )
 

@@ -15,6 +15,8 @@ events     12-digit sequence number       ``StoredEvent``: an Event waiting to b
 events     ``dropped``                    how many Events the bounded queue dropped (an int)
 objects    ``<kind>/<namespace>/<name>``  ``ObjectRow``: a configMap, secret or token for
                                           offline use; secrets and tokens sealed
+openapi    ``api/v1``                     ``OpenApiRow``: the control plane's OpenAPI v3
+                                          document of core/v1, for kubectl offline
 ========== ============================== ===================================================
 
 A change that an older vnode would misread (a renamed table or key, a record field that changes
@@ -34,8 +36,9 @@ PODSTATE = "podstate"
 LINK = "link"
 EVENTS = "events"
 OBJECTS = "objects"
+OPENAPI = "openapi"
 
-TABLES = (META, PODS, PODSTATE, LINK, EVENTS, OBJECTS)
+TABLES = (META, PODS, PODSTATE, LINK, EVENTS, OBJECTS, OPENAPI)
 
 EVENTS_DROPPED = "dropped"  # the key of the dropped count in EVENTS (event keys are numbers)
 LINK_STATE = "state"
@@ -86,3 +89,8 @@ class StoredEvent(TypedDict):
 class ObjectRow(TypedDict, total=False):
     object: dict[str, Any] | None  # None: known not to exist
     sealed: str  # the sealed JSON of a secret or token (``vnode.security.sealing``)
+
+
+class OpenApiRow(TypedDict):
+    hash: str  # as the API server's /openapi/v3 index named it
+    document: dict[str, Any]
