@@ -8,7 +8,7 @@ import pytest
 
 from vnode import errors
 from vnode.cli import main
-from vnode.config.loader import load_settings
+from vnode.config.loader import FIELDS, load_settings
 from vnode.config.settings import Settings
 
 
@@ -141,3 +141,22 @@ def test_shipped_sample_config_loads() -> None:
     assert s.pods.manifest_path == sample.parent / "manifests"
     assert (s.pods.manifest_path / "hello.yaml").exists()
     assert s.resources == Settings().resources  # the sample spells out the defaults
+
+
+def test_run_help_gives_every_flag_its_meaning_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for field in FIELDS:
+        assert field.flag in out and f"config: {field.path})" in out, field.path
+    assert (
+        "--port VALUE port of the kubelet HTTPS API; 0 picks a free one (default: 10250; config: server.port)"
+        in out
+    )
+
+
+def test_a_mistyped_flag_gets_a_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--prot", "1"])
+    assert exited.value.code == 2
+    assert "unrecognized argument --prot: did you mean --port?" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from vnode import errors
 from vnode.api import local
 from vnode.api.server import KubeletServer, Listener
 from vnode.app import rootlock
+from vnode.app.notify import notify
 from vnode.app.wiring import Components, build, serving_cert_path
 from vnode.config.settings import Settings
 
@@ -102,6 +103,7 @@ async def start(settings: Settings) -> Node:
 
 async def shutdown(node: Node) -> None:
     """Close listeners, cancel workers, flush the store; bounded by SHUTDOWN_TIMEOUT."""
+    notify("STOPPING=1")
     async with asyncio.timeout(SHUTDOWN_TIMEOUT):
         if node.local is not None:
             await node.local.stop(timeout=2.0)
@@ -143,6 +145,7 @@ async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
         log.error("cannot start: %s", exc)
         return 1
     log.info("node %s started", settings.node.name)
+    notify(f"READY=1\nSTATUS=node {settings.node.name} serving")
     code = 0
     try:
         with contextlib.suppress(_Stop):

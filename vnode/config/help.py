@@ -1,0 +1,92 @@
+"""What each config field (and its kubelet flag) means, and its default in words: ``vnode run
+--help`` prints these, grouped by the field's section. ``conf/vnode.yaml`` says the same at more
+length; a test holds every field of ``loader.FIELDS`` to an entry here."""
+
+from __future__ import annotations
+
+SECTIONS = {
+    "node": "the node",
+    "server": "kubelet API and local API",
+    "auth": "authentication and authorization",
+    "cluster": "control plane",
+    "runtime": "container runtime",
+    "pods": "pods",
+    "resources": "resources, pressure and eviction",
+    "store": "store",
+    "logging": "logging",
+    "": "general",
+}
+
+# path -> (meaning, default)
+HELP: dict[str, tuple[str, str]] = {
+    "rootDir": ("where vnode keeps its store, certificates and pod volumes", "/var/lib/vnode"),
+    "node.name": ("the Node's name; static pods are named <pod>-<node>", "the hostname, lowercased"),
+    "node.nodeIP": ("the node's IP (and hostNetwork pods')", "the address of the default route's interface"),
+    "node.labels": ("extra labels of the Node object, k=v,k2=v2", "none"),
+    "server.address": ("bind address of the kubelet HTTPS API", "0.0.0.0"),
+    "server.port": ("port of the kubelet HTTPS API; 0 picks a free one", "10250"),
+    "server.tlsCertFile": ("serving certificate (PEM)", "a self-signed pair under <rootDir>/pki"),
+    "server.tlsPrivateKeyFile": ("serving key (PEM)", "the generated pair's"),
+    "server.rotateServerCertificates": (
+        "request the serving certificate through the CSR API and renew it",
+        "false",
+    ),
+    "server.healthzPort": ("plain-HTTP /healthz port; 0 disables it", "10248"),
+    "server.healthzBindAddress": ("bind address of the /healthz port", "127.0.0.1"),
+    "server.localAPIAddress": (
+        "bind address of the read-only local API for kubectl on the node",
+        "127.0.0.1",
+    ),
+    "server.localAPIPort": ("port of the local API; 0 disables it", "10350"),
+    "server.tlsMinVersion": ("lowest TLS version: VersionTLS12 or VersionTLS13", "VersionTLS12"),
+    "server.tlsCipherSuites": ("TLS 1.2 suites by their Go names (ECDHE with AEAD only)", "all of those"),
+    "server.streamingConnectionIdleTimeout": (
+        "idle time after which an exec/attach/port-forward closes",
+        "4h",
+    ),
+    "server.streamCreationTimeout": ("how long the runtime may take to open a streaming session", "4h"),
+    "server.maxStreamsPerPod": ("streaming sessions open at once to one pod", "8"),
+    "server.maxStreams": ("streaming sessions open at once on the node", "64"),
+    "auth.clientCAFile": ("CA bundle for client certificates (user = CN, groups = O)", "none"),
+    "auth.anonymous": ("serve unauthenticated requests as system:anonymous (else 401)", "false"),
+    "auth.tokenWebhook": ("check bearer tokens through TokenReview", "true with a control plane"),
+    "auth.tokenWebhookCacheTTL": ("how long a TokenReview answer is kept", "2m"),
+    "auth.authorizationMode": (
+        "AlwaysAllow or Webhook (SubjectAccessReview)",
+        "Webhook with a control plane",
+    ),
+    "auth.webhookCacheAuthorizedTTL": ("how long an allowed answer is kept", "5m"),
+    "auth.webhookCacheUnauthorizedTTL": ("how long a denied answer is kept", "30s"),
+    "auth.offlineAuthorizedTTL": (
+        "how much longer an allowed answer serves while the API server is out of reach",
+        "none",
+    ),
+    "cluster.master": ("the control plane's URL(s), comma-separated; none runs standalone", "none"),
+    "cluster.kubeconfig": ("a kubeconfig for the control plane (several servers: the masters)", "none"),
+    "cluster.nodeStatusReportFrequency": ("how often the full Node status is written when unchanged", "5m"),
+    "cluster.registerWithTaints": ("taints the Node registers with, key[=value]:Effect", "none"),
+    "cluster.onNodeDeleted": ("reregister or exit when the Node object is deleted", "reregister"),
+    "cluster.rotateCertificates": ("renew the client certificate through a CSR", "false"),
+    "runtime.containerRuntimeEndpoint": ("the CRI endpoint", "unix:///run/containerd/containerd.sock"),
+    "runtime.runtimeRequestTimeout": ("deadline of each CRI call (image pulls included)", "2m"),
+    "runtime.relistPeriod": ("how often all sandboxes and containers are listed (kubelet's PLEG)", "1s"),
+    "runtime.cgroupDriver": ("cgroupfs or systemd, for the pods' cgroups", "the runtime's, else cgroupfs"),
+    "pods.staticPodPath": ("directory of static pod manifests", "none"),
+    "pods.fileCheckFrequency": ("how often the manifests are read again (inotify besides)", "20s"),
+    "pods.podLogsDir": ("container logs, /var/log/pods layout", "/var/log/pods"),
+    "pods.maxPods": ("the most pods this node runs", "110"),
+    "pods.clusterDomain": ("cluster DNS domain for dnsPolicy ClusterFirst", "cluster.local"),
+    "pods.clusterDNS": ("cluster DNS servers for dnsPolicy ClusterFirst, a,b", "none: the host's resolver"),
+    "pods.resolvConf": ("resolver configuration for dnsPolicy Default and hostNetwork", "/etc/resolv.conf"),
+    "pods.crashLoopBackOffMax": ("upper bound of the crash-loop back-off (from 10s, doubling)", "5m"),
+    "resources.evictionHard": ("hard eviction thresholds, signal<quantity or signal<percent%", "kubelet's"),
+    "resources.evictionSoft": ("soft eviction thresholds, same syntax", "none"),
+    "resources.evictionSoftGracePeriod": ("how long a soft threshold must hold, signal=duration", "none"),
+    "resources.evictionPressureTransitionPeriod": ("how long a pressure condition outlasts its signal", "5m"),
+    "resources.kubeReserved": ("resources kept for vnode, subtracted from allocatable", "none"),
+    "resources.systemReserved": ("resources kept for the system, subtracted from allocatable", "none"),
+    "resources.housekeepingInterval": ("how often the pressure signals are checked", "10s"),
+    "store.mapSize": ("initial LMDB map size; grows up to 8x when full", "1Gi"),
+    "logging.level": ("debug, info, warning or error", "info"),
+    "logging.verbosity": ("kubelet-style verbosity; 4 or more logs at debug level", "0"),
+}
