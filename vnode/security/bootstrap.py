@@ -402,7 +402,7 @@ def join_command(args: argparse.Namespace, settings: Settings) -> Settings:
     the joined node with (its kubeconfig; client certificate rotation on, as kubeadm sets it)."""
     import dataclasses
 
-    from vnode.config.loader import parse_duration
+    from vnode.config.values import parse_duration
 
     token_id, token_secret = parse_token(args.token)
     pins = parse_pins(args.discovery_token_ca_cert_hash)
