@@ -239,6 +239,7 @@ async def test_errors_count_toward_neither_threshold() -> None:
     await advance(prober, clock, 0)
     assert events == [("Warning", "Unhealthy", "Readiness probe errored and resulted in unknown state: x")]
     assert prober.ready("u1", "main", "c1", previously=True) is False and told == []
+    assert "prober_probe_total{" not in prober.render().decode()  # nor counted in /metrics/probes
     await advance(prober, clock, 10)
     assert prober.ready("u1", "main", "c1", previously=False) is True
     assert told == [Changed("u1")]
