@@ -229,6 +229,32 @@ async def test_liveness_failure_kills_with_the_probes_grace_and_kubelets_message
     assert len(script.calls) == 3  # on hold until the restarted container shows up
 
 
+async def test_a_startup_failure_kills_and_a_redirect_elsewhere_warns() -> None:
+    moved = Outcome(Result.SUCCESS, "Probe terminated redirects, Response body: moved", warning=True)
+    script = Script(FAIL, moved)
+    prober, clock, events, told = prober_with(script)
+    container = {
+        "name": "main",
+        "startupProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "failureThreshold": 1},
+        "readinessProbe": {"httpGet": {"port": 80}},
+    }
+    started = running(started=False, at=clock.wall())
+    prober.update(POD, "10.0.0.5", {"main": ContainerView(started, container)}, terminal=False)
+    await advance(prober, clock, 0)
+    message = "Container main failed startup probe, will be restarted"
+    assert told == [Kill("u1", "main", "c1", None, message)]  # no probe-level grace: the pod's
+    assert events == [("Warning", "Unhealthy", f"Startup probe failed: {FAIL.output}")]
+
+    # the restarted container passes (no startup probe in this spec); readiness meets a redirect
+    del container["startupProbe"]
+    prober.update(
+        POD, "10.0.0.5", {"main": ContainerView(running("c2", at=clock.wall()), container)}, terminal=False
+    )
+    await advance(prober, clock, 0)
+    assert events[-1] == ("Warning", "ProbeWarning", f"Readiness probe warning: {moved.output}")
+    assert prober.ready("u1", "main", "c2", previously=False) is True  # a warning is a success
+
+
 async def test_errors_count_toward_neither_threshold() -> None:
     script = Script(ProbeError("couldn't find port 'http'"), ProbeError("x"), ProbeError("x"), OK)
     prober, clock, events, told = prober_with(script)
