@@ -255,6 +255,22 @@ async def test_a_startup_failure_kills_and_a_redirect_elsewhere_warns() -> None:
     assert prober.ready("u1", "main", "c2", previously=False) is True  # a warning is a success
 
 
+async def test_probe_times_keep_to_the_period_when_a_tick_comes_late() -> None:
+    script = Script(OK, OK, OK, OK)
+    prober, clock, _, _ = prober_with(script)
+    container = {"name": "main", "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 10}}
+    prober.update(
+        POD, "10.0.0.5", {"main": ContainerView(running(at=clock.wall()), container)}, terminal=False
+    )
+    await advance(prober, clock, 0)
+    await advance(prober, clock, 13)  # the loop was late by 3 s
+    assert len(script.calls) == 2
+    await advance(prober, clock, 7)  # due at 20 s, not 23 s: no drift
+    assert len(script.calls) == 3
+    await advance(prober, clock, 9.5)
+    assert len(script.calls) == 3
+
+
 async def test_errors_count_toward_neither_threshold() -> None:
     script = Script(ProbeError("couldn't find port 'http'"), ProbeError("x"), ProbeError("x"), OK)
     prober, clock, events, told = prober_with(script)
