@@ -3,15 +3,19 @@ ExecSync stand-in: kubelet's headers, status ranges, redirect rule, caps and mes
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp import web
 
 from vnode import errors
 from vnode.probes.handlers import MAX_OUTPUT, Container, Handlers, Outcome, ProbeError
 from vnode.probes.spec import ProbeSpec, ProbeType, Result
+from vnode.security.tls import ensure_self_signed
 
 
 class Site:
@@ -137,3 +141,66 @@ async def test_exec_output_cap_exit_code_and_timeout() -> None:
     assert loud == Outcome(Result.SUCCESS, "o" * MAX_OUTPUT)  # stdout then stderr, 10 KiB in all
     slow = ProbeSpec(ProbeType.LIVENESS, "exec", {"command": ["slow", "a b"]}, timeout=2)
     assert await handlers.run(slow, env) == Outcome(Result.FAILURE, 'command "slow a b" timed out')
+
+
+async def test_https_is_not_verified(tmp_path: Path, handlers: Handlers) -> None:
+    """A self-signed certificate for another name: kubelet's probe does not verify it."""
+    cert, key = tmp_path / "site.crt", tmp_path / "site.key"
+    ensure_self_signed(cert, key, hostnames=["elsewhere.invalid"], ips=[])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    site = Site()
+    await site.runner.setup()
+    tcp = web.TCPSite(site.runner, "127.0.0.1", 0, ssl_context=context)
+    await tcp.start()
+    try:
+        port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert await handlers.run(http(port, "/ok", scheme="HTTPS"), POD) == Outcome(Result.SUCCESS, "fine")
+    finally:
+        await site.runner.cleanup()
+
+
+class HealthServer:
+    """grpc.health.v1.Health/Check answering per service; it keeps the requests it got."""
+
+    def __init__(self, *, implemented: bool = True) -> None:
+        self.requests: list[bytes] = []
+        self.server = grpc.aio.server()
+        if implemented:
+            handler = grpc.method_handlers_generic_handler(
+                "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(self.check)}
+            )
+            self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    async def check(self, request: bytes, context: Any) -> bytes:
+        self.requests.append(request)
+        return b"\x08\x01" if request == b"" else b"\x08\x02"  # SERVING for "", else NOT_SERVING
+
+
+async def test_grpc_health_sends_the_service_and_reads_the_status(handlers: Handlers) -> None:
+    health = HealthServer()
+    await health.server.start()
+    try:
+        plain = ProbeSpec(ProbeType.READINESS, "grpc", {"port": health.port})
+        assert await handlers.run(plain, POD) == Outcome(Result.SUCCESS, "service healthy")
+        named = ProbeSpec(ProbeType.READINESS, "grpc", {"port": health.port, "service": "db"})
+        unhealthy = Outcome(Result.FAILURE, 'service unhealthy (responded with "NOT_SERVING")')
+        assert await handlers.run(named, POD) == unhealthy
+        assert health.requests == [b"", b"\x0a\x02db"]  # HealthCheckRequest{service: "db"}
+    finally:
+        await health.server.stop(None)
+
+
+async def test_grpc_without_the_health_service(handlers: Handlers) -> None:
+    bare = HealthServer(implemented=False)
+    await bare.server.start()
+    try:
+        spec = ProbeSpec(ProbeType.LIVENESS, "grpc", {"port": bare.port})
+        outcome = await handlers.run(spec, POD)
+        assert outcome.result == Result.FAILURE
+        assert outcome.output.startswith(
+            "error: this server does not implement the grpc health protocol (grpc.health.v1.Health)"
+        )
+    finally:
+        await bare.server.stop(None)
