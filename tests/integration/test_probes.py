@@ -224,3 +224,13 @@ async def test_a_restart_of_vnode_keeps_ready_and_started_and_the_container(
 
     await in_container(cri, before, "rm", "/tmp/ready")  # the probes go on after the restart
     await node.wait_pod("kept", lambda p: not ready(p), what="unready once the file is gone")
+
+
+async def test_an_exec_probe_past_its_timeout_fails(node: VnodeProcess) -> None:
+    """containerd ends the exec at timeoutSeconds; kubelet's message names the command."""
+    probe = {"exec": {"command": ["sleep", "5"]}, "timeoutSeconds": 1, "periodSeconds": 2}
+    node.write_manifest("stuck.yaml", busybox_pod("stuck", "sleep 3600", container={"readinessProbe": probe}))
+    name = node.static_name("stuck")
+    await wait_for(logged(node, f'{name} Unhealthy: Readiness probe failed: command "sleep 5" timed out'))
+    pod = await node.wait_pod("stuck", lambda p: "running" in container_status(p, "main")["state"])
+    assert not ready(pod)
