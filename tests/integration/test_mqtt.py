@@ -1,0 +1,317 @@
+"""MQTT conformance: one suite run against vnode's broker and against a real mosquitto.
+
+Real clients only: paho-mqtt, the mosquitto_pub/mosquitto_sub tools, and a raw socket for what
+no client library sends (garbage, a socket dropped without DISCONNECT). Absence is shown without
+sleeping: after the message that must not arrive, the same publisher sends a sentinel that the
+same subscriber does receive, and the sentinel must come first (MQTT keeps one publisher's order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from integration.mosquitto import Mosquitto
+from integration.mqttclients import Paho, Raw
+from vnode.mqtt import codec
+from vnode.mqtt.broker import Broker
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    broker: Broker | None  # vnode's, for its counters; None for mosquitto
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    instance = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(params=["vnode", "mosquitto"])
+async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
+    if request.param == "mosquitto":
+        m: Mosquitto = request.getfixturevalue("mosquitto")
+        yield Target("mosquitto", m.host, m.port, None)
+        return
+    broker = Broker(queue_size=100)
+    port = await broker.start("127.0.0.1", 0)
+    try:
+        yield Target("vnode", "127.0.0.1", port, broker)
+    finally:
+        await broker.close()
+        assert not broker._tasks, "connection tasks left after close"
+
+
+@pytest.fixture
+def ids(request: pytest.FixtureRequest) -> str:
+    """A prefix unique to this test run, for client ids and topics on the shared mosquitto."""
+    return f"t{os.getpid()}-{random.randrange(1 << 30)}"
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Paho]]:
+    made: list[Paho] = []
+    try:
+        yield made
+    finally:
+        for c in made:
+            await c.close()
+
+
+def client(target: Target, made: list[Paho], client_id: str, **kwargs: object) -> Paho:
+    c = Paho(target.host, target.port, client_id, **kwargs)  # type: ignore[arg-type]
+    made.append(c)
+    return c
+
+
+async def test_dollar_topics_reach_only_filters_that_name_them(
+    target: Target, clients: list[Paho], ids: str
+) -> None:
+    """KubeEdge's ``$hw`` topics: a client may publish them; exact and ``$hw/+/...`` filters get
+    them, ``#`` and ``+/...`` do not; the publisher stays connected and is heard next time."""
+    topic = f"$hw/events/device/{ids}/twin/update"
+    exact, plus_after, hash_all, plus_first = (
+        client(target, clients, f"{ids}-{n}") for n in ("exact", "plus", "hash", "plusfirst")
+    )
+    for c, f in (
+        (exact, topic),
+        (plus_after, f"$hw/+/device/{ids}/twin/update"),
+        (hash_all, "#"),
+        (plus_first, "+/events/#"),
+    ):
+        await c.connect()
+        assert await c.subscribe(f, 1) == [1]
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    await pub.publish(topic, b"one", qos=1)
+    sentinel = f"{ids}/events/sentinel"
+    await pub.publish(sentinel, b"s", qos=1)
+    assert (await exact.next()).payload == b"one"
+    assert (await plus_after.next()).payload == b"one"
+    # The sentinel is the first message the wildcard subscribers see of this publisher's.
+    assert [m.topic for m in await hash_all.until(sentinel) if ids in m.topic] == [sentinel]
+    assert [m.topic for m in await plus_first.until(sentinel) if ids in m.topic] == [sentinel]
+    await pub.publish(topic, b"two", qos=1)
+    assert (await exact.next()).payload == b"two"
+    assert not pub.disconnected.is_set()
+
+
+async def test_sys_publish_dropped_client_kept(target: Target, clients: list[Paho], ids: str) -> None:
+    sub = client(target, clients, f"{ids}-sub")
+    await sub.connect()
+    await sub.subscribe(f"$SYS/{ids}/x", 0)
+    await sub.subscribe(f"{ids}/sentinel", 0)
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    await pub.publish(f"$SYS/{ids}/x", b"forged", qos=1)
+    await pub.publish(f"{ids}/sentinel", b"s", qos=1)
+    assert [m.topic for m in await sub.until(f"{ids}/sentinel")] == [f"{ids}/sentinel"]
+    assert not pub.disconnected.is_set()
+
+
+async def test_qos1_redelivered_to_persistent_session(target: Target, clients: list[Paho], ids: str) -> None:
+    sub = client(target, clients, f"{ids}-sub", clean_session=False)
+    assert await sub.connect() is False
+    assert await sub.subscribe(f"{ids}/q", 1) == [1]
+    await sub.close()
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    for i in range(5):
+        await pub.publish(f"{ids}/q", f"m{i}".encode(), qos=1)  # each PUBACKed while sub is away
+    back = client(target, clients, f"{ids}-sub", clean_session=False)
+    assert await back.connect() is True
+    got = [await back.next() for _ in range(5)]
+    assert [m.payload for m in got] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert {m.qos for m in got} == {1}
+
+
+async def test_clean_session_forgets(target: Target, clients: list[Paho], ids: str) -> None:
+    sub = client(target, clients, f"{ids}-sub", clean_session=False)
+    await sub.connect()
+    await sub.subscribe(f"{ids}/q", 1)
+    await sub.close()
+    clean = client(target, clients, f"{ids}-sub", clean_session=True)
+    assert await clean.connect() is False
+
+
+async def test_retained_message_to_late_subscriber(target: Target, clients: list[Paho], ids: str) -> None:
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    await pub.publish(f"{ids}/r", b"kept", qos=1, retain=True)
+    await pub.publish(f"{ids}/live", b"live", qos=1, retain=False)
+    late = client(target, clients, f"{ids}-late")
+    await late.connect()
+    await late.subscribe(f"{ids}/#", 1)
+    first = await late.next()
+    assert (first.topic, first.payload, first.retain) == (f"{ids}/r", b"kept", True)
+    await pub.publish(f"{ids}/r", b"", qos=1, retain=True)  # clears it
+    later = client(target, clients, f"{ids}-later")
+    await later.connect()
+    await later.subscribe(f"{ids}/r", 1)
+    await later.subscribe(f"{ids}/sentinel", 1)
+    await pub.publish(f"{ids}/sentinel", b"s", qos=1)
+    assert [m.topic for m in await later.until(f"{ids}/sentinel")] == [f"{ids}/sentinel"]
+
+
+async def test_will_on_dropped_client_not_on_disconnect(
+    target: Target, clients: list[Paho], ids: str
+) -> None:
+    watcher = client(target, clients, f"{ids}-watch")
+    await watcher.connect()
+    await watcher.subscribe(f"{ids}/will/#", 1)
+    polite = client(target, clients, f"{ids}-polite", will=(f"{ids}/will/polite", b"gone", 1, False))
+    await polite.connect()
+    await polite.close()  # DISCONNECT: no will
+    raw = Raw(target.host, target.port)
+    will = codec.Will(f"{ids}/will/dropped", b"dead", 1, False)
+    ack = await asyncio.to_thread(raw.connect, f"{ids}-dropped", will=will, keepalive=60)
+    assert ack.code == codec.ConnackCode.ACCEPTED
+    raw.close()  # no DISCONNECT: the will goes out
+    message = await watcher.next()
+    assert (message.topic, message.payload) == (f"{ids}/will/dropped", b"dead")
+
+
+async def test_keepalive_expiry_closes_and_sends_will(target: Target, clients: list[Paho], ids: str) -> None:
+    watcher = client(target, clients, f"{ids}-watch")
+    await watcher.connect()
+    await watcher.subscribe(f"{ids}/will", 1)
+    raw = Raw(target.host, target.port)
+    will = codec.Will(f"{ids}/will", b"silent", 0, False)
+    ack = await asyncio.to_thread(raw.connect, f"{ids}-silent", will=will, keepalive=1)
+    assert ack.code == codec.ConnackCode.ACCEPTED
+    assert await asyncio.to_thread(raw.closed_by_peer, 10.0)  # 1.5 x 1 s, well within 10 s
+    assert (await watcher.next()).payload == b"silent"
+    raw.close()
+
+
+async def test_second_connect_with_same_id_takes_over(target: Target, clients: list[Paho], ids: str) -> None:
+    first = Raw(target.host, target.port)
+    await asyncio.to_thread(first.connect, f"{ids}-same", keepalive=60)
+    second = client(target, clients, f"{ids}-same")
+    await second.connect()
+    assert await asyncio.to_thread(first.closed_by_peer, 10.0)
+    first.close()
+    await second.subscribe(f"{ids}/x", 0)
+    await second.publish(f"{ids}/x", b"still here", qos=1)
+    assert (await second.next()).payload == b"still here"
+
+
+def _garbage(rng: random.Random) -> bytes:
+    """Random bytes, or a valid packet cut short or with a byte flipped."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(1, 64))
+    packet = codec.encode(codec.Connect(f"g{rng.randrange(1000)}", keepalive=rng.randrange(60)))
+    packet += codec.encode(codec.Publish("a/b", rng.randbytes(rng.randrange(16)), 1, packet_id=1))
+    if kind == 1:
+        return packet[: rng.randrange(1, len(packet))]
+    data = bytearray(packet)
+    for _ in range(rng.randrange(1, 4)):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    return bytes(data)
+
+
+async def test_garbage_costs_only_its_sender(target: Target, clients: list[Paho], ids: str) -> None:
+    """Malformed packets close their own connection; a pair of clients keeps talking through it."""
+    sub = client(target, clients, f"{ids}-sub")
+    await sub.connect()
+    await sub.subscribe(f"{ids}/ok", 1)
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    rng = random.Random(17)
+    bad = [
+        b"\x10\xff\xff\xff\xff\x7f",  # remaining length longer than four bytes
+        b"\xf0\x00",  # reserved packet type 15
+        b"\x30\x05\x00\x01+\x00x",  # PUBLISH before CONNECT
+        codec.encode(codec.Connect("c")) + b"\x82\x03\x00\x01\x00",  # SUBSCRIBE without filter
+        codec.encode(codec.Connect("c")) + b"\x36\x05\x00\x01a\x00\x01",  # QoS 3
+        codec.encode(codec.Connect("c")) + b"\x30\x04\x00\x02\xc3\x28",  # invalid UTF-8 topic
+    ] + [_garbage(rng) for _ in range(200)]
+
+    def storm() -> int:
+        closed = 0
+        for data in bad:
+            raw = Raw(target.host, target.port)
+            try:
+                raw.send(data)
+                raw.sock.shutdown(1)  # a truncated packet must not wait for the keepalive
+                closed += raw.closed_by_peer(10.0)
+            except OSError:  # closed by the broker before we were done sending
+                closed += 1
+            finally:
+                raw.close()
+        return closed
+
+    for i in range(3):
+        assert await asyncio.to_thread(storm) == len(bad)
+        await pub.publish(f"{ids}/ok", f"{i}".encode(), qos=1)
+        assert (await sub.next()).payload == f"{i}".encode()
+    assert not sub.disconnected.is_set() and not pub.disconnected.is_set()
+    if target.broker is not None:
+        assert target.broker.stats.malformed > 0
+        assert target.broker.connected == 2
+
+
+async def test_mosquitto_tools(target: Target, ids: str) -> None:
+    sub = await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-h", target.host, "-p", str(target.port), "-t", f"$hw/{ids}/#", "-C", "1", "-v",
+        "-q", "1", "-i", f"{ids}-sub",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # mosquitto_sub -C 1 exits after one message: publish until it is subscribed and gets one.
+        async with asyncio.timeout(20):
+            while sub.returncode is None:
+                pub = await asyncio.create_subprocess_exec(
+                    "mosquitto_pub", "-h", target.host, "-p", str(target.port), "-t", f"$hw/{ids}/t",
+                    "-m", "hello", "-q", "1",
+                )  # fmt: skip
+                assert await pub.wait() == 0
+                with __import__("contextlib").suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await sub.wait()
+        out, _ = await sub.communicate()
+        assert out.decode().strip() == f"$hw/{ids}/t hello"
+    finally:
+        if sub.returncode is None:
+            sub.kill()
+            await sub.wait()
+
+
+async def test_queue_overflow_drops_oldest_and_counts(clients: list[Paho], ids: str) -> None:
+    """vnode's bound (mqttSessionQueueSize): an offline session keeps the newest messages."""
+    broker = Broker(queue_size=10)
+    port = await broker.start("127.0.0.1", 0)
+    target = Target("vnode", "127.0.0.1", port, broker)
+    try:
+        sub = client(target, clients, f"{ids}-sub", clean_session=False)
+        await sub.connect()
+        await sub.subscribe(f"{ids}/q", 1)
+        await sub.close()
+        pub = client(target, clients, f"{ids}-pub")
+        await pub.connect()
+        for i in range(15):
+            await pub.publish(f"{ids}/q", f"{i}".encode(), qos=1)
+        assert broker.stats.dropped == 5
+        back = client(target, clients, f"{ids}-sub", clean_session=False)
+        await back.connect()
+        got = [(await back.next()).payload for _ in range(10)]
+        assert got == [f"{i}".encode() for i in range(5, 15)]
+    finally:
+        for c in clients:
+            await c.close()
+        await broker.close()
