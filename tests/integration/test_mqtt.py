@@ -9,16 +9,21 @@ same subscriber does receive, and the sentinel must come first (MQTT keeps one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from integration.mosquitto import Mosquitto
 from integration.mqttclients import Paho, Raw
+from integration.node import VnodeProcess, free_port
 from vnode.mqtt import codec
 from vnode.mqtt.broker import Broker
 
@@ -281,7 +286,7 @@ async def test_mosquitto_tools(target: Target, ids: str) -> None:
                     "-m", "hello", "-q", "1",
                 )  # fmt: skip
                 assert await pub.wait() == 0
-                with __import__("contextlib").suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await sub.wait()
         out, _ = await sub.communicate()
@@ -315,3 +320,50 @@ async def test_queue_overflow_drops_oldest_and_counts(clients: list[Paho], ids: 
         for c in clients:
             await c.close()
         await broker.close()
+
+
+async def test_vnode_serves_its_broker_when_enabled(tmp_path: Path, clients: list[Paho], ids: str) -> None:
+    """``vnode run --event-bus``: the internal broker on the configured address, closed on SIGTERM."""
+    port = free_port()
+    node = VnodeProcess(
+        tmp_path,
+        f"unix://{tmp_path}/absent.sock",  # no containerd needed for MQTT
+        extra_args=["--event-bus", f"--mqtt-server-internal=tcp://127.0.0.1:{port}"],
+    )
+    await node.start()
+    try:
+        target = Target("vnode", "127.0.0.1", port, None)
+        sub = client(target, clients, f"{ids}-sub")
+        await sub.connect()
+        await sub.subscribe("$hw/events/device/+/twin/+", 1)
+        pub = client(target, clients, f"{ids}-pub")
+        await pub.connect()
+        await pub.publish(f"$hw/events/device/{ids}/twin/x", b"{}", qos=1)
+        assert (await sub.next()).topic == f"$hw/events/device/{ids}/twin/x"
+    finally:
+        assert await node.terminate() == 0
+    assert "MQTT broker (internal) serving on 127.0.0.1" in node.log_tail(200)
+
+
+async def test_vnode_refuses_a_taken_broker_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = VnodeProcess(
+            tmp_path,
+            f"unix://{tmp_path}/absent.sock",
+            extra_args=["--event-bus", f"--mqtt-server-internal=tcp://127.0.0.1:{port}"],
+        )
+        await node.start(wait=False)
+        assert node.proc is not None
+        assert await node.proc.wait() == 2
+    assert "eventBus.mqttServerInternal: cannot listen on 127.0.0.1" in node.log_tail()
+
+
+def test_mqtt_not_imported_when_disabled() -> None:
+    code = (
+        "import sys, vnode.cli, vnode.app.running, vnode.app.wiring;"
+        "assert not [m for m in sys.modules if m.startswith('vnode.mqtt')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

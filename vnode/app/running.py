@@ -23,7 +23,7 @@ from vnode import errors
 from vnode.api import local
 from vnode.api.server import KubeletServer, Listener
 from vnode.app import rootlock
-from vnode.app.wiring import Components, build, serving_cert_path
+from vnode.app.wiring import Components, build, mqtt_address, serving_cert_path
 from vnode.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class Node:
                 group.create_task(c.pressure.run(), name="pressure")
             if c.rotator is not None:
                 group.create_task(c.rotator.run(), name="certificates")
+            if c.mqtt is not None:
+                group.create_task(c.mqtt.serve(), name="mqtt-broker")
             await stop.wait()
             raise _Stop()
 
@@ -85,6 +87,16 @@ async def start(settings: Settings) -> Node:
         healthz = KubeletServer(components.healthz_handlers, name="healthz", setting="server.healthzPort")
         await healthz.start(settings.server.healthz_bind_address, settings.server.healthz_port, None)
     node = Node(components, server, healthz)
+    if components.mqtt is not None:
+        host, port = mqtt_address(settings.event_bus.mqtt_server_internal)
+        try:
+            bound = await components.mqtt.start(host, port)
+        except OSError as exc:
+            await shutdown(node)
+            raise errors.ConfigError(
+                "eventBus.mqttServerInternal", f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from exc
+        log.info("MQTT broker (internal) serving on %s:%d", host, bound)
     if components.local_api is not None:
         node.local = await local.serve(
             components.local_api,

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
@@ -52,6 +52,9 @@ from vnode.stats.collector import StatsCollector
 from vnode.stats.reclaim import ImageReclaimer
 from vnode.store import Store
 
+if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
+    from vnode.mqtt.broker import Broker
+
 log = logging.getLogger(__name__)
 
 
@@ -79,8 +82,11 @@ class Components:
     event_poster: EventPoster | None = None
     local_api: LocalApi | None = None
     rotator: rotation.CertificateRotator | None = None
+    mqtt: Broker | None = None  # vnode's own MQTT broker (eventBus.mqttMode 0 or 1)
 
     async def close(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.close()
         await self.pods.stop()
         if self.objects is not None:
             await self.objects.close()
@@ -174,6 +180,8 @@ async def build(settings: Settings) -> Components:
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)
     _readings(components)
+    if settings.event_bus.internal:
+        components.mqtt = await _mqtt_broker(settings)
     token = (
         await asyncio.to_thread(ensure_token, settings.local_token_path)
         if settings.server.local_api_port
@@ -185,6 +193,44 @@ async def build(settings: Settings) -> Components:
         components.local_api = _local_api(settings, components, host_ip, token)
         components.local_api.sources.access = guards.local.local
     return components
+
+
+def mqtt_address(server: str) -> tuple[str, int]:
+    """Host and port of an eventBus server URL (``tcp://host:port``, checked by the loader)."""
+    host, _, port = server.split("://", 1)[1].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _mqtt_broker(settings: Settings) -> Broker:
+    """The internal broker; its module is imported only here, when MQTT is on."""
+    from vnode.mqtt.broker import Broker
+
+    bus = settings.event_bus
+    context = None
+    if bus.mqtt_server_internal.startswith("ssl://"):
+        assert bus.tls_mqtt_cert_file is not None and bus.tls_mqtt_private_key_file is not None
+        context = await asyncio.to_thread(
+            _mqtt_server_context, bus.tls_mqtt_cert_file, bus.tls_mqtt_private_key_file, bus.tls_mqtt_ca_file
+        )
+    credentials = (bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None
+    return Broker(queue_size=bus.mqtt_session_queue_size, credentials=credentials, ssl_context=context)
+
+
+def _mqtt_server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:
+    """TLS for the internal broker; with a CA file, clients must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError("eventBus.tlsMqttCertFile", f"cannot load {cert} / {key}: {exc}") from exc
+    if ca is not None:
+        try:
+            context.load_verify_locations(str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.ConfigError("eventBus.tlsMqttCAFile", f"cannot load {ca}: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _local_api(settings: Settings, c: Components, host_ip: str, token: str) -> LocalApi:

@@ -287,6 +287,30 @@ def _joined(value: Any) -> str:
     raise _Bad(f"expected a comma-separated list or a mapping, got {value!r}")
 
 
+def _mqtt_server(value: Any, base: Path) -> str:
+    """``tcp://host:port`` or ``ssl://host:port`` (edgecore's form)."""
+    text = str(value).strip()
+    match = re.match(r"^(tcp|ssl)://(\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+):(\d{1,5})$", text)
+    if not match or not 0 < int(match.group(3)) <= 65535:
+        raise _Bad(f"expected tcp://host:port or ssl://host:port, got {value!r}")
+    return text
+
+
+def _mqtt_mode(value: Any, base: Path) -> int:
+    try:
+        return _int(0, 2)(value, base)
+    except _Bad:
+        raise _Bad(f"must be 0 (internal), 1 (both) or 2 (external), got {value!r}") from None
+
+
+def _text(value: Any, base: Path) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise _Bad(f"expected a string, got {value!r}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Field:
     path: str  # YAML path, e.g. "server.port"
@@ -439,6 +463,40 @@ FIELDS = [
         _ttl,
     ),
     Field("rootDir", "--root-dir", ("", "root_dir"), _path),
+    Field("eventBus.enable", "--event-bus", ("event_bus", "enable"), _bool),
+    Field("eventBus.mqttMode", "--mqtt-mode", ("event_bus", "mqtt_mode"), _mqtt_mode),
+    Field(
+        "eventBus.mqttServerInternal",
+        "--mqtt-server-internal",
+        ("event_bus", "mqtt_server_internal"),
+        _mqtt_server,
+    ),
+    Field(
+        "eventBus.mqttServerExternal",
+        "--mqtt-server-external",
+        ("event_bus", "mqtt_server_external"),
+        _mqtt_server,
+    ),
+    Field("eventBus.mqttQOS", "--mqtt-qos", ("event_bus", "mqtt_qos"), _int(0, 2)),
+    Field("eventBus.mqttRetain", "--mqtt-retain", ("event_bus", "mqtt_retain"), _bool),
+    Field(
+        "eventBus.mqttSessionQueueSize",
+        "--mqtt-session-queue-size",
+        ("event_bus", "mqtt_session_queue_size"),
+        _int(1, 1_000_000),
+    ),
+    Field("eventBus.mqttSubClientID", "--mqtt-sub-client-id", ("event_bus", "mqtt_sub_client_id"), _text),
+    Field("eventBus.mqttPubClientID", "--mqtt-pub-client-id", ("event_bus", "mqtt_pub_client_id"), _text),
+    Field("eventBus.mqttUsername", "--mqtt-username", ("event_bus", "mqtt_username"), _text),
+    Field("eventBus.mqttPassword", "--mqtt-password", ("event_bus", "mqtt_password"), _text),
+    Field("eventBus.tlsMqttCAFile", "--mqtt-tls-ca-file", ("event_bus", "tls_mqtt_ca_file"), _path),
+    Field("eventBus.tlsMqttCertFile", "--mqtt-tls-cert-file", ("event_bus", "tls_mqtt_cert_file"), _path),
+    Field(
+        "eventBus.tlsMqttPrivateKeyFile",
+        "--mqtt-tls-private-key-file",
+        ("event_bus", "tls_mqtt_private_key_file"),
+        _path,
+    ),
 ]
 BY_PATH = {f.path: f for f in FIELDS}
 BY_FLAG = {f.flag: f for f in FIELDS}
@@ -527,6 +585,7 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
         _node_name(settings.node.name, Path())
     except _Bad as exc:
         raise errors.ConfigError("node.name", f"{exc}; set --hostname-override") from None
+    _check_event_bus(settings)
     resources = settings.resources
     for soft in resources.eviction_soft:
         if soft.signal not in resources.eviction_soft_grace_period:
@@ -534,3 +593,25 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
                 "resources.evictionSoftGracePeriod", f"no grace period for the soft threshold {soft.text()}"
             )
     return settings
+
+
+def _check_event_bus(settings: Settings) -> None:
+    """What no single eventBus field can say wrong alone."""
+    bus = settings.event_bus
+    if (bus.tls_mqtt_cert_file is None) != (bus.tls_mqtt_private_key_file is None):
+        missing = "tlsMqttPrivateKeyFile" if bus.tls_mqtt_private_key_file is None else "tlsMqttCertFile"
+        raise errors.ConfigError(f"eventBus.{missing}", "the TLS certificate and key go together")
+    if bus.mqtt_password and not bus.mqtt_username:
+        raise errors.ConfigError("eventBus.mqttPassword", "a password needs eventBus.mqttUsername")
+    if bus.internal and bus.mqtt_server_internal.startswith("ssl://") and bus.tls_mqtt_cert_file is None:
+        raise errors.ConfigError(
+            "eventBus.mqttServerInternal", "ssl:// needs eventBus.tlsMqttCertFile and tlsMqttPrivateKeyFile"
+        )
+    if bus.mqtt_mode == 1 and bus.mqtt_server_internal == bus.mqtt_server_external:
+        raise errors.ConfigError(
+            "eventBus.mqttServerExternal", "mode 1 (both) needs two brokers at different addresses"
+        )
+    if bus.enable and bus.mqtt_mode != 0:
+        raise errors.ConfigError(
+            "eventBus.mqttMode", "modes 1 and 2 (an external broker) are not implemented yet; use 0"
+        )
