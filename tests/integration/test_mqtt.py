@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -26,6 +27,7 @@ from integration.mqttclients import Paho, Raw
 from integration.node import VnodeProcess, free_port
 from vnode.mqtt import codec
 from vnode.mqtt.broker import Broker
+from vnode.store import Store
 
 
 @dataclass
@@ -340,9 +342,58 @@ async def test_vnode_serves_its_broker_when_enabled(tmp_path: Path, clients: lis
         await pub.connect()
         await pub.publish(f"$hw/events/device/{ids}/twin/x", b"{}", qos=1)
         assert (await sub.next()).topic == f"$hw/events/device/{ids}/twin/x"
+        # The device twins are wired to it: an unknown device's twin/get is answered 404.
+        await sub.subscribe("$hw/events/device/+/twin/get/result", 1)
+        await pub.publish(f"$hw/events/device/{ids}/twin/get", b'{"event_id":"g"}', qos=1)
+        seen = await sub.until(f"$hw/events/device/{ids}/twin/get/result")
+        assert json.loads(seen[-1].payload)["code"] == 404
     finally:
         assert await node.terminate() == 0
     assert "MQTT broker (internal) serving on 127.0.0.1" in node.log_tail(200)
+
+
+async def test_twin_get_after_sigkill_answers_from_the_store(
+    tmp_path: Path, clients: list[Paho], ids: str
+) -> None:
+    """A mapper's report survives a SIGKILL of vnode: twin/get after the restart answers it."""
+    port = free_port()
+    args = ["--event-bus", f"--mqtt-server-internal=tcp://127.0.0.1:{port}"]
+    node = VnodeProcess(tmp_path, f"unix://{tmp_path}/absent.sock", extra_args=args)
+    target = Target("vnode", "127.0.0.1", port, None)
+    await node.start()
+    assert await node.terminate() == 0
+    # Register the device as the Device watch does (the store's schema exists after a first start).
+    store = await Store.open(node.root_dir / "store")
+    try:
+        device = {
+            "id": "default/t",
+            "name": "t",
+            "twin": {"v": {"optional": False, "metadata": {"type": "int"}}},
+        }
+        await store.put("device_twins", "default/t", device)
+    finally:
+        await store.close()
+    await node.start()
+    try:
+        mapper = client(target, clients, f"{ids}-mapper")
+        await mapper.connect()
+        await mapper.subscribe("$hw/events/device/default/t/twin/+/result", 1)
+        for value in ("1", "2", "3"):
+            body = {"event_id": value, "twin": {"v": {"actual": {"value": value}}}}
+            await mapper.publish("$hw/events/device/default/t/twin/update", json.dumps(body).encode(), qos=1)
+            result = json.loads((await mapper.next()).payload)
+            assert result["event_id"] == value and "code" not in result
+        await node.kill()
+        await mapper.close()
+        await node.start()
+        again = client(target, clients, f"{ids}-mapper2")
+        await again.connect()
+        await again.subscribe("$hw/events/device/default/t/twin/get/result", 1)
+        await again.publish("$hw/events/device/default/t/twin/get", b'{"event_id":"g"}', qos=1)
+        twin = json.loads((await again.next()).payload)["twin"]["v"]
+        assert twin["actual"]["value"] == "3"
+    finally:
+        assert await node.terminate() == 0
 
 
 async def test_vnode_refuses_a_taken_broker_port(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ from vnode.stats.reclaim import ImageReclaimer
 from vnode.store import Store
 
 if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
+    from vnode.devices.twins import DeviceTwins
     from vnode.mqtt.broker import Broker
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Components:
     local_api: LocalApi | None = None
     rotator: rotation.CertificateRotator | None = None
     mqtt: Broker | None = None  # vnode's own MQTT broker (eventBus.mqttMode 0 or 1)
+    twins: DeviceTwins | None = None  # KubeEdge-compatible device twins on that broker
 
     async def close(self) -> None:
         if self.mqtt is not None:
@@ -181,7 +183,10 @@ async def build(settings: Settings) -> Components:
         components.rotator = _rotator(settings, components, masters, host_ip)
     _readings(components)
     if settings.event_bus.internal:
+        from vnode.devices.twins import DeviceTwins
+
         components.mqtt = await _mqtt_broker(settings)
+        components.twins = DeviceTwins(components.store, components.mqtt, settings.node.name)
     token = (
         await asyncio.to_thread(ensure_token, settings.local_token_path)
         if settings.server.local_api_port
