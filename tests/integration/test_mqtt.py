@@ -156,9 +156,14 @@ async def test_clean_session_forgets(target: Target, clients: list[Paho], ids: s
 
 
 async def test_retained_message_to_late_subscriber(target: Target, clients: list[Paho], ids: str) -> None:
+    early = client(target, clients, f"{ids}-early")
+    await early.connect()
+    await early.subscribe(f"{ids}/r", 1)
     pub = client(target, clients, f"{ids}-pub")
     await pub.connect()
     await pub.publish(f"{ids}/r", b"kept", qos=1, retain=True)
+    live = await early.next()  # an established subscription gets it with RETAIN 0 (MQTT-3.3.1-9)
+    assert (live.payload, live.retain) == (b"kept", False)
     await pub.publish(f"{ids}/live", b"live", qos=1, retain=False)
     late = client(target, clients, f"{ids}-late")
     await late.connect()

@@ -73,6 +73,7 @@ Listener = Callable[[Message], None]
 class _Outgoing:
     message: Message
     qos: int
+    retain: bool = False  # set only for a retained message sent on subscribing (MQTT-3.3.1-8, -9)
 
 
 @dataclass
@@ -111,13 +112,61 @@ class _Connection:
         self.wake = asyncio.Event()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.last_seen = self._loop.time()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def write(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        """Queue bytes for the socket; everything written in one loop iteration goes out in one
+        send (a burst of PUBACKs and deliveries costs one system call, not one each)."""
+        if self.writer.is_closing():
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+        self._pending_size += len(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            if not self.writer.is_closing():
+                self.writer.write(data)
+
+    def buffered(self) -> int:
+        return self._pending_size + self.writer.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        self.flush()
+        await self.writer.drain()
+
+    def watch(self, limit: float) -> None:
+        """Close the connection once nothing has arrived for ``limit`` seconds (one timer per
+        connection, re-armed lazily, instead of a timeout around every read)."""
+        self._watchdog = self._loop.call_later(limit, self._check, limit)
+
+    def _check(self, limit: float) -> None:
+        idle = self._loop.time() - self.last_seen
+        if idle < limit:
+            self._watchdog = self._loop.call_later(limit - idle, self._check, limit)
+            return
+        self._watchdog = None
+        self.broker.stats.expired += 1
+        client_id = self.session.client_id if self.session is not None else self.peer
+        log.info("mqtt: %s silent past 1.5 x keepalive %ds", client_id, self.keepalive)
+        self.writer.transport.abort()
+
+    def unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def close(self) -> None:
         """End the connection from outside (a takeover, the broker stopping)."""
+        self.flush()
         self.writer.close()
         self.wake.set()
 
@@ -232,8 +281,18 @@ class Broker:
                     log.exception("mqtt: an in-process listener failed on %s", message.topic)
 
     def _enqueue(self, session: Session, out: _Outgoing) -> None:
-        if session.connection is None and out.qos == 0:
+        conn = session.connection
+        if conn is None and out.qos == 0:
             return  # an offline persistent session keeps QoS 1 messages only (as mosquitto does)
+        if (
+            conn is not None
+            and not session.queue
+            and (out.qos == 0 or len(session.inflight) < self.max_inflight)
+            and conn.buffered() < WRITE_HIGH_WATER
+            and not conn.writer.is_closing()
+        ):
+            self._write(conn, session, out)  # nothing waiting: straight to the socket, in order
+            return
         if len(session.queue) >= self.queue_size:
             session.queue.popleft()
             self.stats.dropped += 1
@@ -269,11 +328,13 @@ class Broker:
             pass
         finally:
             self._tasks.discard(task)
+            conn.unwatch()
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await sender
             self._disconnected(conn, graceful)
+            conn.flush()
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -285,14 +346,14 @@ class Broker:
         except codec.UnacceptableProtocol as exc:
             log.info("mqtt: refusing %s: %s", conn.peer, exc)
             conn.write(codec.encode(Connack(False, ConnackCode.UNACCEPTABLE_PROTOCOL)))
-            await conn.writer.drain()
+            await conn.drain()
             return None
         if not isinstance(packet, Connect):
             raise codec.MalformedPacket(f"first packet is {type(packet).__name__}, not CONNECT")
         code = self._admit(packet)
         if code is not ConnackCode.ACCEPTED:
             conn.write(codec.encode(Connack(False, code)))
-            await conn.writer.drain()
+            await conn.drain()
             return None
         client_id = packet.client_id or f"auto-{secrets.token_hex(8)}"
         session = self.sessions.get(client_id)
@@ -316,7 +377,7 @@ class Broker:
         # Resend what was in flight (DUP), in order, before anything new (MQTT-4.4.0-1).
         for pid, out in list(session.inflight.items()):
             m = out.message
-            conn.write(codec.encode_publish(m.topic, m.payload, out.qos, False, True, pid))
+            conn.write(codec.encode_publish(m.topic, m.payload, out.qos, out.retain, True, pid))
         conn.wake.set()
         return session
 
@@ -335,18 +396,16 @@ class Broker:
 
     async def _read_loop(self, conn: _Connection, session: Session) -> bool:
         """Serve packets until DISCONNECT (True) or the connection ends (an exception)."""
-        keepalive = conn.keepalive
-        limit = keepalive * 1.5 if keepalive else None
+        if conn.keepalive:
+            conn.watch(conn.keepalive * 1.5)
+        loop = asyncio.get_running_loop()
+        served = 0
         while True:
-            try:
-                async with asyncio.timeout(limit):
-                    packet = await codec.read_packet(conn.reader, self.max_packet_size)
-            except TimeoutError:
-                self.stats.expired += 1
-                log.info(
-                    "mqtt: %s (%s) silent past 1.5 x keepalive %ds", session.client_id, conn.peer, keepalive
-                )
-                raise _Closed() from None
+            served += 1
+            if served % 64 == 0:
+                await asyncio.sleep(0)  # reads of buffered data never suspend: let others run
+            packet = await codec.read_packet(conn.reader, self.max_packet_size)
+            conn.last_seen = loop.time()
             if conn.session is not session:
                 raise _Closed()  # taken over by a new connection with the same client id
             if isinstance(packet, Publish):
@@ -366,8 +425,8 @@ class Broker:
                 return True
             else:
                 raise codec.MalformedPacket(f"a client may not send {type(packet).__name__}")
-            if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                await conn.writer.drain()
+            if conn.buffered() > WRITE_HIGH_WATER:
+                await conn.drain()
 
     def _received(self, conn: _Connection, session: Session, packet: Publish) -> None:
         self.stats.received += 1
@@ -421,7 +480,7 @@ class Broker:
         for topic_filter, qos in granted:
             for message in list(self.retained.values()):
                 if topics.matches(topic_filter, message.topic):
-                    self._enqueue(session, _Outgoing(message, min(qos, message.qos)))
+                    self._enqueue(session, _Outgoing(message, min(qos, message.qos), retain=True))
 
     async def _send_loop(self, conn: _Connection, session: Session) -> None:
         """Write the session's queue while the in-flight window allows; waits for the socket."""
@@ -435,16 +494,18 @@ class Broker:
                 if out.qos and len(session.inflight) >= self.max_inflight:
                     break  # wait for a PUBACK
                 queue.popleft()
-                m = out.message
-                pid = None
-                if out.qos:
-                    pid = session.packet_id()
-                    session.inflight[pid] = out
-                writer.write(codec.encode_publish(m.topic, m.payload, out.qos, m.retain, False, pid))
-                self.stats.delivered += 1
-                if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                    await writer.drain()
-            await writer.drain()
+                self._write(conn, session, out)
+                if conn.buffered() > WRITE_HIGH_WATER:
+                    await conn.drain()
+
+    def _write(self, conn: _Connection, session: Session, out: _Outgoing) -> None:
+        m = out.message
+        pid = None
+        if out.qos:
+            pid = session.packet_id()
+            session.inflight[pid] = out
+        conn.write(codec.encode_publish(m.topic, m.payload, out.qos, out.retain, False, pid))
+        self.stats.delivered += 1
 
     def _disconnected(self, conn: _Connection, graceful: bool) -> None:
         """A connection ended: its will unless it sent DISCONNECT (a takeover counts as a drop,

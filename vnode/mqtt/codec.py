@@ -139,15 +139,15 @@ BARE_TYPES = (Type.PINGREQ, Type.PINGRESP, Type.DISCONNECT)
 async def read_packet(reader: asyncio.StreamReader, max_size: int) -> Packet:
     """The next packet; ``asyncio.IncompleteReadError`` at end of stream, ``MalformedPacket`` for
     bad bytes or a packet whose remaining length exceeds ``max_size`` (read no further then)."""
-    header = (await reader.readexactly(1))[0]
-    length = 0
-    for shift in (0, 7, 14, 21):
+    header, byte = await reader.readexactly(2)  # every packet has a first length byte
+    length = byte & 0x7F
+    shift = 7
+    while byte & 0x80:
+        if shift > 21:
+            raise MalformedPacket("remaining length longer than four bytes")
         byte = (await reader.readexactly(1))[0]
         length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-    else:
-        raise MalformedPacket("remaining length longer than four bytes")
+        shift += 7
     if length > max_size:
         raise MalformedPacket(f"packet of {length} bytes exceeds the limit of {max_size}")
     body = await reader.readexactly(length) if length else b""
