@@ -87,6 +87,25 @@ class Mosquitto:
                 self.process.wait()
         self.process = None
 
+    def pause(self) -> None:
+        """Stop the broker, keeping its port and config for ``resume`` (a broker outage)."""
+        self._end()
+
+    def resume(self, timeout: float = 10.0) -> None:
+        conf = self.dir / "mosquitto.conf"
+        with open(self.dir / "stderr", "ab") as err:
+            self.process = subprocess.Popen([BINARY, "-c", str(conf)], stdin=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto did not start again on port {self.port}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen again on port {self.port}")
+
     def stop(self) -> None:
         self._end()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -191,10 +191,6 @@ def test_event_bus_block(tmp_path: Path) -> None:
             "eventBus: {enable: true, mqttMode: 1, mqttServerExternal: 'tcp://127.0.0.1:1884'}",
             "eventBus.mqttServerExternal: mode 1 (both) needs two brokers",
         ),
-        (
-            "eventBus: {enable: true, mqttMode: 2}",
-            "eventBus.mqttMode: modes 1 and 2 (an external broker) are not",
-        ),
     ],
 )
 def test_event_bus_refusals_name_the_field(tmp_path: Path, text: str, message: str) -> None:

@@ -62,6 +62,8 @@ class Node:
                 group.create_task(c.rotator.run(), name="certificates")
             if c.mqtt is not None:
                 group.create_task(c.mqtt.serve(), name="mqtt-broker")
+            if c.mqtt_external is not None:
+                group.create_task(c.mqtt_external.run(), name="mqtt-external")
             if c.twins is not None:
                 group.create_task(c.twins.run(), name="device-twins")
             await stop.wait()

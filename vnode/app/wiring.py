@@ -55,6 +55,7 @@ from vnode.store import Store
 if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
     from vnode.devices.twins import DeviceTwins
     from vnode.mqtt.broker import Broker
+    from vnode.mqtt.client import ExternalBus
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,14 @@ class Components:
     local_api: LocalApi | None = None
     rotator: rotation.CertificateRotator | None = None
     mqtt: Broker | None = None  # vnode's own MQTT broker (eventBus.mqttMode 0 or 1)
-    twins: DeviceTwins | None = None  # KubeEdge-compatible device twins on that broker
+    mqtt_external: ExternalBus | None = None  # vnode's clients of an external broker (modes 1, 2)
+    twins: DeviceTwins | None = None  # KubeEdge-compatible device twins on the event bus
 
     async def close(self) -> None:
         if self.mqtt is not None:
             await self.mqtt.close()
+        if self.mqtt_external is not None:
+            await self.mqtt_external.flush()  # messages published last wait in the store
         await self.pods.stop()
         if self.objects is not None:
             await self.objects.close()
@@ -182,11 +186,8 @@ async def build(settings: Settings) -> Components:
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)
     _readings(components)
-    if settings.event_bus.internal:
-        from vnode.devices.twins import DeviceTwins
-
-        components.mqtt = await _mqtt_broker(settings)
-        components.twins = DeviceTwins(components.store, components.mqtt, settings.node.name)
+    if settings.event_bus.enable:
+        await _event_bus(settings, components)
     token = (
         await asyncio.to_thread(ensure_token, settings.local_token_path)
         if settings.server.local_api_port
@@ -204,6 +205,62 @@ def mqtt_address(server: str) -> tuple[str, int]:
     """Host and port of an eventBus server URL (``tcp://host:port``, checked by the loader)."""
     host, _, port = server.split("://", 1)[1].rpartition(":")
     return host.strip("[]"), int(port)
+
+
+async def _event_bus(settings: Settings, c: Components) -> None:
+    """The event bus of the configured mode and the device twins on it; MQTT's modules are
+    imported only here."""
+    from vnode.devices.twins import Bus, DeviceTwins
+    from vnode.mqtt.client import ExternalBus, FanoutBus
+
+    bus = settings.event_bus
+    if bus.internal:
+        c.mqtt = await _mqtt_broker(settings)
+    if bus.external:
+        host, port = mqtt_address(bus.mqtt_server_external)
+        context = None
+        if bus.mqtt_server_external.startswith("ssl://"):
+            context = await asyncio.to_thread(
+                _mqtt_client_context,
+                bus.tls_mqtt_cert_file,
+                bus.tls_mqtt_private_key_file,
+                bus.tls_mqtt_ca_file,
+            )
+        c.mqtt_external = ExternalBus(
+            host,
+            port,
+            c.store,
+            sub_client_id=bus.mqtt_sub_client_id or f"hub-client-sub-{settings.node.name}",
+            pub_client_id=bus.mqtt_pub_client_id or f"hub-client-pub-{settings.node.name}",
+            credentials=(bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None,
+            ssl_context=context,
+        )
+    on: Bus
+    if c.mqtt is not None and c.mqtt_external is not None:
+        on = FanoutBus(c.mqtt, c.mqtt_external)
+    elif c.mqtt is not None:
+        on = c.mqtt
+    else:
+        assert c.mqtt_external is not None
+        on = c.mqtt_external
+    c.twins = DeviceTwins(c.store, on, settings.node.name, qos=bus.mqtt_qos, retain=bus.mqtt_retain)
+
+
+def _mqtt_client_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
+    """TLS to the external broker: its certificate checked against the CA file (or the system's),
+    with the client pair when configured."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError("eventBus.tlsMqttCAFile", f"cannot load {ca}: {exc}") from exc
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.ConfigError(
+                "eventBus.tlsMqttCertFile", f"cannot load {cert} / {key}: {exc}"
+            ) from exc
+    return context
 
 
 async def _mqtt_broker(settings: Settings) -> Broker:

@@ -611,7 +611,3 @@ def _check_event_bus(settings: Settings) -> None:
         raise errors.ConfigError(
             "eventBus.mqttServerExternal", "mode 1 (both) needs two brokers at different addresses"
         )
-    if bus.enable and bus.mqtt_mode != 0:
-        raise errors.ConfigError(
-            "eventBus.mqttMode", "modes 1 and 2 (an external broker) are not implemented yet; use 0"
-        )

@@ -110,10 +110,20 @@ def public(twin: dict[str, Any]) -> dict[str, Any]:
 class DeviceTwins:
     """One owner of every device's twin: requests are handled one at a time by ``run``."""
 
-    def __init__(self, store: Store, bus: Bus, node_name: str, *, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        node_name: str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.node_name = node_name
+        self.qos, self.retain = qos, retain  # of every publish (eventBus.mqttQOS, .mqttRetain)
         self.clock = clock
         self.stats = TwinStats()
         self.devices: dict[str, dict[str, Any]] = {k: v for k, v in store.items(TABLE) if isinstance(v, dict)}
@@ -391,7 +401,7 @@ class DeviceTwins:
         )
 
     def _send(self, topic: str, body: dict[str, Any]) -> None:
-        self.bus.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=1)
+        self.bus.publish(topic, json.dumps(body, separators=(",", ":")).encode(), self.qos, self.retain)
 
 
 def _event_id(request: dict[str, Any]) -> str:
