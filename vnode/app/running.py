@@ -66,6 +66,8 @@ class Node:
                 group.create_task(c.mqtt_external.run(), name="mqtt-external")
             if c.twins is not None:
                 group.create_task(c.twins.run(), name="device-twins")
+            if c.device_watch is not None:
+                group.create_task(c.device_watch.run(), name="device-watch")
             await stop.wait()
             raise _Stop()
 

@@ -54,6 +54,7 @@ from vnode.store import Store
 
 if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
     from vnode.devices.twins import DeviceTwins
+    from vnode.devices.watch import DeviceWatch
     from vnode.mqtt.broker import Broker
     from vnode.mqtt.client import ExternalBus
 
@@ -87,6 +88,7 @@ class Components:
     mqtt: Broker | None = None  # vnode's own MQTT broker (eventBus.mqttMode 0 or 1)
     mqtt_external: ExternalBus | None = None  # vnode's clients of an external broker (modes 1, 2)
     twins: DeviceTwins | None = None  # KubeEdge-compatible device twins on the event bus
+    device_watch: DeviceWatch | None = None  # the node's KubeEdge Devices, with a control plane
 
     async def close(self) -> None:
         if self.mqtt is not None:
@@ -210,7 +212,8 @@ def mqtt_address(server: str) -> tuple[str, int]:
 async def _event_bus(settings: Settings, c: Components) -> None:
     """The event bus of the configured mode and the device twins on it; MQTT's modules are
     imported only here."""
-    from vnode.devices.twins import Bus, DeviceTwins
+    from vnode.devices.twins import Bus, DeviceTwins, Reports
+    from vnode.devices.watch import DeviceWatch
     from vnode.mqtt.client import ExternalBus, FanoutBus
 
     bus = settings.event_bus
@@ -243,7 +246,12 @@ async def _event_bus(settings: Settings, c: Components) -> None:
     else:
         assert c.mqtt_external is not None
         on = c.mqtt_external
-    c.twins = DeviceTwins(c.store, on, settings.node.name, qos=bus.mqtt_qos, retain=bus.mqtt_retain)
+    reports = Reports() if c.masters is not None else None
+    c.twins = DeviceTwins(
+        c.store, on, settings.node.name, qos=bus.mqtt_qos, retain=bus.mqtt_retain, reports=reports
+    )
+    if c.masters is not None and reports is not None:
+        c.device_watch = DeviceWatch(c.masters, c.twins, reports, settings.node.name)
 
 
 def _mqtt_client_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:

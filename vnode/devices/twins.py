@@ -77,6 +77,30 @@ class TwinStats:
     dropped: int = 0  # requests dropped (queue full, unusable state update)
 
 
+class Reports:
+    """Devices whose reported values the API has not seen yet; one reader (the Device watch)
+    takes them one at a time, each once however often it was marked meanwhile."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, None] = {}
+        self._event = asyncio.Event()
+
+    def mark(self, device_id: str) -> None:
+        self._ids[device_id] = None
+        self._event.set()
+
+    async def next(self) -> str:
+        while not self._ids:
+            self._event.clear()
+            await self._event.wait()
+        device_id = next(iter(self._ids))
+        del self._ids[device_id]
+        return device_id
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -118,12 +142,14 @@ class DeviceTwins:
         *,
         qos: int = 1,
         retain: bool = False,
+        reports: Reports | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.store = store
         self.bus = bus
         self.node_name = node_name
         self.qos, self.retain = qos, retain  # of every publish (eventBus.mqttQOS, .mqttRetain)
+        self.reports = reports  # told of reported values, when a control plane wants them
         self.clock = clock
         self.stats = TwinStats()
         self.devices: dict[str, dict[str, Any]] = {k: v for k, v in store.items(TABLE) if isinstance(v, dict)}
@@ -239,6 +265,10 @@ class DeviceTwins:
             self._error(topic, event_id, exc)
             return
         self.devices[device_id] = updated
+        if self.reports is not None and any(
+            _value(c, "actual") for c in twins.values() if isinstance(c, dict)
+        ):
+            self.reports.mark(device_id)
         now = self.clock()
         changed = {k: public(updated["twin"][k]) for k in twins if k in updated["twin"]}
         self._send(topic, {"event_id": event_id, "timestamp": now, "twin": changed})
