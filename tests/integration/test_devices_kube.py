@@ -15,7 +15,7 @@ from typing import Any
 
 from integration.kube.view import ClusterView
 from integration.mqttclients import Paho
-from integration.node import free_port, running_node, wait_for
+from integration.node import VnodeProcess, free_port, running_node, wait_for
 
 CRDS = """
 apiVersion: apiextensions.k8s.io/v1
@@ -140,3 +140,63 @@ async def test_devices_from_the_cluster_reach_the_mapper_and_back(
         finally:
             await mapper.close()
             await cluster.kubectl("delete", "device", "thermo", "--wait=false", check=False)
+
+
+async def test_reports_while_offline_survive_a_sigkill(cluster: ClusterView, tmp_path: Path) -> None:
+    """The API unreachable: the mapper reports three times, vnode is SIGKILLed and restarted,
+    twin/get answers the last value from the store; once the link is back the Device's status
+    shows that last value."""
+    await cluster.kube.kubectl("apply", "-f", "-", stdin=CRDS.encode())
+    await wait_for(lambda: established(cluster), timeout=30, what="the Device CRDs served")
+    relay = cluster.relay(0)
+    port = free_port()
+    args = [
+        *cluster.node_args("offnode", servers=[relay.url]),
+        "--event-bus",
+        f"--mqtt-server-internal=tcp://127.0.0.1:{port}",
+    ]
+    node = VnodeProcess(tmp_path, f"unix://{tmp_path}/absent.sock", node_name="offnode", extra_args=args)
+    await node.start()
+    mappers: list[Paho] = []
+    try:
+        mapper = Paho("127.0.0.1", port, "mapper")
+        mappers.append(mapper)
+        await mapper.connect()
+        await mapper.subscribe("$hw/events/node/offnode/membership/updated", 1)
+        device = DEVICE.replace("nodeName: devnode", "nodeName: offnode")
+        await cluster.kubectl("apply", "-f", "-", stdin=(MODEL + "---" + device).encode())
+        await next_on(mapper, "$hw/events/node/offnode/membership/updated")
+        base = f"$hw/events/device/{cluster.namespace}/thermo/twin"
+        await mapper.subscribe(f"{base}/update/result", 1)
+
+        relay.cut()
+        for value in ("21", "22", "23"):
+            report = {"event_id": value, "twin": {"temperature": {"actual": {"value": value}}}}
+            await mapper.publish(f"{base}/update", json.dumps(report).encode(), qos=1)
+            result = await next_on(mapper, f"{base}/update/result")
+            assert result["event_id"] == value and "code" not in result
+        await node.kill()
+        await node.start()
+
+        again = Paho("127.0.0.1", port, "mapper-2")
+        mappers.append(again)
+        await again.connect()
+        await again.subscribe(f"{base}/get/result", 1)
+        await again.publish(f"{base}/get", b'{"event_id":"g"}', qos=1)
+        twin = (await next_on(again, f"{base}/get/result"))["twin"]["temperature"]
+        assert twin["actual"]["value"] == "23" and twin["expected"]["value"] == "20"
+
+        relay.restore()
+
+        async def reported() -> dict[str, Any] | None:
+            obj = await cluster.get_json("device", "thermo")
+            twins = ((obj or {}).get("status") or {}).get("twins") or []
+            return twins[0] if twins and twins[0]["reported"]["value"] == "23" else None
+
+        await wait_for(reported, timeout=90, what="the last offline report in the Device's status")
+    finally:
+        for m in mappers:
+            await m.close()
+        if node.proc is not None and node.proc.returncode is None:
+            await node.terminate()
+        await cluster.kubectl("delete", "device", "thermo", "--wait=false", check=False)

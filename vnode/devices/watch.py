@@ -154,6 +154,7 @@ class DeviceWatch:
 
     async def _report(self) -> None:
         delay = 0.5
+        await self.device_watch.synced.wait()  # after a restart: patch only Devices the API has listed
         while True:
             device_id = await self.reports.next()
             try:
