@@ -479,3 +479,41 @@ async def test_fuzz_ten_thousand_malformed_packets(clients: list[Paho], ids: str
             await c.close()
         await broker.close()
     assert not broker._tasks
+
+
+async def test_persistent_sessions_and_retained_survive_a_vnode_restart(
+    tmp_path: Path, clients: list[Paho], ids: str
+) -> None:
+    """vnode run restarted (SIGTERM): a persistent session's subscription and its QoS 1 messages
+    published while it was away, and the retained messages, are still there."""
+    port = free_port()
+    args = ["--event-bus", f"--mqtt-server-internal=tcp://127.0.0.1:{port}"]
+    node = VnodeProcess(tmp_path, f"unix://{tmp_path}/absent.sock", extra_args=args)
+    target = Target("vnode", "127.0.0.1", port, None)
+    await node.start()
+    try:
+        sub = client(target, clients, f"{ids}-sub", clean_session=False)
+        await sub.connect()
+        await sub.subscribe(f"{ids}/q", 1)
+        await sub.close()
+        pub = client(target, clients, f"{ids}-pub")
+        await pub.connect()
+        for i in range(3):
+            await pub.publish(f"{ids}/q", f"m{i}".encode(), qos=1)
+        await pub.publish(f"{ids}/kept", b"retained", qos=1, retain=True)
+        await pub.close()
+        assert await node.terminate() == 0
+        await node.start()
+        back = client(target, clients, f"{ids}-sub", clean_session=False)
+        assert await back.connect() is True  # session present
+        assert [(await back.next()).payload for _ in range(3)] == [b"m0", b"m1", b"m2"]
+        await back.publish(f"{ids}/q", b"after", qos=1)  # the subscription itself came back too
+        assert (await back.next()).payload == b"after"
+        late = client(target, clients, f"{ids}-late")
+        await late.connect()
+        await late.subscribe(f"{ids}/kept", 1)
+        first = await late.next()
+        assert (first.payload, first.retain) == (b"retained", True)
+    finally:
+        if node.proc is not None and node.proc.returncode is None:
+            assert await node.terminate() == 0

@@ -218,7 +218,7 @@ async def _event_bus(settings: Settings, c: Components) -> None:
 
     bus = settings.event_bus
     if bus.internal:
-        c.mqtt = await _mqtt_broker(settings)
+        c.mqtt = await _mqtt_broker(settings, c.store)
     if bus.external:
         host, port = mqtt_address(bus.mqtt_server_external)
         context = None
@@ -271,7 +271,7 @@ def _mqtt_client_context(cert: Path | None, key: Path | None, ca: Path | None) -
     return context
 
 
-async def _mqtt_broker(settings: Settings) -> Broker:
+async def _mqtt_broker(settings: Settings, store: Store) -> Broker:
     """The internal broker; its module is imported only here, when MQTT is on."""
     from vnode.mqtt.broker import Broker
 
@@ -283,7 +283,9 @@ async def _mqtt_broker(settings: Settings) -> Broker:
             _mqtt_server_context, bus.tls_mqtt_cert_file, bus.tls_mqtt_private_key_file, bus.tls_mqtt_ca_file
         )
     credentials = (bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None
-    return Broker(queue_size=bus.mqtt_session_queue_size, credentials=credentials, ssl_context=context)
+    return Broker(
+        queue_size=bus.mqtt_session_queue_size, credentials=credentials, ssl_context=context, store=store
+    )
 
 
 def _mqtt_server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:

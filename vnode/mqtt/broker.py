@@ -25,6 +25,7 @@ vnode's own modules publish with ``publish`` and receive with ``listen``: in-pro
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import itertools
@@ -35,14 +36,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vnode import errors
 from vnode.mqtt import codec, topics
 from vnode.mqtt.codec import Ack, Bare, Connack, ConnackCode, Connect, Publish, Type
+from vnode.store import Delete, Put, Store
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # a connection must send CONNECT within this
 MAX_INFLIGHT = 20  # unacknowledged QoS 1 messages per session (mosquitto's default)
 WRITE_HIGH_WATER = 256 * 1024  # the sender waits for the socket below this before writing more
+SESSIONS, RETAINED = "mqtt_sessions", "mqtt_retained"  # store tables
+SAVE_INTERVAL = 1.0  # persistent sessions are saved this often (and when the broker closes)
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,7 @@ class Broker:
         max_inflight: int = MAX_INFLIGHT,
         credentials: tuple[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        store: Store | None = None,
     ) -> None:
         self.queue_size = queue_size
         self.max_packet_size = max_packet_size
@@ -198,6 +204,68 @@ class Broker:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
+        self.store = store
+        self._dirty: set[str] = set()  # persistent sessions changed since the last save
+        self._retained_dirty: set[str] = set()
+        if store is not None:
+            self._load(store)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _load(self, store: Store) -> None:
+        """Persistent sessions and retained messages as the last save left them. Messages that
+        were in flight are queued again (they go out with new packet identifiers)."""
+        for client_id, row in store.items(SESSIONS):
+            session = Session(client_id, clean=False)
+            for topic_filter, qos in row.get("subscriptions", {}).items():
+                session.subscriptions[topic_filter] = int(qos)
+                self._index.add(topic_filter, client_id, int(qos))
+            for topic, payload, qos, retain in row.get("queue", []):
+                session.queue.append(_Outgoing(Message(topic, base64.b64decode(payload), qos), qos, retain))
+            self.sessions[client_id] = session
+        for topic, row in store.items(RETAINED):
+            self.retained[topic] = Message(topic, base64.b64decode(row["payload"]), row["qos"], True)
+        if self.sessions or self.retained:
+            log.info(
+                "mqtt: %d session(s), %d retained message(s) from the store",
+                len(self.sessions),
+                len(self.retained),
+            )
+
+    def _changed(self, session: Session) -> None:
+        if not session.clean and self.store is not None:
+            self._dirty.add(session.client_id)
+
+    async def save(self) -> None:
+        """Write the changed persistent sessions and retained messages (one transaction)."""
+        if self.store is None or not (self._dirty or self._retained_dirty):
+            return
+        ops: list[Put | Delete] = []
+        for client_id in self._dirty:
+            session = self.sessions.get(client_id)
+            if session is None or session.clean:
+                ops.append(Delete(SESSIONS, client_id))
+                continue
+            pending = [session.inflight[pid] for pid in sorted(session.inflight)] + list(session.queue)
+            queue = [
+                [o.message.topic, base64.b64encode(o.message.payload).decode(), o.qos, o.retain]
+                for o in pending
+                if o.qos
+            ]
+            ops.append(Put(SESSIONS, client_id, {"subscriptions": session.subscriptions, "queue": queue}))
+        for topic in self._retained_dirty:
+            message = self.retained.get(topic)
+            if message is None:
+                ops.append(Delete(RETAINED, topic))
+            else:
+                value = {"payload": base64.b64encode(message.payload).decode(), "qos": message.qos}
+                ops.append(Put(RETAINED, topic, value))
+        self._dirty.clear()
+        self._retained_dirty.clear()
+        try:
+            await self.store.write(ops)
+        except errors.StoreError as exc:
+            log.warning("mqtt: sessions not saved: %s", exc)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -224,11 +292,17 @@ class Broker:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        await self.save()
 
     async def serve(self) -> None:
-        """Hold the broker open until cancelled (the node's task group owns this), then close."""
+        """Save sessions every SAVE_INTERVAL until cancelled (the node's task group owns this),
+        then close (which saves once more)."""
         try:
-            await asyncio.Event().wait()
+            while True:
+                if self.store is None:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(SAVE_INTERVAL)
+                await self.save()
         finally:
             await self.close()
 
@@ -264,6 +338,8 @@ class Broker:
                 self.retained[message.topic] = message
             else:
                 self.retained.pop(message.topic, None)  # MQTT-3.3.1-10, -11
+            if self.store is not None:
+                self._retained_dirty.add(message.topic)
         best: dict[str, int] = {}
         for client_id, qos in self._index.match(message.topic):
             if qos >= best.get(client_id, -1):
@@ -292,11 +368,14 @@ class Broker:
             and not conn.writer.is_closing()
         ):
             self._write(conn, session, out)  # nothing waiting: straight to the socket, in order
+            if out.qos:
+                self._changed(session)
             return
         if len(session.queue) >= self.queue_size:
             session.queue.popleft()
             self.stats.dropped += 1
         session.queue.append(out)
+        self._changed(session)
         if session.connection is not None:
             session.connection.wake.set()
 
@@ -370,6 +449,7 @@ class Broker:
             self.sessions[client_id] = session
         session.clean = packet.clean_session
         session.connection = conn
+        self._changed(session)
         conn.session = session
         conn.will = packet.will
         conn.keepalive = packet.keepalive
@@ -416,6 +496,7 @@ class Broker:
                 self._subscribe(conn, session, packet)
             elif isinstance(packet, codec.Unsubscribe):
                 for f in packet.filters:
+                    self._changed(session)
                     if session.subscriptions.pop(f, None) is not None:
                         self._index.remove(f, session.client_id)
                 conn.write(codec.encode(Ack(Type.UNSUBACK, packet.packet_id)))
@@ -451,6 +532,7 @@ class Broker:
     def _acked(self, conn: _Connection, session: Session, packet: Ack) -> None:
         if packet.type is Type.PUBACK:
             if session.inflight.pop(packet.packet_id, None) is not None:
+                self._changed(session)
                 conn.wake.set()
         elif packet.type is Type.PUBREL:
             session.incoming_qos2.discard(packet.packet_id)
@@ -472,6 +554,7 @@ class Broker:
                 continue
             qos = min(qos, 1)
             session.subscriptions[topic_filter] = qos
+            self._changed(session)
             self._index.add(topic_filter, session.client_id, qos)
             codes.append(qos)
             granted.append((topic_filter, qos))
@@ -525,6 +608,8 @@ class Broker:
             session.queue = deque(o for o in session.queue if o.qos)
 
     def _drop_session(self, session: Session) -> None:
+        if self.store is not None:
+            self._dirty.add(session.client_id)  # deleted at the next save
         for f in session.subscriptions:
             self._index.remove(f, session.client_id)
         session.subscriptions.clear()
