@@ -352,6 +352,12 @@ async def test_vnode_serves_its_broker_when_enabled(tmp_path: Path, clients: lis
         await pub.publish(f"$hw/events/device/{ids}/twin/get", b'{"event_id":"g"}', qos=1)
         seen = await sub.until(f"$hw/events/device/{ids}/twin/get/result")
         assert json.loads(seen[-1].payload)["code"] == 404
+        code, body = await node.get("/metrics")
+        assert code == 200
+        metrics = body.decode()
+        assert "vnode_mqtt_clients_connected 2.0" in metrics
+        assert "vnode_device_twins_errors_total 1.0" in metrics
+        assert "vnode_mqtt_received_total" in metrics
     finally:
         assert await node.terminate() == 0
     assert "MQTT broker (internal) serving on 127.0.0.1" in node.log_tail(200)

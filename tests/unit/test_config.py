@@ -197,3 +197,25 @@ def test_event_bus_refusals_name_the_field(tmp_path: Path, text: str, message: s
     with pytest.raises(errors.ConfigError) as info:
         load_settings(write(tmp_path, text), {"--hostname-override": "a"})
     assert message in str(info.value)
+
+
+def test_cli_status_shows_devices_and_mqtt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vnode.store import Put, Store
+
+    store = Store.open_sync(tmp_path / "store")
+    twin = {"expected": {"value": "20"}, "actual": {"value": "18"}, "metadata": {"type": "int"}}
+    store.write_sync(
+        [
+            Put(
+                "device_twins",
+                "default/thermo",
+                {"id": "default/thermo", "state": "online", "twin": {"t": twin}},
+            ),
+            Put("mqtt_sessions", "mapper", {"subscriptions": {"a/#": 1}, "queue": []}),
+        ]
+    )
+    store.close_sync()
+    assert main(["status", "--root-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mqtt: 1 persistent session(s), 0 retained message(s), 0 waiting" in out
+    assert "device default/thermo\tonline\tt=18/20 (actual/expected)" in out

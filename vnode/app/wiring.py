@@ -12,10 +12,13 @@ import logging
 import ssl
 import stat
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from vnode import errors
 from vnode.aiokits.hostinfo import primary_ipv4
@@ -351,6 +354,52 @@ def _pressure(settings: Settings, c: Components) -> node_pressure.PressureMonito
     )
 
 
+def _event_bus_metrics(c: Components) -> Iterable[Metric]:
+    """The broker's, the external clients' and the twins' counters (none with MQTT off)."""
+    if c.mqtt is not None:
+        s = c.mqtt.stats
+        yield GaugeMetricFamily(
+            "vnode_mqtt_clients_connected", "Clients connected to vnode's broker", value=c.mqtt.connected
+        )
+        for name, value, text in (
+            ("received", s.received, "PUBLISH packets received from clients"),
+            ("delivered", s.delivered, "PUBLISH packets written to clients"),
+            ("dropped", s.dropped, "Messages dropped from full session queues"),
+            ("malformed", s.malformed, "Connections closed for a malformed packet or protocol violation"),
+            ("expired", s.expired, "Connections closed by the keepalive"),
+            ("wills", s.wills, "Will messages published"),
+            ("refused_sys", s.refused_sys, "Client publishes to $SYS, acknowledged and dropped"),
+        ):
+            yield CounterMetricFamily(f"vnode_mqtt_{name}", text, value=value)
+    if c.mqtt_external is not None:
+        x = c.mqtt_external
+        yield GaugeMetricFamily(
+            "vnode_mqtt_external_connected",
+            "Both clients connected to the external broker",
+            value=int(x.connected),
+        )
+        yield GaugeMetricFamily(
+            "vnode_mqtt_external_outbox", "Messages waiting for the external broker", value=x.waiting
+        )
+        yield CounterMetricFamily(
+            "vnode_mqtt_external_dropped", "Messages dropped from a full outbox", value=x.stats.dropped
+        )
+    if c.twins is not None:
+        t = c.twins
+        yield GaugeMetricFamily(
+            "vnode_device_twins_devices", "Devices with twins on this node", value=len(t.devices)
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_requests", "Device requests handled", value=t.stats.handled
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_errors", "Error results published", value=t.stats.errors
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_dropped", "Device messages dropped", value=t.stats.dropped
+        )
+
+
 def _readings(c: Components) -> None:
     """The scrape-time gauges of ``/metrics``, each read from the state's owner."""
 
@@ -377,6 +426,7 @@ def _readings(c: Components) -> None:
             offline_seconds=lambda: c.node.offline_seconds() if c.node is not None else 0.0,
             store_info=c.store.info,
             events_backlog=backlog,
+            extra=[lambda: _event_bus_metrics(c)],
         )
     )
     starts = PodStartTracker(c.metrics.pod_started)
