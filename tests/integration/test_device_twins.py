@@ -231,6 +231,8 @@ async def test_state_update_and_drops(edge: Edge, mapper: Paho) -> None:
     await publish(mapper, "$hw/events/device/a/b/c/twin/update", {"twin": {}})  # too many segments
     await publish(mapper, "$hw/events/device//twin/update", {"twin": {}})  # empty device id
     await publish(mapper, f"{DEV}/twin/cloud_updated", {"twin": {}})  # not a mapper's request
+    for topic in ("$hw/events/upload/dev/temp", "SYS/dis/upload_records", "dev/user/temp"):
+        await publish(mapper, topic, {"data": 1})  # for KubeEdge's cloud: counted apart
     await publish(mapper, f"{DEV}/state/update", {"state": "online"})
     seen = await mapper.until(f"{DEV}/state/update/result")
     result = masked(seen[-1].payload)
@@ -239,6 +241,7 @@ async def test_state_update_and_drops(edge: Edge, mapper: Paho) -> None:
     assert result["device"]["lastOnlineTime"].endswith("Z")
     assert [m.topic for m in seen if m.topic.endswith("/result")] == [f"{DEV}/state/update/result"]
     assert edge.twins.stats.dropped == 5
+    assert edge.twins.stats.uploads == 3
 
 
 async def test_membership_get_and_remove(edge: Edge, mapper: Paho) -> None:

@@ -523,3 +523,43 @@ async def test_persistent_sessions_and_retained_survive_a_vnode_restart(
     finally:
         if node.proc is not None and node.proc.returncode is None:
             assert await node.terminate() == 0
+
+
+async def test_qos2_publish_completed_and_delivered_once(
+    target: Target, clients: list[Paho], ids: str
+) -> None:
+    """QoS 2 from a publisher is completed (PUBREC/PUBREL/PUBCOMP); vnode grants a QoS 2
+    subscription QoS 1 (mosquitto grants 2); either way the subscriber gets the message once."""
+    sub = client(target, clients, f"{ids}-sub")
+    await sub.connect()
+    granted = await sub.subscribe(f"{ids}/two", 2)
+    assert granted == ([1] if target.name == "vnode" else [2])
+    await sub.subscribe(f"{ids}/sentinel", 0)
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    await pub.publish(f"{ids}/two", b"exactly", qos=2)  # returns at PUBCOMP
+    await pub.publish(f"{ids}/sentinel", b"s", qos=1)
+    seen = [await sub.next(), await sub.next()]  # paho hands a QoS 2 message over at PUBREL
+    await pub.publish(f"{ids}/sentinel", b"s2", qos=1)  # nothing more of "two" before this one
+    seen += await sub.until(f"{ids}/sentinel")
+    twos = [(m.payload, m.qos) for m in seen if m.topic == f"{ids}/two"]
+    assert twos == [(b"exactly", granted[0])]
+
+
+async def test_credentials_required_when_configured(ids: str) -> None:
+    broker = Broker(credentials=("mapper", "s3cret"))
+    port = await broker.start("127.0.0.1", 0)
+    try:
+        for user, password, code in (
+            (None, None, codec.ConnackCode.BAD_CREDENTIALS),
+            ("mapper", b"wrong", codec.ConnackCode.BAD_CREDENTIALS),
+            ("mapper", b"s3cret", codec.ConnackCode.ACCEPTED),
+        ):
+            raw = Raw("127.0.0.1", port)
+            try:
+                ack = await asyncio.to_thread(raw.connect, f"{ids}-c", username=user, password=password)
+                assert ack.code == code
+            finally:
+                raw.close()
+    finally:
+        await broker.close()

@@ -398,6 +398,11 @@ def _event_bus_metrics(c: Components) -> Iterable[Metric]:
         yield CounterMetricFamily(
             "vnode_device_twins_dropped", "Device messages dropped", value=t.stats.dropped
         )
+        yield CounterMetricFamily(
+            "vnode_device_twins_uploads",
+            "Messages for KubeEdge's cloud, counted, not forwarded",
+            value=t.stats.uploads,
+        )
 
 
 def _readings(c: Components) -> None:

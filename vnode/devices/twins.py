@@ -52,6 +52,7 @@ TYPES = ("string", "int", "integer", "float", "double", "boolean", "deleted", ""
 STATES = ("online", "offline", "ok", "unknown", "unhealthy")
 
 BAD_REQUEST, NOT_FOUND, INTERNAL = 400, 404, 500
+UPLOADS = ("$hw/events/upload/#", "SYS/dis/upload_records", "+/user/#")  # edgecore's cloud-bound topics
 OUTPUTS = ("/result", "/document", "/delta", "/membership/updated")
 
 
@@ -75,6 +76,7 @@ class TwinStats:
     handled: int = 0
     errors: int = 0  # error results published
     dropped: int = 0  # requests dropped (queue full, unusable state update)
+    uploads: int = 0  # messages for KubeEdge's cloud ($hw/events/upload/#, ...): no cloud here
 
 
 class Reports:
@@ -192,6 +194,13 @@ class DeviceTwins:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def _upload(self, message: Any) -> None:
+        """Traffic edgecore would forward to its cloud; there is none here: count it, log once."""
+        self.stats.uploads += 1
+        if message.topic not in self._logged and len(self._logged) < 1000:
+            self._logged.add(message.topic)
+            log.info("device twins: %s is for KubeEdge's cloud; counted, not forwarded", message.topic)
+
     def _received(self, message: Any) -> None:
         if message.topic.endswith(OUTPUTS):
             return  # vnode's own answers (and other twins' on a shared broker)
@@ -205,6 +214,7 @@ class DeviceTwins:
         stops = [
             self.bus.listen(DEVICE_PREFIX + "#", self._received),
             self.bus.listen(f"{NODE_PREFIX}{self.node_name}/membership/get", self._received),
+            *(self.bus.listen(f, self._upload) for f in UPLOADS),
         ]
         try:
             while True:
