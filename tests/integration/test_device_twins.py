@@ -291,3 +291,19 @@ async def test_twins_survive_a_restart(tmp_path: Path) -> None:
         await m.close()
     finally:
         await stop_edge(second)
+
+
+async def test_unchanged_device_publishes_nothing(edge: Edge, mapper: Paho) -> None:
+    """The Device watch puts every device at each change: an unchanged one is neither written nor
+    announced again (its outstanding delta is not repeated)."""
+    await add_thermo(edge, mapper)
+    commits = edge.store.commits
+    await edge.twins.put_device(
+        "default/thermo", "thermo", {"temperature": ("int", "20"), "mode": ("string", None)}
+    )
+    assert edge.store.commits == commits
+    await publish(mapper, f"{DEV}/twin/get", {"event_id": "g1"})
+    assert [m.topic for m in await mapper.until(f"{DEV}/twin/get/result")] == [
+        f"{DEV}/twin/get",
+        f"{DEV}/twin/get/result",
+    ]

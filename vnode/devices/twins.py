@@ -164,7 +164,8 @@ class DeviceTwins:
         self, device_id: str, name: str, properties: dict[str, tuple[str, str | None]]
     ) -> None:
         """Add or update a device: ``properties`` maps a twin key to (type, desired value or None).
-        A new device is announced on ``membership/updated``; a changed desired value is a delta."""
+        A new device is announced on ``membership/updated``; a changed desired value is a delta;
+        nothing changed, nothing is written or published (the Device watch calls this often)."""
         known = self.devices.get(device_id)
         device: dict[str, Any] = (
             copy.deepcopy(known) if known is not None else {"id": device_id, "name": name, "twin": {}}
@@ -178,11 +179,18 @@ class DeviceTwins:
                 twin["expected"] = {"value": desired, "metadata": {"timestamp": now}}
                 version = twin.setdefault("expected_version", {"cloud": 0, "edge": 0})
                 version["cloud"] += 1
+        if device == known:
+            return
         await self.store.put(TABLE, device_id, device)
         self.devices[device_id] = device
         if known is None:
             self._publish_membership(added=[device], removed=[])
-        self._publish_delta(device_id, device)
+        if known is None or any(
+            (t.get("expected") or {}).get("value")
+            != ((known["twin"].get(k) or {}).get("expected") or {}).get("value")
+            for k, t in device["twin"].items()
+        ):
+            self._publish_delta(device_id, device)
 
     async def remove_device(self, device_id: str) -> None:
         device = self.devices.get(device_id)
