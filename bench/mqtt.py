@@ -11,6 +11,8 @@
 
 Both brokers run with their default settings and get the same load from the same generator (raw
 sockets and vnode's codec, so the generator is not paho's threads). Ratios are vnode / mosquitto.
+The generator is one Python process: when it, not the broker, is the limit, the messages/s ratio
+flatters the slower broker, so each run also prints the broker's CPU time per delivered message.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import struct
 import tempfile
 import time
@@ -36,6 +39,7 @@ WINDOW = 10  # QoS 1 messages a publisher keeps in flight
 class Counters:
     delivered: int = 0
     latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # the broker's CPU seconds over the measured window
 
 
 async def connect(host: str, port: int, client_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -107,7 +111,7 @@ async def publisher(host: str, port: int, name: str, topic: str, qos: int, rate:
 
 
 async def run_load(
-    host: str, port: int, clients: int, qos: int, seconds: float, rate: float | None
+    host: str, port: int, clients: int, qos: int, seconds: float, rate: float | None, pid: int
 ) -> Counters:
     counters = Counters()
     tag = f"{qos}-{rate}-{time.monotonic_ns()}"
@@ -130,12 +134,19 @@ async def run_load(
         await asyncio.sleep(1.0)  # warm-up, then measure
         counters.delivered = 0
         counters.latencies.clear()
+        cpu = cpu_seconds(pid)
         await asyncio.sleep(seconds)
-        return Counters(counters.delivered, list(counters.latencies))
+        return Counters(counters.delivered, list(counters.latencies), cpu_seconds(pid) - cpu)
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -172,22 +183,27 @@ async def main(args: argparse.Namespace) -> None:
     await node.start()
     await plain.start()
     try:
+        assert node.proc is not None and plain.proc is not None and mosquitto.process is not None
         targets = {"vnode": ("127.0.0.1", port), "mosquitto": (mosquitto.host, mosquitto.port)}
+        pids = {"vnode": node.proc.pid, "mosquitto": mosquitto.process.pid}
         results: dict[tuple[str, str], float] = {}
         for qos in (0, 1):
             for name, (host, p) in targets.items():
-                c = await run_load(host, p, args.clients, qos, args.seconds, None)
+                c = await run_load(host, p, args.clients, qos, args.seconds, None, pids[name])
                 results[(name, f"qos{qos}")] = c.delivered / args.seconds
-                print(f"{name:9s} QoS {qos}: {c.delivered / args.seconds:10.0f} messages/s delivered")
+                per = c.cpu / max(c.delivered, 1) * 1e6
+                print(
+                    f"{name:9s} QoS {qos}: {c.delivered / args.seconds:10.0f} messages/s delivered,"
+                    f" broker CPU {c.cpu / args.seconds:.0%} of a core, {per:.1f} us per message"
+                )
             ratio = results[("vnode", f"qos{qos}")] / results[("mosquitto", f"qos{qos}")]
             print(f"ratio vnode/mosquitto QoS {qos}: {ratio:.2f}")
         for name, (host, p) in targets.items():
-            c = await run_load(host, p, args.clients, 1, args.seconds, args.rate)
+            c = await run_load(host, p, args.clients, 1, args.seconds, args.rate, pids[name])
             print(
                 f"{name:9s} QoS 1 at {args.rate:.0f}/s: {c.delivered / args.seconds:.0f} delivered/s,"
                 f" latency p50 {pct(c.latencies, 0.5):.2f} ms, p99 {pct(c.latencies, 0.99):.2f} ms"
             )
-        assert node.proc is not None and plain.proc is not None
         print(f"vnode RSS, MQTT off: {rss_mib(plain.proc.pid):.1f} MiB")
         print(f"vnode RSS, MQTT on after the load: {rss_mib(node.proc.pid):.1f} MiB")
         writers = await idle_clients("127.0.0.1", port, args.idle_clients)
