@@ -42,6 +42,9 @@ class Paho:
         clean_session: bool = True,
         keepalive: int = 60,
         will: tuple[str, bytes, int, bool] | None = None,
+        ca_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.client = paho.Client(
@@ -52,6 +55,10 @@ class Paho:
         )
         if will is not None:
             self.client.will_set(will[0], will[1], will[2], will[3])
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=ca_file)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connacks: queue.Queue[tuple[bool, int]] = queue.Queue()
         self.disconnected = threading.Event()

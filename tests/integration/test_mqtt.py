@@ -27,6 +27,7 @@ from integration.mqttclients import Paho, Raw
 from integration.node import VnodeProcess, free_port, wait_for
 from vnode.mqtt import codec
 from vnode.mqtt.broker import Broker
+from vnode.security.tls import ensure_serving_pair
 from vnode.store import Store
 
 
@@ -563,3 +564,38 @@ async def test_credentials_required_when_configured(ids: str) -> None:
                 raw.close()
     finally:
         await broker.close()
+
+
+async def test_tls_and_credentials_through_vnode_run(tmp_path: Path, clients: list[Paho], ids: str) -> None:
+    """ssl:// with the tlsMqtt* files and a user name: paho over TLS with the credentials gets
+    through; a plain-TCP client does not."""
+    cert, key = tmp_path / "mqtt.crt", tmp_path / "mqtt.key"
+    await asyncio.to_thread(ensure_serving_pair, cert, key, hostnames=["localhost"], ips=["127.0.0.1"])
+    port = free_port()
+    args = [
+        "--event-bus",
+        f"--mqtt-server-internal=ssl://127.0.0.1:{port}",
+        f"--mqtt-tls-cert-file={cert}",
+        f"--mqtt-tls-private-key-file={key}",
+        "--mqtt-username=mapper",
+        "--mqtt-password=s3cret",
+    ]
+    node = VnodeProcess(tmp_path / "node", f"unix://{tmp_path}/absent.sock", extra_args=args)
+    await node.start()
+    try:
+        target = Target("vnode", "127.0.0.1", port, None)
+        secure = client(
+            target, clients, f"{ids}-tls", ca_file=str(cert), username="mapper", password="s3cret"
+        )
+        await secure.connect()
+        await secure.subscribe(f"{ids}/t", 1)
+        await secure.publish(f"{ids}/t", b"private", qos=1)
+        assert (await secure.next()).payload == b"private"
+        plain = Raw("127.0.0.1", port)
+        try:
+            with pytest.raises((ConnectionError, OSError, AssertionError, codec.MalformedPacket)):
+                await asyncio.to_thread(plain.connect, f"{ids}-plain")
+        finally:
+            plain.close()
+    finally:
+        assert await node.terminate() == 0
