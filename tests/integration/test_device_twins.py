@@ -1,5 +1,6 @@
-"""Device twins on vnode's broker, driven by a paho "mapper": golden JSON per topic, every error
-code, and twins that survive a restart (the store reopened, a new broker and twins).
+"""Device twins driven by a paho "mapper", through each event-bus mode (0: vnode's broker; 1: both,
+the mapper on mosquitto; 2: mosquitto only): golden JSON per topic, every error code, and twins
+that survive a restart (the store reopened, a new broker and twins).
 
 Timestamps come from an injected clock so the JSON is compared whole; event ids vnode makes up
 itself (delta, state result, membership updated) are uuids, checked as such and masked.
@@ -18,9 +19,12 @@ from typing import Any
 
 import pytest
 
+from integration.mosquitto import Mosquitto
 from integration.mqttclients import Paho
+from integration.node import wait_for
 from vnode.devices.twins import DeviceTwins
 from vnode.mqtt.broker import Broker
+from vnode.mqtt.client import ExternalBus, FanoutBus
 from vnode.store import Store
 
 NODE = "edge-1"
@@ -29,33 +33,54 @@ T = 1_700_000_000_000  # the clock's milliseconds
 
 @dataclass
 class Edge:
+    mode: int
     broker: Broker
     twins: DeviceTwins
     store: Store
-    port: int
-    task: asyncio.Task[None]
+    port: int  # where the mapper connects: vnode's broker (mode 0), mosquitto (modes 1, 2)
+    tasks: list[asyncio.Task[None]]
+    mosquitto: Mosquitto | None = None
 
 
-async def start_edge(root: Path) -> Edge:
+async def start_edge(root: Path, mode: int = 0) -> Edge:
+    """Twins on the event bus of ``mode``: vnode's broker, both (the mapper on mosquitto), or
+    mosquitto only."""
     store = await Store.open(root / "store")
     broker = Broker()
     port = await broker.start("127.0.0.1", 0)
-    twins = DeviceTwins(store, broker, NODE, clock=lambda: T)
-    task = asyncio.create_task(twins.run())
-    return Edge(broker, twins, store, port, task)
+    if mode == 0:
+        twins = DeviceTwins(store, broker, NODE, clock=lambda: T)
+        return Edge(mode, broker, twins, store, port, [asyncio.create_task(twins.run())])
+    mosquitto = Mosquitto(root)
+    await asyncio.to_thread(mosquitto.start)
+    external = ExternalBus(mosquitto.host, mosquitto.port, store, sub_client_id="sub", pub_client_id="pub")
+    bus = FanoutBus(broker, external) if mode == 1 else external
+    twins = DeviceTwins(store, bus, NODE, clock=lambda: T)
+    tasks = [asyncio.create_task(twins.run()), asyncio.create_task(external.run())]
+    edge = Edge(mode, broker, twins, store, mosquitto.port, tasks, mosquitto)
+
+    async def subscribed() -> bool:
+        return external.subscribed
+
+    await wait_for(subscribed, timeout=10, what="the twins subscribed on mosquitto")
+    return edge
 
 
 async def stop_edge(edge: Edge) -> None:
-    edge.task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await edge.task
+    for task in edge.tasks:
+        task.cancel()
+    for task in edge.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await edge.broker.close()
     await edge.store.close()
+    if edge.mosquitto is not None:
+        await asyncio.to_thread(edge.mosquitto.stop)
 
 
-@pytest.fixture
-async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    e = await start_edge(tmp_path)
+@pytest.fixture(params=[0, 1, 2], ids=["internal", "both", "external"])
+async def edge(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    e = await start_edge(tmp_path, request.param)
     try:
         yield e
     finally:
@@ -301,7 +326,8 @@ async def test_unchanged_device_publishes_nothing(edge: Edge, mapper: Paho) -> N
     await edge.twins.put_device(
         "default/thermo", "thermo", {"temperature": ("int", "20"), "mode": ("string", None)}
     )
-    assert edge.store.commits == commits
+    if edge.mode == 0:  # (the external bus's outbox writes the store too)
+        assert edge.store.commits == commits
     await publish(mapper, f"{DEV}/twin/get", {"event_id": "g1"})
     assert [m.topic for m in await mapper.until(f"{DEV}/twin/get/result")] == [
         f"{DEV}/twin/get",

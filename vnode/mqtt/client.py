@@ -84,6 +84,7 @@ class ExternalBus:
         self._listeners: topics.FilterIndex[int] = topics.FilterIndex()
         self._calls: dict[int, Callable[[Message], None]] = {}
         self._filters: dict[str, int] = {}  # filter -> listeners using it
+        self._pending_subs: set[int] = set()  # SUBSCRIBE packet ids not yet acknowledged
         self._ids = itertools.count(1)
         self._sub = _Link()
         self._pub = _Link()
@@ -125,7 +126,9 @@ class ExternalBus:
         self._filters[topic_filter] = self._filters.get(topic_filter, 0) + 1
         writer = self._sub.writer
         if writer is not None and self._filters[topic_filter] == 1:
-            writer.write(codec.encode(codec.Subscribe(next(self._ids) % 65535 + 1, [(topic_filter, 1)])))
+            pid = next(self._ids) % 65535 + 1
+            self._pending_subs.add(pid)
+            writer.write(codec.encode(codec.Subscribe(pid, [(topic_filter, 1)])))
 
         def stop() -> None:
             self._listeners.remove(topic_filter, key)
@@ -139,6 +142,11 @@ class ExternalBus:
     @property
     def connected(self) -> bool:
         return self._sub.connected.is_set() and self._pub.connected.is_set()
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and the broker has acknowledged every listener's subscription."""
+        return self.connected and bool(self._filters) and not self._pending_subs
 
     @property
     def waiting(self) -> int:
@@ -203,11 +211,17 @@ class ExternalBus:
         raise TimeoutError("no answer to PINGREQ")
 
     async def _serve_sub(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._pending_subs.clear()
         if self._filters:
+            self._pending_subs.add(1)
             writer.write(codec.encode(codec.Subscribe(1, [(f, 1) for f in self._filters])))
         while True:
             packet = await self._read(reader, writer)
-            if isinstance(packet, codec.Publish):
+            if isinstance(packet, codec.Suback):
+                self._pending_subs.discard(packet.packet_id)
+                if 0x80 in packet.codes:
+                    log.warning("mqtt: the external broker refused a subscription: %s", packet.codes)
+            elif isinstance(packet, codec.Publish):
                 if packet.qos == 1 and packet.packet_id is not None:
                     writer.write(codec.encode(codec.Ack(codec.Type.PUBACK, packet.packet_id)))
                 elif packet.qos == 2 and packet.packet_id is not None:
