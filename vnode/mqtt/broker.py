@@ -207,6 +207,7 @@ class Broker:
         self.store = store
         self._dirty: set[str] = set()  # persistent sessions changed since the last save
         self._retained_dirty: set[str] = set()
+        self._unsaved = asyncio.Event()
         if store is not None:
             self._load(store)
 
@@ -235,6 +236,7 @@ class Broker:
     def _changed(self, session: Session) -> None:
         if not session.clean and self.store is not None:
             self._dirty.add(session.client_id)
+            self._unsaved.set()
 
     async def save(self) -> None:
         """Write the changed persistent sessions and retained messages (one transaction)."""
@@ -295,13 +297,13 @@ class Broker:
         await self.save()
 
     async def serve(self) -> None:
-        """Save sessions every SAVE_INTERVAL until cancelled (the node's task group owns this),
-        then close (which saves once more)."""
+        """Save changed sessions at most every SAVE_INTERVAL (an idle broker does not wake) until
+        cancelled (the node's task group owns this), then close (which saves once more)."""
         try:
             while True:
-                if self.store is None:
-                    await asyncio.Event().wait()
-                await asyncio.sleep(SAVE_INTERVAL)
+                await self._unsaved.wait()
+                await asyncio.sleep(SAVE_INTERVAL)  # what changes meanwhile goes in the same save
+                self._unsaved.clear()
                 await self.save()
         finally:
             await self.close()
@@ -340,6 +342,7 @@ class Broker:
                 self.retained.pop(message.topic, None)  # MQTT-3.3.1-10, -11
             if self.store is not None:
                 self._retained_dirty.add(message.topic)
+                self._unsaved.set()
         best: dict[str, int] = {}
         for client_id, qos in self._index.match(message.topic):
             if qos >= best.get(client_id, -1):
@@ -610,6 +613,7 @@ class Broker:
     def _drop_session(self, session: Session) -> None:
         if self.store is not None:
             self._dirty.add(session.client_id)  # deleted at the next save
+            self._unsaved.set()
         for f in session.subscriptions:
             self._index.remove(f, session.client_id)
         session.subscriptions.clear()
