@@ -7,7 +7,8 @@
   subscribers, QoS 0 and QoS 1 (publishers keep 10 QoS 1 messages in flight; subscribers PUBACK).
 - Latency: the same clients at ``--rate`` messages/s in total, QoS 1; p50/p99 from publish to
   delivery (the load generator is one process, so one clock).
-- Memory: vnode's RSS with MQTT off, and with it on and ``--idle-clients`` connected clients.
+- Memory and idle CPU: vnode's RSS and CPU with MQTT off, and with it on and ``--idle-clients``
+  connected clients.
 
 Both brokers run with their default settings and get the same load from the same generator (raw
 sockets and vnode's codec, so the generator is not paho's threads). Ratios are vnode / mosquitto.
@@ -149,6 +150,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def settle(pid: int, limit: float = 0.05, timeout: float = 120.0) -> None:
+    """Wait until the broker is idle: after a QoS 0 run it still routes what the publishers had
+    sent before they closed (the kernel's socket buffers), which must not count in the next run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - before < limit * 0.5:
+            return
+    raise RuntimeError(f"broker pid {pid} still busy after {timeout}s")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -189,6 +202,7 @@ async def main(args: argparse.Namespace) -> None:
         results: dict[tuple[str, str], float] = {}
         for qos in (0, 1):
             for name, (host, p) in targets.items():
+                await settle(pids[name])
                 c = await run_load(host, p, args.clients, qos, args.seconds, None, pids[name])
                 results[(name, f"qos{qos}")] = c.delivered / args.seconds
                 per = c.cpu / max(c.delivered, 1) * 1e6
@@ -199,6 +213,7 @@ async def main(args: argparse.Namespace) -> None:
             ratio = results[("vnode", f"qos{qos}")] / results[("mosquitto", f"qos{qos}")]
             print(f"ratio vnode/mosquitto QoS {qos}: {ratio:.2f}")
         for name, (host, p) in targets.items():
+            await settle(pids[name])
             c = await run_load(host, p, args.clients, 1, args.seconds, args.rate, pids[name])
             print(
                 f"{name:9s} QoS 1 at {args.rate:.0f}/s: {c.delivered / args.seconds:.0f} delivered/s,"
@@ -206,9 +221,15 @@ async def main(args: argparse.Namespace) -> None:
             )
         print(f"vnode RSS, MQTT off: {rss_mib(plain.proc.pid):.1f} MiB")
         print(f"vnode RSS, MQTT on after the load: {rss_mib(node.proc.pid):.1f} MiB")
+        await settle(node.proc.pid)
         writers = await idle_clients("127.0.0.1", port, args.idle_clients)
         await asyncio.sleep(1.0)
         print(f"vnode RSS, MQTT on, {len(writers)} clients connected: {rss_mib(node.proc.pid):.1f} MiB")
+        idle = {"MQTT off": plain.proc.pid, f"MQTT on, {len(writers)} idle clients": node.proc.pid}
+        before = {k: cpu_seconds(pid) for k, pid in idle.items()}
+        await asyncio.sleep(args.seconds)
+        for k, pid in idle.items():
+            print(f"vnode idle CPU, {k}: {(cpu_seconds(pid) - before[k]) / args.seconds:.2%} of a core")
         for w in writers:
             w.close()
     finally:
