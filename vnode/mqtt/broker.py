@@ -404,6 +404,8 @@ class Broker:
         except codec.MalformedPacket as exc:
             self.stats.malformed += 1
             log.info("mqtt: closing %s: %s", conn.peer, exc)
+        except Exception:  # a bug must cost this connection only, never the broker
+            log.exception("mqtt: closing %s after an unexpected error", conn.peer)
         except asyncio.CancelledError:
             # The broker is closing. The task ends normally: asyncio's stream callback logs a
             # cancelled connection task as an error.
