@@ -169,7 +169,7 @@ async def measure(node: VnodeProcess, cri: CriClient, rounds: int, megabytes: in
 
     # (time to the 101, time to the exit status) of an `echo` exec, interleaved
     whole: dict[str, list[tuple[float, float]]] = {"vnode": [], "direct": []}
-    starts = {
+    starts: dict[str, Callable[[], Awaitable[spdy.SpdyConnection]]] = {
         "vnode": via_vnode("exec", command=["echo", "hi"], stdout="true"),
         "direct": lambda: direct_exec(["echo", "hi"], False),
     }

@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 import uuid
@@ -340,7 +339,7 @@ class Bootstrap:
                 wanted[key] = detached_jws(data["kubeconfig"], token["token-id"], token["token-secret"])
         if existing is not None and wanted == data and existing.get("data") == data:
             return
-        obj = {
+        obj: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "cluster-info", "namespace": "kube-public"},
@@ -423,4 +422,4 @@ def ip_sans(cert_pem: bytes) -> list[str]:
     """The IP SANs of a certificate (for tests)."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(ipaddress.ip_address(a)) for a in san.get_values_for_type(x509.IPAddress)]
+    return [str(a) for a in san.get_values_for_type(x509.IPAddress)]

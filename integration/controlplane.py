@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import builtins
 import contextlib
 import copy
 import hashlib
@@ -51,7 +52,10 @@ from integration import authapi
 from integration.kubeletproxy import SUBRESOURCES as KUBELET_SUBRESOURCES
 from integration.kubeletproxy import KubeletProxy
 from integration.pki import ClusterPki
-from vnode.api.local import status_body
+from vnode import errors
+from vnode.api.apistatus import status_body
+from vnode.kube import selectors, tables
+from vnode.kube.selectors import Requirement
 from vnode.sources.manifests import apply_pod_defaults
 
 TOKEN_KEY = os.urandom(32)
@@ -122,58 +126,20 @@ class ApiError(Exception):
 
 # -- selectors --------------------------------------------------------------------------------
 
-_REQ = re.compile(r"\s*(!?)([^=!,\s()]+)\s*(?:(==|=|!=)\s*([^,\s]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*")
+
+def parse_selector(text: str | None) -> list[Requirement]:
+    """A label or field selector, parsed by vnode's own rules (``vnode.kube.selectors``)."""
+    try:
+        return selectors.parse_selector(text)
+    except errors.InvalidInput as exc:
+        raise ApiError(400, "BadRequest", str(exc)) from None
 
 
-def parse_selector(text: str | None) -> list[tuple[str, str, list[str]]]:
-    """``a=b,c!=d,e,!f,g in (x,y)`` as (key, operator, values) requirements."""
-    if not text:
-        return []
-    out = []
-    for part in _split_requirements(text):
-        match = _REQ.fullmatch(part)
-        if not match:
-            raise ApiError(400, "BadRequest", f"unable to parse requirement: {part!r}")
-        neg, key, op, value, set_op, values = match.groups()
-        if op:
-            out.append((key, "!=" if op == "!=" else "=", [value]))
-        elif set_op:
-            out.append((key, set_op, [v.strip() for v in values.split(",") if v.strip()]))
-        else:
-            out.append((key, "!exists" if neg else "exists", []))
-    return out
+matches = selectors.matches
 
 
-def _split_requirements(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [p for p in parts if p.strip()]
-
-
-def matches(values: dict[str, str], requirements: list[tuple[str, str, list[str]]]) -> bool:
-    for key, op, wanted in requirements:
-        have = values.get(key)
-        ok = {
-            "=": have == wanted[0] if wanted else False,
-            "!=": have != wanted[0] if wanted else True,
-            "exists": have is not None,
-            "!exists": have is None,
-            "in": have in wanted,
-            "notin": have not in wanted,
-        }[op]
-        if not ok:
-            return False
-    return True
-
-
+# The imitation's own field set: every kind's name and namespace, and the Event fields vnode's
+# event poster selects by (vnode's local API serves pods only).
 def field_values(obj: dict[str, Any]) -> dict[str, str]:
     meta = obj.get("metadata", {})
     values = {"metadata.name": meta.get("name", ""), "metadata.namespace": meta.get("namespace", "")}
@@ -350,7 +316,7 @@ class Store:
         return event, body
 
     @_locked
-    def changes_since(self, rv: int) -> list[tuple[int, str, str, dict[str, Any]]]:
+    def changes_since(self, rv: int) -> builtins.list[tuple[int, str, str, dict[str, Any]]]:
         rows = self.db.execute(
             "SELECT rv, resource, type, body FROM changes WHERE rv > ? ORDER BY rv", (rv,)
         ).fetchall()
@@ -839,92 +805,13 @@ def _pod_defaults(pod: dict[str, Any]) -> None:
     pod.setdefault("status", {"phase": "Pending"})
 
 
-def _age(meta: dict[str, Any]) -> str:
-    created = meta.get("creationTimestamp")
-    if not created:
-        return "<unknown>"
-    seconds = int(
-        (datetime.now(tz=UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
-    )
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= 2 * size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _columns(kind: str) -> list[tuple[str, int]]:
-    if kind == "Node":
-        return [("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1),
-                ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)]  # fmt: skip
-    if kind == "Pod":
-        return [("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1)]
-    return [("Name", 0), ("Age", 0)]
-
-
-def _cells(obj: dict[str, Any]) -> list[Any]:
-    meta, st = obj["metadata"], obj.get("status") or {}
-    if obj["kind"] == "Node":
-        ready = next((c["status"] for c in st.get("conditions") or [] if c.get("type") == "Ready"), "Unknown")
-        labels = meta.get("labels") or {}
-        roles = ",".join(
-            sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
-        )
-        address = next(
-            (a["address"] for a in st.get("addresses") or [] if a.get("type") == "InternalIP"), "<none>"
-        )
-        info = st.get("nodeInfo") or {}
-        state = "Ready" if ready == "True" else "NotReady"
-        versions = [info.get(k, "") for k in ("osImage", "kernelVersion", "containerRuntimeVersion")]
-        return [
-            meta["name"],
-            state,
-            roles or "<none>",
-            _age(meta),
-            info.get("kubeletVersion", ""),
-            address,
-            *versions,
-        ]
-    if obj["kind"] == "Pod":
-        statuses = st.get("containerStatuses") or []
-        total = len((obj.get("spec") or {}).get("containers") or [])
-        ready = sum(1 for c in statuses if c.get("ready"))
-        reason = st.get("phase", "Pending")
-        for c in statuses:
-            waiting = (c.get("state") or {}).get("waiting")
-            if waiting and waiting.get("reason"):
-                reason = waiting["reason"]
-        if meta.get("deletionTimestamp"):
-            reason = "Terminating"
-        restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
-        node = (obj.get("spec") or {}).get("nodeName") or "<none>"
-        return [
-            meta["name"],
-            f"{ready}/{total}",
-            reason,
-            restarts,
-            _age(meta),
-            st.get("podIP") or "<none>",
-            node,
-        ]
-    return [meta["name"], _age(meta)]
-
-
 def as_table(kind: str, objects: list[dict[str, Any]], rv: str) -> dict[str, Any]:
-    """A meta.k8s.io/v1 Table, which kubectl asks for to print ``get`` output."""
-    columns = []
-    for name, priority in _columns(kind):
-        kind_of = "integer" if name == "Restarts" else "string"
-        form = "name" if name == "Name" else ""
-        columns.append(
-            {"name": name, "type": kind_of, "format": form, "description": "", "priority": priority}
-        )
-    rows = [{"cells": _cells(o), "object": o} for o in objects]
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
-            "columnDefinitions": columns, "rows": rows}  # fmt: skip
+    """A meta.k8s.io/v1 Table, which kubectl asks for to print ``get`` output (vnode's columns)."""
+    return tables.table(kind, objects, rv, datetime.now(tz=UTC))
 
 
 def _wants_table(request: web.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "")
+    return tables.wants_table(request.headers.get("Accept", ""))
 
 
 def _expired(rv: int) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
@@ -346,7 +346,7 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         return api_pb2.PodSandboxStatus(
             id=sandbox.id,
             metadata=config.metadata,
-            state=sandbox.state,
+            state=cast(Any, sandbox.state),  # an int: the stubs want the enum's NewType
             created_at=sandbox.created_at,
             network=api_pb2.PodSandboxNetworkStatus(ip=sandbox.ip),
             linux=api_pb2.LinuxPodSandboxStatus(
@@ -483,7 +483,7 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         status = api_pb2.ContainerStatus(
             id=c.id,
             metadata=config.metadata,
-            state=c.state,
+            state=cast(Any, c.state),
             created_at=c.created_at,
             started_at=c.started_at,
             finished_at=c.finished_at,

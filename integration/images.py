@@ -242,8 +242,8 @@ def build_images() -> list[Image]:
     prefix = (LAYOUT_VERSION + arch()).encode()
     busybox_key = hashlib.sha256(prefix + busybox.read_bytes()).hexdigest()[:16]
     pause_key = hashlib.sha256(prefix + PAUSE_SOURCE.encode()).hexdigest()[:16]
-    busybox_config = {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}
-    builds: list[tuple[str, str, Callable[[], bytes], dict[str, object]]] = [
+    busybox_config: dict[str, object] = {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}
+    builds: list[tuple[str, str, Callable[..., bytes], dict[str, object]]] = [
         (BUSYBOX, busybox_key, busybox_layer, busybox_config),
         (PAUSE, pause_key, pause_layer, {"Entrypoint": ["/pause"]}),
     ]

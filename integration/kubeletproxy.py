@@ -32,7 +32,7 @@ from yarl import URL
 
 from integration.pki import ClusterPki
 from vnode import errors
-from vnode.api.local import status_body
+from vnode.api.apistatus import status_body
 from vnode.streaming.upgrade import forwarded_headers, open_upstream, splice, take_over
 
 SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward"})

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from vnode.mqtt import codec
 
@@ -69,21 +71,25 @@ class Paho:
         self.client.on_subscribe = self._on_subscribe
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        self.messages.put(Received(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
+        self.messages.put(Received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
 
     def _on_connect(
-        self, client: paho.Client, userdata: object, flags: object, rc: object, props: object
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
     ) -> None:
-        present = bool(getattr(flags, "session_present", False))
-        self.connacks.put((present, int(getattr(rc, "value", rc))))  # type: ignore[arg-type]
+        self.connacks.put((bool(flags.session_present), int(rc.value)))
 
     def _on_disconnect(self, *args: object) -> None:
         self.disconnected.set()
 
     def _on_subscribe(
-        self, client: paho.Client, userdata: object, mid: int, codes: list[object], p: object
+        self, client: paho.Client, userdata: object, mid: int, codes: list[ReasonCode], p: Properties
     ) -> None:
-        self.subacks.put([int(getattr(c, "value", c)) for c in codes])  # type: ignore[call-overload]
+        self.subacks.put([int(c.value) for c in codes])
 
     async def connect(self) -> bool:
         """Connect and start the network thread; returns the CONNACK's session-present flag."""

@@ -9,7 +9,9 @@ VNODE_EXTRAS=test,lint scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check vnode tests integration bench
 .venv/bin/ruff format --check vnode tests integration bench
+echo "== import layers"
+.venv/bin/lint-imports --no-cache
 echo "== mypy"
-.venv/bin/mypy vnode
+.venv/bin/mypy vnode integration bench
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

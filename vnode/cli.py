@@ -100,15 +100,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _event_bus_status(store: Store) -> None:
     """MQTT's state in the store: persistent sessions, retained messages, the external broker's
-    outbox, and the devices with their state and twins (table names from vnode.mqtt, vnode.devices)."""
-    sessions, retained = len(store.items("mqtt_sessions")), len(store.items("mqtt_retained"))
-    outbox = len(store.items("mqtt_outbox"))
+    outbox, and the devices with their state and twins."""
+    from vnode.store import layout
+
+    sessions, retained = len(store.items(layout.MQTT_SESSIONS)), len(store.items(layout.MQTT_RETAINED))
+    outbox = len(store.items(layout.MQTT_OUTBOX))
     if sessions or retained or outbox:
         print(
             f"mqtt: {sessions} persistent session(s), {retained} retained message(s), "
             f"{outbox} waiting for the external broker"
         )
-    for device_id, device in store.items("device_twins"):
+    for device_id, device in store.items(layout.DEVICE_TWINS):
         twins = ", ".join(
             f"{key}={(t.get('actual') or {}).get('value', '-')}/{(t.get('expected') or {}).get('value', '-')}"
             for key, t in sorted((device.get("twin") or {}).items())
@@ -121,7 +123,7 @@ def _event_bus_status(store: Store) -> None:
 def _status(root_dir: Path) -> int:
     """What the store says: its size, whose cache it is, the link to the control plane, the
     objects kept for offline use, and the pods with their last phase. Runs beside a live node."""
-    from vnode.store import Store
+    from vnode.store import Store, layout
 
     path = root_dir / "store"
     if not (path / "data.mdb").exists():
@@ -133,34 +135,40 @@ def _status(root_dir: Path) -> int:
         print(f"vnode: {exc}", file=sys.stderr)
         return 1
     try:
-        states = dict(store.items("podstate"))
+        states: dict[str, layout.PodState] = dict(store.items(layout.PODSTATE))
         info = store.info()
         print(f"store {path}: {info['used']} of {info['map_size']} bytes used")
-        owner = store.get("meta", "owner")
+        owner: layout.Owner | None = store.get(layout.META, "owner")
         if owner:
             print(f"cache of node {owner.get('node')} in the cluster with CA sha256:{owner.get('caHash')}")
-        link = store.get("link", "state") or {}
+        link: layout.LinkState = store.get(layout.LINK, layout.LINK_STATE) or layout.LinkState()
         if link.get("offlineSince"):
             print(f"control plane: unreachable, running offline since {link['offlineSince']}")
         elif link.get("activeMaster"):
             print(f"control plane: reachable at the last heartbeat, through {link['activeMaster']}")
-        waiting = [key for key, _ in store.items("events") if key != "dropped"]
-        if waiting or store.get("events", "dropped"):
-            print(
-                f"events waiting to be posted: {len(waiting)} ({store.get('events', 'dropped') or 0} dropped)"
-            )
+        waiting = [key for key, _ in store.items(layout.EVENTS) if key != layout.EVENTS_DROPPED]
+        dropped = store.get(layout.EVENTS, layout.EVENTS_DROPPED) or 0
+        if waiting or dropped:
+            print(f"events waiting to be posted: {len(waiting)} ({dropped} dropped)")
         from vnode.security.certs import status_lines
 
         for line in status_lines(root_dir):
             print(line)
         _event_bus_status(store)
-        kinds = Counter(key.split("/", 1)[0] for key, _ in store.items("objects"))
+        kinds = Counter(key.split("/", 1)[0] for key, _ in store.items(layout.OBJECTS))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
-        for uid, record in store.items("pods"):
+        pods: list[tuple[str, layout.PodRecord]] = list(store.items(layout.PODS))
+        for uid, record in pods:
             meta = record["pod"]["metadata"]
-            phase = ((states.get(uid) or {}).get("status") or {}).get("phase", "Pending")
-            print(f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}")
+            state = states.get(uid)
+            status = state.get("status") if state is not None else None
+            phase = (status or {}).get("phase", "Pending")
+            line = f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}"
+            problem = state.get("problem") if state is not None else None
+            if problem:
+                line += f"\tsync failing since {problem['since']}: {problem['message']}"
+            print(line)
     finally:
         store.close_sync()
     return 0

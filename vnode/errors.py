@@ -9,13 +9,26 @@ translated where they enter (``raise ... from exc``), so callers catch by meanin
      |    +-- Unprocessable   well-formed but failing validation (kubelet's 422 cases)    -> 422
      +-- NotFound             no such pod, container, sandbox, image, log file             -> 404
      +-- Conflict             a stale or duplicate write                                  -> 409
+     +-- Expired              a list or watch from a resourceVersion the server no longer  -> 410
+                              has: list again
+     +-- Unauthenticated      a credential presented and rejected, or none and no anonymous -> 401
+     +-- AuthorizationError   no authorization decision could be made (webhook unreachable, -> 500
+                              nothing cached): fail closed
+     +-- TooMany              a limit on concurrent work is reached: retry later           -> 429
      +-- Unavailable          a dependency is down (containerd, the API server)           -> 503
      +-- RuntimeFailure       the runtime refused or failed an operation                  -> 500
+     +-- ProtocolError        a streaming peer spoke something that is not SPDY/3 (the
+                              connection is closed)
      +-- StoreError           the LMDB store can't be opened or written
      |    +-- StoreFull        the map is full: callers degrade instead of crashing
      +-- NodeDeleted          the Node object was deleted and the config says exit (exit code 3)
+     +-- CannotListen         a port is taken or not ours to bind (exit code 5): not a config
+                              error, the same config may start once the port is free
      +-- JoinRefused          join: the cluster is not the one pinned, the token is wrong or unknown,
                               or the CSR was denied; nothing was written
+
+The local API's ``ApiError`` (``vnode.api.local``) is a ``VnodeError`` carrying the exact status
+code, reason and message of a metav1.Status body; it is made from the classes above at the edge.
 
 ``HTTP_STATUS`` maps each class to the status code the kubelet API answers with; the HTTP layer
 looks codes up there and nowhere else.
@@ -53,6 +66,22 @@ class Conflict(VnodeError):
     """The write is stale or duplicates an existing object."""
 
 
+class Expired(VnodeError):
+    """410 Gone: the resourceVersion asked for is older than the server keeps; list again."""
+
+
+class Unauthenticated(VnodeError):
+    """A credential was presented and rejected, or none was and anonymous is off (401)."""
+
+
+class AuthorizationError(VnodeError):
+    """No decision could be made (the webhook is unreachable and nothing is cached)."""
+
+
+class ProtocolError(VnodeError):
+    """The peer sent something that is not SPDY/3."""
+
+
 class Unavailable(VnodeError):
     """A dependency is out of reach; retrying later may succeed."""
 
@@ -77,6 +106,14 @@ class JoinRefused(VnodeError):
     """``vnode join`` will not trust this cluster or was not let in; nothing was written."""
 
 
+class CannotListen(VnodeError):
+    """A listener cannot bind its address; ``setting`` names the option that chose it."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting}: {reason}")
+        self.setting = setting
+
+
 class NodeDeleted(VnodeError):
     """The Node object was deleted from the API and ``cluster.onNodeDeleted`` is ``exit``."""
 
@@ -86,6 +123,9 @@ HTTP_STATUS: dict[type[VnodeError], int] = {
     InvalidInput: 400,
     NotFound: 404,
     Conflict: 409,
+    Expired: 410,
+    Unauthenticated: 401,
+    AuthorizationError: 500,
     TooMany: 429,
     Unavailable: 503,
     RuntimeFailure: 500,

@@ -14,6 +14,8 @@ import pytest
 from integration.containerd import Containerd, unmount_under
 from integration.kube import KubeCluster
 from integration.kube.view import ClusterView
+from integration.node import VnodeProcess, running_node
+from vnode.runtime.cri import CriClient
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,6 +51,24 @@ async def cluster(kube: KubeCluster, request: pytest.FixtureRequest) -> AsyncIte
         yield view
     finally:
         await view.close()
+
+
+@pytest.fixture
+async def node(containerd: Containerd, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
+    """A standalone vnode (static pods only) on the session's containerd; modules that need
+    another kind of node define their own ``node``."""
+    async with running_node(tmp_path, containerd.endpoint) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def cri(containerd: Containerd) -> AsyncIterator[CriClient]:
+    """A CRI client of the session's containerd, as the tests' own view of the runtime."""
+    client = CriClient(containerd.endpoint, timeout=30)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture(autouse=True)

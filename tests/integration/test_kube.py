@@ -485,3 +485,30 @@ async def test_plain_http_through_kubectl_proxy(
     finally:
         proxy.kill()
         await proxy.wait()
+
+
+async def test_a_deployment_rolls_out_as_its_pods_turn_ready(
+    cluster: ClusterView, edge: VnodeProcess
+) -> None:
+    """Readiness decides the rollout: while the probe fails, ``kubectl get pods`` shows READY 0/1
+    and ``rollout status`` says it waits; once the pods turn Ready it completes."""
+    probe = {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1}
+    await apply(cluster, deployment("gated", 2, "edge1", "sleep 3600", readinessProbe=probe))
+
+    async def unready_running() -> list[dict[str, Any]] | None:
+        pods = await pods_by_label(cluster, "app=gated")
+        ok = len(pods) == 2 and all(p.get("status", {}).get("phase") == "Running" for p in pods)
+        return pods if ok and not any(conditions(p).get("Ready") == "True" for p in pods) else None
+
+    pods = await wait_for(unready_running, timeout=120, what="two Running, unready pods")
+    table = await cluster.kubectl("get", "pods", "-l", "app=gated", "--no-headers")
+    assert [line.split()[1] for line in table.splitlines()] == ["0/1", "0/1"], table
+    status = await cluster.kubectl("rollout", "status", "deployment/gated", "--watch=false")
+    assert "0 of 2 updated replicas are available" in status, status
+
+    for pod in pods:
+        await cluster.kubectl("exec", pod["metadata"]["name"], "--", "touch", "/tmp/ready")
+    out = await cluster.kubectl("rollout", "status", "deployment/gated", "--timeout=120s", timeout=150)
+    assert 'deployment "gated" successfully rolled out' in out
+    table = await cluster.kubectl("get", "pods", "-l", "app=gated", "--no-headers")
+    assert [line.split()[1] for line in table.splitlines()] == ["1/1", "1/1"], table

@@ -420,8 +420,8 @@ async def test_vnode_refuses_a_taken_broker_port(tmp_path: Path) -> None:
         )
         await node.start(wait=False)
         assert node.proc is not None
-        assert await node.proc.wait() == 2
-    assert "eventBus.mqttServerInternal: cannot listen on 127.0.0.1" in node.log_tail()
+        assert await node.proc.wait() == 5
+    assert "eventBus.mqttServerInternal: MQTT broker: cannot listen on 127.0.0.1" in node.log_tail()
 
 
 def test_mqtt_not_imported_when_disabled() -> None:

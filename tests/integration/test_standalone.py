@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from integration.containerd import Containerd
 from integration.node import (
@@ -24,27 +24,11 @@ from integration.node import (
     container_status,
     free_port,
     is_running,
-    running_node,
     wait_for,
 )
 from vnode.provider.types import ContainerState
 from vnode.runtime import labels
 from vnode.runtime.cri import CriClient
-
-
-@pytest.fixture
-async def node(containerd: Any, tmp_path: Path) -> AsyncIterator[VnodeProcess]:
-    async with running_node(tmp_path, containerd.endpoint) as proc:
-        yield proc
-
-
-@pytest.fixture
-async def cri(containerd: Any) -> AsyncIterator[CriClient]:
-    client = CriClient(containerd.endpoint, timeout=30)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def container_ids(cri: CriClient, node: VnodeProcess) -> dict[tuple[str, str], tuple[str, str]]:
@@ -210,13 +194,64 @@ async def test_sigkill_and_restart_keep_every_container(node: VnodeProcess, cri:
         await node.wait_pod(f"keep{i}", lambda p: is_running(p, "main"))
     before = await container_ids(cri, node)
     assert len(before) == 3
+    created = {name: pod["metadata"] for name, pod in (await node.pods()).items()}
 
     await node.kill()
     await node.start()
     for i in range(3):
         pod = await node.wait_pod(f"keep{i}", lambda p: is_running(p, "main"))
         assert container_status(pod, "main")["restartCount"] == 0
+        # A static pod keeps its creation time, so its AGE, across restarts (to the microsecond
+        # in config.seen, which the creationTimestamp is cut from).
+        meta, was = pod["metadata"], created[pod["metadata"]["name"]]
+        assert meta["creationTimestamp"] == was["creationTimestamp"]
+        assert (
+            meta["annotations"]["kubernetes.io/config.seen"]
+            == was["annotations"]["kubernetes.io/config.seen"]
+        )
     assert await container_ids(cri, node) == before
+
+
+async def test_sigkill_while_pods_start_starts_each_application_once(
+    node: VnodeProcess, cri: CriClient, tmp_path: Path
+) -> None:
+    """vnode is killed while 30 pods are being started, ideally with a container created and not
+    yet started: after the restart every pod runs once, with no restart counted that did not
+    happen, and nothing is left over. Each container appends a line to a host file as it starts,
+    so an application started twice shows as a second line."""
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    count = 30
+    for i in range(count):
+        pod = busybox_pod(
+            f"start{i}",
+            f"echo started >> /starts/start{i}; sleep 3600",
+            volumes=[{"name": "starts", "hostPath": {"path": str(starts)}}],
+            container={"volumeMounts": [{"name": "starts", "mountPath": "/starts"}]},
+        )
+        node.write_manifest(f"start{i}.yaml", pod)
+
+    async def mid_start() -> bool | None:
+        states = [state for _, state in (await container_ids(cri, node)).values()]
+        created = states.count("0")  # CRI's CONTAINER_CREATED, as container_ids gives it
+        return True if created or states.count(ContainerState.RUNNING.name) >= count // 2 else None
+
+    await wait_for(mid_start, timeout=120, interval=0.02, what="pods being started")
+    await node.kill()
+    await node.start()
+    for i in range(count):
+        pod = await node.wait_pod(f"start{i}", lambda p: is_running(p, "main"), timeout=120)
+        assert container_status(pod, "main")["restartCount"] == 0, pod["metadata"]["name"]
+
+    async def settled() -> dict[tuple[str, str], tuple[str, str]] | None:
+        found = await container_ids(cri, node)
+        sandboxes = await cri.list_pod_sandboxes({labels.NODE_LABEL: node.node_name})
+        return found if len(found) == count and len(sandboxes) == count else None
+
+    found = await wait_for(settled, timeout=60, what="one sandbox and one container per pod in the runtime")
+    assert all(state == ContainerState.RUNNING.name for _, state in found.values()), found
+    lines = {path.name: path.read_text().count("started") for path in starts.iterdir()}
+    assert lines == {f"start{i}": 1 for i in range(count)}
 
 
 async def test_removing_a_manifest_removes_the_pod(node: VnodeProcess, cri: CriClient) -> None:
@@ -324,6 +359,22 @@ async def test_container_logs_follow_streams_until_the_container_ends(node: Vnod
         await client.close()
     done = await node.wait_pod("ticker", lambda p: p["status"]["phase"] == "Succeeded")
     assert container_status(done, "main")["state"]["terminated"]["reason"] == "Completed"
+
+
+async def test_a_taken_port_is_its_own_error_not_a_config_error(containerd: Any, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = VnodeProcess(
+            tmp_path, containerd.endpoint, extra_args=[f"--port={port}", "--address=127.0.0.1"]
+        )
+        await proc.start(wait=False)
+        assert proc.proc is not None
+        assert await proc.proc.wait() == 5
+    log = proc.log_tail()
+    assert f"cannot listen: server.port: kubelet: cannot listen on 127.0.0.1:{port}" in log, log
+    assert "config error" not in log
 
 
 async def test_a_socket_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:

@@ -9,12 +9,10 @@ import asyncio
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.containerd import Containerd
@@ -27,15 +25,6 @@ from vnode.runtime.cri import CriClient
 
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-@pytest.fixture
-async def cri(containerd: Containerd) -> AsyncIterator[CriClient]:
-    client = CriClient(containerd.endpoint, timeout=30)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def busy_pod(trigger: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ in front of a real HTTPS kubelet API (OpenSSL verifying client certificates) and
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import stat
 import warnings
@@ -20,12 +21,12 @@ from vnode import errors
 from vnode.api.guard import Guard
 from vnode.api.server import KubeletHandlers, KubeletServer
 from vnode.config.loader import load_settings
+from vnode.errors import AuthorizationError, Unauthenticated
 from vnode.security import tlspolicy
-from vnode.security.authn import Authenticator, TokenReviewer, TtlCache, Unauthenticated, User
+from vnode.security.authn import Authenticator, TokenReviewer, TtlCache, User
 from vnode.security.authz import (
     AlwaysAllow,
     Attributes,
-    AuthorizationError,
     WebhookAuthorizer,
     kubelet_attributes,
     local_api_attributes,
@@ -275,7 +276,10 @@ async def call(
         return resp.status, await resp.text()
 
 
-async def test_kubelet_api_codes_and_texts(pki: Pki, kubelet: Callable[..., Any]) -> None:
+async def test_kubelet_api_codes_and_texts(
+    pki: Pki, kubelet: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vnode.api.guard")
     api = FakeApi({"log-token": "log-reader"}, {("log-reader", "get", "log"), ("viewer", "get", "pods")})
     url = await kubelet(WebhookAuthorizer(api.post), reviewer=TokenReviewer(api.post))
     nobody = client_context()
@@ -303,6 +307,8 @@ async def test_kubelet_api_codes_and_texts(pki: Pki, kubelet: Callable[..., Any]
     status, text = await call(url, "/healthz", norights)
     assert status == 500 and text.startswith("Authorization error (user=nobody, verb=get"), text
     assert (await call(url, "/pods", admin))[0] == 200  # break-glass works offline
+    audit = [r.getMessage() for r in caplog.records if "break-glass certificate" in r.getMessage()]
+    assert audit == ["break-glass certificate vnode:admin: GET /pods"]  # once a minute, not per request
 
 
 async def test_untrusted_certificates_and_old_tls_are_refused(pki: Pki, kubelet: Callable[..., Any]) -> None:

@@ -200,7 +200,7 @@ async def test_unavailable_when_every_master_fails_and_none_is_dropped(
     [
         (404, errors.NotFound),
         (409, errors.Conflict),
-        (410, errors.Conflict),
+        (410, errors.Expired),
         (422, errors.Unprocessable),
         (400, errors.InvalidInput),
     ],

@@ -17,12 +17,13 @@ from aiohttp import web
 
 from integration.faults import FaultyMaster, serving
 from integration.node import wait_for
-from vnode.app.events import RecordedEvent
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
 from vnode.controllers import events as poster_module
-from vnode.controllers.events import TABLE, EventPoster
+from vnode.controllers.eventlog import RecordedEvent
+from vnode.controllers.events import EventPoster
 from vnode.store import Store
+from vnode.store.layout import EVENTS as TABLE
 
 
 def event(i: int) -> RecordedEvent:

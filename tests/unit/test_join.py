@@ -155,8 +155,9 @@ async def test_swapping_the_serving_pair_keeps_open_streams_and_serves_new_conne
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
-        while True:
-            await response.write(f"{await ticks.get()}\n".encode())
+        while tick := await ticks.get():  # 0 ends the stream
+            await response.write(f"{tick}\n".encode())
+        return response
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
@@ -195,4 +196,5 @@ async def test_swapping_the_serving_pair_keeps_open_streams_and_serves_new_conne
             assert await asyncio.wait_for(old.content.readline(), 5) == b"2\n"
             assert (("commonName", "old"),) in transport.get_extra_info("peercert")["subject"]
     finally:
+        ticks.put_nowait(0)  # the handler is not cancelled by the runner's cleanup
         await runner.cleanup()

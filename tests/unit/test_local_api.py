@@ -16,9 +16,13 @@ import yaml
 from integration.faults import serving
 from integration.node import wait_for
 from vnode import errors
-from vnode.api import local, server
-from vnode.api.local import ApiError, Filter, PodHistory, parse_selector
+from vnode.api import credentials, local, server, watchcache
+from vnode.api.apistatus import ApiError
+from vnode.api.watchcache import PodHistory
+from vnode.kube import selectors, tables
+from vnode.kube.selectors import Filter, parse_selector
 from vnode.provider.protocols import LogTarget
+from vnode.security import keys
 from vnode.security.tls import ensure_self_signed
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
@@ -78,23 +82,23 @@ class FakePods:
 
 def test_label_selectors_match_like_the_api_server() -> None:
     labels = {"app": "web", "tier": "front"}
-    assert local.matches(labels, parse_selector("app=web,tier!=back"))
-    assert local.matches(labels, parse_selector("app in (web, api), !missing, tier"))
-    assert not local.matches(labels, parse_selector("app notin (web)"))
-    assert not local.matches(labels, parse_selector("app==api"))
-    assert not local.matches(labels, parse_selector("missing"))
+    assert selectors.matches(labels, parse_selector("app=web,tier!=back"))
+    assert selectors.matches(labels, parse_selector("app in (web, api), !missing, tier"))
+    assert not selectors.matches(labels, parse_selector("app notin (web)"))
+    assert not selectors.matches(labels, parse_selector("app==api"))
+    assert not selectors.matches(labels, parse_selector("missing"))
     assert parse_selector("") == []
 
 
 def test_field_selectors_accept_only_known_fields_and_equality() -> None:
-    reqs = parse_selector("status.phase=Running,metadata.name!=x", fields=local.POD_FIELDS)
+    reqs = parse_selector("status.phase=Running,metadata.name!=x", fields=selectors.POD_FIELDS)
     assert reqs == [("status.phase", "=", ("Running",)), ("metadata.name", "!=", ("x",))]
-    with pytest.raises(ApiError) as bad_field:
-        parse_selector("spec.restartPolicy=Always", fields=local.POD_FIELDS)
-    assert bad_field.value.code == 400 and "field label not supported" in bad_field.value.message
-    with pytest.raises(ApiError):
-        parse_selector("status.phase in (Running)", fields=local.POD_FIELDS)
-    with pytest.raises(ApiError):
+    with pytest.raises(errors.InvalidInput) as bad_field:
+        parse_selector("spec.restartPolicy=Always", fields=selectors.POD_FIELDS)
+    assert errors.http_status(bad_field.value) == 400 and "field label not supported" in str(bad_field.value)
+    with pytest.raises(errors.InvalidInput):
+        parse_selector("status.phase in (Running)", fields=selectors.POD_FIELDS)
+    with pytest.raises(errors.InvalidInput):
         parse_selector("a=b=c")
 
 
@@ -112,12 +116,12 @@ def test_human_age_follows_kubectl() -> None:
     cases = {0: "0s", 119: "119s", 125: "2m5s", 600: "10m", 7200: "120m", 3 * 3600 + 60: "3h1m",
              20 * 3600: "20h", 3 * 86400 + 3600: "3d1h", 30 * 86400: "30d",
              3 * 365 * 86400: "3y0d"}  # fmt: skip
-    assert {s: local.human_age(s) for s in cases} == cases
+    assert {s: tables.human_age(s) for s in cases} == cases
 
 
 def test_pod_table_has_kubectl_columns_and_partial_metadata_rows() -> None:
     pods = [make_pod("a"), make_pod("b", ready=False, restarts=3)]
-    table = local.table("Pod", pods, "7", NOW)
+    table = tables.table("Pod", pods, "7", NOW)
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     names = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
     assert names == [
@@ -135,7 +139,7 @@ def test_pod_table_has_kubectl_columns_and_partial_metadata_rows() -> None:
     ]
     assert table["rows"][0]["object"] == {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                                           "metadata": pods[0]["metadata"]}  # fmt: skip
-    assert "columnDefinitions" not in local.table("Pod", pods, "7", NOW, columns=False)
+    assert "columnDefinitions" not in tables.table("Pod", pods, "7", NOW, columns=False)
 
 
 def test_pod_status_text_covers_init_and_deletion() -> None:
@@ -145,19 +149,19 @@ def test_pod_status_text_covers_init_and_deletion() -> None:
         {"name": "i1", "state": {"terminated": {"exitCode": 0}}},
         {"name": "i2", "state": {"running": {}}},
     ]
-    assert local.pod_status_text(pod) == "Init:1/2"
+    assert tables.pod_status_text(pod) == "Init:1/2"
     pod["status"]["initContainerStatuses"][1]["state"] = {"terminated": {"exitCode": 3, "reason": "Error"}}
-    assert local.pod_status_text(pod) == "Init:Error"
+    assert tables.pod_status_text(pod) == "Init:Error"
     pod["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:00Z"
-    assert local.pod_status_text(pod) == "Terminating"
+    assert tables.pod_status_text(pod) == "Terminating"
 
 
 def test_node_table_row() -> None:
     node = local.minimal_node("edge-1", "192.0.2.1", {"zone": "a"}, None, "2026-11-24T10:00:00Z", "v1.32.0")
-    row = local.table("Node", [node], "1", NOW)["rows"][0]["cells"]
+    row = tables.table("Node", [node], "1", NOW)["rows"][0]["cells"]
     assert row[:5] == ["edge-1", "Ready", "edge", "120m", "v1.32.0"] and row[5] == "192.0.2.1"
     down = local.minimal_node("edge-1", "192.0.2.1", {}, "socket gone", "2026-11-24T10:00:00Z", "v1.32.0")
-    assert local.node_cells(down, NOW)[1] == "NotReady"
+    assert tables.node_cells(down, NOW)[1] == "NotReady"
     assert down["metadata"]["labels"]["kubernetes.io/hostname"] == "edge-1"
 
 
@@ -166,9 +170,9 @@ def test_wants_table_reads_kubectls_accept_header() -> None:
         "application/json;as=Table;v=v1;g=meta.k8s.io,"
         "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
     )
-    assert local.wants_table(accept)
-    assert not local.wants_table("application/json")
-    assert not local.wants_table("application/json;as=Table;v=v1beta1;g=meta.k8s.io")
+    assert tables.wants_table(accept)
+    assert not tables.wants_table("application/json")
+    assert not tables.wants_table("application/json;as=Table;v=v1beta1;g=meta.k8s.io")
 
 
 def test_errors_are_status_objects() -> None:
@@ -208,8 +212,8 @@ def test_filtered_watch_turns_leaving_into_deleted(tmp_path: Path) -> None:
     history = PodHistory(pods)
     pods.change(make_pod("a"))
     pods.change(make_pod("a", phase="Failed"))
-    running = Filter(None, [], parse_selector("status.phase=Running", fields=local.POD_FIELDS))
-    events = [local.filtered(e, running) for e in history.since(0) or []]
+    running = Filter(None, [], parse_selector("status.phase=Running", fields=selectors.POD_FIELDS))
+    events = [watchcache.filtered(e, running) for e in history.since(0) or []]
     assert [(e[0], e[1]["status"]["phase"]) if e else None for e in events] == [
         ("ADDED", "Running"),
         ("DELETED", "Failed"),
@@ -221,35 +225,35 @@ def test_filtered_watch_turns_leaving_into_deleted(tmp_path: Path) -> None:
 
 def test_token_is_kept_private_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "local.token"
-    token = local.ensure_token(path)
+    token = credentials.ensure_token(path)
     assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
-    assert local.ensure_token(path) == token
+    assert credentials.ensure_token(path) == token
     path.chmod(0o644)  # readable by others: no longer a secret
-    assert local.ensure_token(path) != token
+    assert credentials.ensure_token(path) != token
 
 
 def test_kubeconfig_trusts_a_self_signed_cert_and_skips_verify_otherwise(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.crt", tmp_path / "c.key"
     ensure_self_signed(cert, key, hostnames=["edge-1"], ips=["127.0.0.1"])
     pem = cert.read_text()
-    assert local.is_self_signed(pem)
-    config = local.kubeconfig("https://127.0.0.1:10350", pem, TOKEN)
+    assert keys.is_self_signed(pem)
+    config = credentials.kubeconfig("https://127.0.0.1:10350", pem, TOKEN)
     cluster = config["clusters"][0]["cluster"]
     assert base64.b64decode(cluster["certificate-authority-data"]).decode() == pem
     assert config["current-context"] == "vnode-local" and config["users"][0]["user"]["token"] == TOKEN
 
     issued = _ca_issued_cert()
-    assert not local.is_self_signed(issued)
-    assert local.kubeconfig("https://x:1", issued, TOKEN)["clusters"][0]["cluster"] == {
+    assert not keys.is_self_signed(issued)
+    assert credentials.kubeconfig("https://x:1", issued, TOKEN)["clusters"][0]["cluster"] == {
         "server": "https://x:1",
         "insecure-skip-tls-verify": True,
     }
-    path = tmp_path / "local.kubeconfig"
-    local.write_kubeconfig(path, "https://127.0.0.1:1", pem, TOKEN)
+    path = tmp_path / "credentials.kubeconfig"
+    credentials.write_kubeconfig(path, "https://127.0.0.1:1", pem, TOKEN)
     assert path.stat().st_mode & 0o777 == 0o600 and yaml.safe_load(path.read_text())["kind"] == "Config"
     assert (
-        local.server_url("0.0.0.0", 5) == "https://127.0.0.1:5"
-        and local.server_url("::1", 5) == "https://[::1]:5"
+        credentials.server_url("0.0.0.0", 5) == "https://127.0.0.1:5"
+        and credentials.server_url("::1", 5) == "https://[::1]:5"
     )
 
 

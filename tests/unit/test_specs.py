@@ -10,8 +10,9 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from vnode import errors
+from vnode.kube import images
+from vnode.kube.quantity import milli_cpu, parse_quantity, to_bytes
 from vnode.runtime import labels, specs
-from vnode.runtime.quantity import milli_cpu, parse_quantity, to_bytes
 from vnode.runtime.validation import validate_pod
 
 CAPACITY = specs.NodeCapacity(cpus=2, memory=4 << 30)
@@ -47,21 +48,21 @@ def test_quantities() -> None:
     ],
 )
 def test_normalize_image(given: str, expected: str) -> None:
-    assert specs.normalize_image(given) == expected
+    assert images.normalize_image(given) == expected
 
 
 def test_bad_image_name() -> None:
     with pytest.raises(errors.InvalidInput, match="invalid reference format"):
-        specs.normalize_image("Busy Box")
+        images.normalize_image("Busy Box")
 
 
 def test_image_pull_policy() -> None:
-    assert specs.image_pull_needed({"image": "busybox"}, present=True) is True
-    assert specs.image_pull_needed({"image": "busybox:1.35"}, present=True) is False
-    assert specs.image_pull_needed({"image": "busybox:1.35"}, present=False) is True
-    assert specs.image_pull_needed({"image": "x:1", "imagePullPolicy": "Never"}, present=False) is None
-    assert specs.image_pull_needed({"image": "x:1", "imagePullPolicy": "Never"}, present=True) is False
-    assert specs.image_pull_needed({"image": "x:1", "imagePullPolicy": "Always"}, present=True) is True
+    assert images.image_pull_needed({"image": "busybox"}, present=True) is True
+    assert images.image_pull_needed({"image": "busybox:1.35"}, present=True) is False
+    assert images.image_pull_needed({"image": "busybox:1.35"}, present=False) is True
+    assert images.image_pull_needed({"image": "x:1", "imagePullPolicy": "Never"}, present=False) is None
+    assert images.image_pull_needed({"image": "x:1", "imagePullPolicy": "Never"}, present=True) is False
+    assert images.image_pull_needed({"image": "x:1", "imagePullPolicy": "Always"}, present=True) is True
 
 
 def test_sandbox_config_carries_identity_ports_namespaces_and_dns(tmp_path: Path) -> None:

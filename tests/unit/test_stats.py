@@ -17,6 +17,7 @@ from integration.fakestats import FakeContainer, FakePod, FakeStatsRuntime
 from tests.metrics_server_rules import decode
 from vnode import errors
 from vnode.config.loader import load_settings
+from vnode.kube.thresholds import DEFAULT_HARD, Threshold, parse_reserved, parse_thresholds
 from vnode.metrics import resource
 from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker, operation_type
 from vnode.runtime.cgroups import CgroupDriver, cgroup_mounts, pod_cgroup_parent
@@ -24,7 +25,6 @@ from vnode.stats import pressure
 from vnode.stats.collector import ContainerSample, PodSample, RateTracker, Snapshot, StatsCollector, Usage
 from vnode.stats.host import FsReading, HostSample, NetReading, parse_keyed, read_cpu_ns
 from vnode.stats.summary import build_summary
-from vnode.stats.thresholds import DEFAULT_HARD, Threshold, parse_reserved, parse_thresholds
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

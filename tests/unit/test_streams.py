@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from integration.faults import serving
+from vnode import errors
 from vnode.api.server import KubeletApp, KubeletHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
 from vnode.provider.protocols import StreamOptions
@@ -260,12 +261,14 @@ async def test_frames_from_the_server_are_reported_and_pings_answered() -> None:
     assert frames[0].headers == {"a": "b"}
     assert await reader.readexactly(12) == spdy.control(spdy.PING, struct.pack(">I", 2))
     conn.close()
+    writer.close()
+    await writer.wait_closed()
 
 
 async def test_a_truncated_frame_is_a_protocol_error() -> None:
     conn, _, writer = await _pair()
     writer.write(spdy.data(1, b"0123456789")[:12])
     writer.close()
-    with pytest.raises(spdy.ProtocolError):
+    with pytest.raises(errors.ProtocolError):
         _ = [f async for f in conn.frames()]
     conn.close()

@@ -25,355 +25,40 @@ certificates and webhook authentication/authorization come with the security iss
 from __future__ import annotations
 
 import asyncio
-import base64
-import copy
 import hmac
 import json
 import logging
 import platform
 import re
-import secrets
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import yaml
 from aiohttp import web
 
 from vnode import errors
+from vnode.api.apistatus import ApiError, not_found, status_body
+from vnode.api.credentials import server_url, write_kubeconfig
 from vnode.api.server import Listener, while_connected
 from vnode.api.stats import PATHS as STATS_PATHS
 from vnode.api.stats import StatsHandlers
 from vnode.api.streams import PORT_FORWARD, StreamHandlers
+from vnode.api.watchcache import LocalPods, PodHistory, filtered
+from vnode.kube.selectors import POD_FIELDS, Filter, parse_selector
+from vnode.kube.tables import table, wants_table
 from vnode.logs.options import parse_log_query
 from vnode.logs.reader import read_log
-from vnode.provider.protocols import LogLocator, ObjectReader, PodLister
-from vnode.security.files import write_file
+from vnode.provider.protocols import ObjectReader
 
 log = logging.getLogger(__name__)
 
-HISTORY = 256  # pod changes kept for watches that resume from a resourceVersion
-WATCH_QUEUE = 1024  # events a slow watcher may lag behind before its stream is closed
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 # The pod subresources that open a session (POST for SPDY, GET for WebSocket), not writes.
 STREAM_SUBRESOURCES = ("exec", "attach", "portforward")
 _STREAM_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach|portforward)$")
-CONTEXT = "vnode-local"
-
-# -- Status errors ----------------------------------------------------------------------------
-
-REASONS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    410: "Expired",
-    422: "Invalid",
-    500: "InternalError",
-    503: "ServiceUnavailable",
-}
-
-
-class ApiError(Exception):
-    """An error the API answers with a metav1.Status body."""
-
-    def __init__(self, code: int, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-        self.reason = reason or REASONS.get(code, "InternalError")
-
-    @classmethod
-    def from_vnode(cls, exc: errors.VnodeError) -> ApiError:
-        return cls(errors.http_status(exc), str(exc))
-
-    def body(self) -> dict[str, Any]:
-        return status_body(self.code, self.reason, self.message)
-
-
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    """A metav1.Status failure, as the API server answers errors (the test control plane too)."""
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-def not_found(plural: str, name: str) -> ApiError:
-    return ApiError(404, f'{plural} "{name}" not found')
-
-
-# -- selectors --------------------------------------------------------------------------------
-
-Requirement = tuple[str, str, tuple[str, ...]]  # (key, operator, values)
-_REQUIREMENT = re.compile(
-    r"\s*(?P<neg>!?)\s*(?P<key>[A-Za-z0-9_./-]+)\s*"
-    r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9_.-]*)|\s+(?P<set>in|notin)\s*\((?P<values>[^)]*)\))?\s*"
-)
-POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase")
-
-
-def _split(text: str) -> list[str]:
-    """Requirements separated by commas outside parentheses."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return [p for p in parts if p.strip()]
-
-
-def parse_selector(text: str | None, *, fields: tuple[str, ...] | None = None) -> list[Requirement]:
-    """A label selector, or with ``fields`` a field selector (``=``, ``==``, ``!=`` on those fields)."""
-    out: list[Requirement] = []
-    for part in _split(text or ""):
-        m = _REQUIREMENT.fullmatch(part)
-        if m is None or (m["neg"] and (m["op"] or m["set"])):
-            raise ApiError(400, f"unable to parse requirement: {part.strip()!r}")
-        key = m["key"]
-        if fields is not None:
-            if not m["op"]:
-                raise ApiError(400, f"invalid field selector: {part.strip()!r}")
-            if key not in fields:
-                raise ApiError(400, f'field label not supported: "{key}"')
-        if m["op"]:
-            out.append((key, "!=" if m["op"] == "!=" else "=", (m["value"],)))
-        elif m["set"]:
-            values = tuple(v.strip() for v in m["values"].split(",") if v.strip())
-            out.append((key, m["set"], values))
-        else:
-            out.append((key, "!" if m["neg"] else "exists", ()))
-    return out
-
-
-def matches(values: Mapping[str, str], requirements: list[Requirement]) -> bool:
-    for key, op, wanted in requirements:
-        have = values.get(key)
-        if op == "=" and have != wanted[0]:
-            return False
-        if op == "!=" and have == wanted[0]:
-            return False
-        if (op == "in" and have not in wanted) or (op == "notin" and have in wanted):
-            return False
-        if (op == "exists" and have is None) or (op == "!" and have is not None):
-            return False
-    return True
-
-
-def field_values(obj: dict[str, Any]) -> dict[str, str]:
-    meta, spec, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
-    return {
-        "metadata.name": meta.get("name", ""),
-        "metadata.namespace": meta.get("namespace", ""),
-        "spec.nodeName": spec.get("nodeName", ""),
-        "status.phase": st.get("phase", ""),
-    }
-
-
-@dataclass(frozen=True)
-class Filter:
-    """What a list or watch asks for: a namespace (None: all) and the two selectors."""
-
-    namespace: str | None
-    labels: list[Requirement]
-    fields: list[Requirement]
-
-    def wants(self, obj: dict[str, Any]) -> bool:
-        meta = obj.get("metadata") or {}
-        if self.namespace is not None and meta.get("namespace", "") != self.namespace:
-            return False
-        return matches(meta.get("labels") or {}, self.labels) and matches(field_values(obj), self.fields)
-
-
-# -- Tables -----------------------------------------------------------------------------------
-
-
-def human_age(seconds: float) -> str:
-    """kubectl's HumanDuration: ``45s``, ``5m3s``, ``2h10m``, ``3d4h``, ``400d``."""
-    s = int(seconds)
-    if s < -1:
-        return "<invalid>"
-    if s < 120:
-        return f"{max(s, 0)}s"
-    m, h, d = s // 60, s // 3600, s // 86400
-    if m < 10:
-        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
-    if m < 180:
-        return f"{m}m"
-    if h < 8:
-        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
-    if h < 48:
-        return f"{h}h"
-    if h < 24 * 8:
-        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
-    if d < 365 * 2:
-        return f"{d}d"
-    return f"{d // 365}y{d % 365}d" if d < 365 * 8 else f"{d // 365}y"
-
-
-def _age(timestamp: str | None, now: datetime) -> str:
-    if not timestamp:
-        return "<unknown>"
-    try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return "<unknown>"
-    return human_age((now - then).total_seconds())
-
-
-def pod_status_text(pod: dict[str, Any]) -> str:
-    """The STATUS column as kubectl prints it (the main cases of its printPod)."""
-    st, spec = pod.get("status") or {}, pod.get("spec") or {}
-    reason = st.get("reason") or st.get("phase") or "Pending"
-    inits = spec.get("initContainers") or []
-    for i, c in enumerate(st.get("initContainerStatuses") or []):
-        state = c.get("state") or {}
-        terminated, waiting = state.get("terminated"), state.get("waiting")
-        if terminated and terminated.get("exitCode") == 0:
-            continue
-        if terminated:
-            reason = "Init:" + (terminated.get("reason") or f"ExitCode:{terminated.get('exitCode')}")
-        elif waiting and waiting.get("reason") not in (None, "PodInitializing"):
-            reason = f"Init:{waiting['reason']}"
-        else:
-            reason = f"Init:{i}/{len(inits)}"
-        break
-    else:
-        running = False
-        for c in reversed(st.get("containerStatuses") or []):
-            state = c.get("state") or {}
-            if (state.get("waiting") or {}).get("reason"):
-                reason = state["waiting"]["reason"]
-            elif state.get("terminated"):
-                t = state["terminated"]
-                reason = t.get("reason") or f"ExitCode:{t.get('exitCode')}"
-            elif "running" in state and c.get("ready"):
-                running = True
-        if reason == "Completed" and running:
-            reason = "Running"
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        reason = "Terminating"
-    return str(reason)
-
-
-def pod_cells(pod: dict[str, Any], now: datetime) -> list[Any]:
-    meta, st, spec = pod.get("metadata") or {}, pod.get("status") or {}, pod.get("spec") or {}
-    statuses = st.get("containerStatuses") or []
-    ready = sum(1 for c in statuses if c.get("ready"))
-    restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
-    finished = [
-        t["finishedAt"]
-        for c in statuses
-        if (t := (c.get("lastState") or {}).get("terminated")) and t.get("finishedAt")
-    ]
-    restart_text = f"{restarts} ({_age(max(finished), now)} ago)" if restarts and finished else str(restarts)
-    return [
-        meta.get("name", ""),
-        f"{ready}/{len(spec.get('containers') or [])}",
-        pod_status_text(pod),
-        restart_text,
-        _age(meta.get("creationTimestamp"), now),
-        st.get("podIP") or "<none>",
-        spec.get("nodeName") or "<none>",
-    ]
-
-
-def node_cells(node: dict[str, Any], now: datetime) -> list[Any]:
-    meta, st = node.get("metadata") or {}, node.get("status") or {}
-    ready = next((c.get("status") for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
-    state = {"True": "Ready", "False": "NotReady"}.get(str(ready), "Unknown")
-    if (node.get("spec") or {}).get("unschedulable"):
-        state += ",SchedulingDisabled"
-    prefix = "node-role.kubernetes.io/"
-    roles = sorted(k.removeprefix(prefix) for k in meta.get("labels") or {} if k.startswith(prefix))
-    addresses = {a.get("type"): a.get("address") for a in st.get("addresses") or []}
-    info = st.get("nodeInfo") or {}
-    return [
-        meta.get("name", ""),
-        state,
-        ",".join(r for r in roles if r) or "<none>",
-        _age(meta.get("creationTimestamp"), now),
-        info.get("kubeletVersion", ""),
-        addresses.get("InternalIP") or "<none>",
-        addresses.get("ExternalIP") or "<none>",
-        info.get("osImage") or "<unknown>",
-        info.get("kernelVersion") or "<unknown>",
-        info.get("containerRuntimeVersion") or "<unknown>",
-    ]
-
-
-def _generic_cells(obj: dict[str, Any], now: datetime) -> list[Any]:
-    meta = obj.get("metadata") or {}
-    return [meta.get("name", ""), _age(meta.get("creationTimestamp"), now)]
-
-
-_NAME = "The object's name."
-COLUMNS: dict[str, list[tuple[str, str, int]]] = {  # kind -> (name, type, priority); 1 shows with -o wide
-    "Pod": [("Name", "string", 0), ("Ready", "string", 0), ("Status", "string", 0), ("Restarts", "string", 0),
-            ("Age", "string", 0), ("IP", "string", 1), ("Node", "string", 1)],
-    "Node": [("Name", "string", 0), ("Status", "string", 0), ("Roles", "string", 0), ("Age", "string", 0),
-             ("Version", "string", 0), ("Internal-IP", "string", 1), ("External-IP", "string", 1),
-             ("OS-Image", "string", 1), ("Kernel-Version", "string", 1), ("Container-Runtime", "string", 1)],
-}  # fmt: skip
-CELLS: dict[str, Callable[[dict[str, Any], datetime], list[Any]]] = {"Pod": pod_cells, "Node": node_cells}
-
-
-def wants_table(accept: str) -> bool:
-    """kubectl get asks for ``application/json;as=Table;v=v1;g=meta.k8s.io`` (then plain JSON)."""
-    return any(
-        "as=Table" in part and "g=meta.k8s.io" in part and "v=v1beta1" not in part
-        for part in accept.split(",")
-    )
-
-
-def table(
-    kind: str, objects: list[dict[str, Any]], rv: str, now: datetime, *, columns: bool = True
-) -> dict[str, Any]:
-    """A meta.k8s.io/v1 Table; ``rows[].object`` is the row's PartialObjectMetadata."""
-    cells = CELLS.get(kind, _generic_cells)
-    result: dict[str, Any] = {
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": rv},
-    }
-    if columns:
-        result["columnDefinitions"] = [
-            {
-                "name": name,
-                "type": type_,
-                "format": "name" if name == "Name" else "",
-                "description": _NAME if name == "Name" else "",
-                "priority": priority,
-            }
-            for name, type_, priority in COLUMNS.get(kind, [("Name", "string", 0), ("Age", "string", 0)])
-        ]
-    result["rows"] = [
-        {
-            "cells": cells(o, now),
-            "object": {
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": o.get("metadata") or {},
-            },
-        }
-        for o in objects
-    ]
-    return result
-
 
 # -- this node --------------------------------------------------------------------------------
 
@@ -386,9 +71,11 @@ def minimal_node(
     created: str,
     version: str,
     pressure: Sequence[tuple[str, bool, str, str]] = (),
+    node_info: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Node when the API never showed one (standalone, or not registered yet); ``pressure``:
-    the pressure conditions as (type, status, reason, message)."""
+    the pressure conditions as (type, status, reason, message); ``node_info``: more of
+    ``status.nodeInfo`` (kernel, OS image, container runtime, machine and boot IDs)."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     ready = runtime_problem is None
     condition = {
@@ -423,133 +110,14 @@ def minimal_node(
                 condition,
             ],
             "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": version, "operatingSystem": "linux", "architecture": arch},
+            "nodeInfo": {
+                **(node_info or {}),
+                "kubeletVersion": version,
+                "operatingSystem": "linux",
+                "architecture": arch,
+            },
         },
     }
-
-
-# -- pods and their changes -------------------------------------------------------------------
-
-
-class LocalPods(PodLister, LogLocator, Protocol):
-    """What the local API needs of the pod manager: pods, their logs, and change notifications."""
-
-    def add_listener(self, callback: Callable[[str], None]) -> None: ...
-
-    def listed_pod(self, uid: str) -> dict[str, Any] | None:
-        """The pod as ``list_pods`` shows it, or None when it is not listed (gone or deleting)."""
-        ...
-
-
-@dataclass
-class Event:
-    rv: int
-    type: str  # ADDED, MODIFIED, DELETED
-    obj: dict[str, Any]
-    previous: dict[str, Any] | None  # the object before (MODIFIED), to tell filters what changed
-
-
-class _Watcher:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(WATCH_QUEUE)
-        self.closed = False
-
-    def put(self, event: Event | None) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.closed = True  # too far behind: end the stream; the client re-watches (or re-lists)
-
-
-class PodHistory:
-    """The pods as served (with resourceVersions), the last ``HISTORY`` changes, and the watchers.
-
-    ``sync`` diffs ``list_pods()`` against what was served before every list, and ``sync_one``
-    diffs the one pod a listener call names (a full diff per status change made starting N pods
-    cost O(N^2)), so a list's resourceVersion and the events after it always agree.
-    """
-
-    def __init__(self, pods: LocalPods, keep: int = HISTORY) -> None:
-        self.pods = pods
-        self.rv = 0
-        self._raw: dict[str, dict[str, Any]] = {}  # uid -> the pod as listed (deep copy)
-        self._served: dict[str, dict[str, Any]] = {}  # uid -> the pod with kind and resourceVersion
-        self._events: deque[Event] = deque(maxlen=keep)
-        self._watchers: set[_Watcher] = set()
-        pods.add_listener(self.sync_one)
-
-    def sync_one(self, uid: str) -> None:
-        pod = self.pods.listed_pod(uid)
-        if pod is None:
-            if uid in self._served:
-                del self._raw[uid]
-                self._emit("DELETED", uid, self._served.pop(uid), None)
-            return
-        if self._raw.get(uid) == pod:
-            return
-        previous = self._served.get(uid)
-        raw = self._raw[uid] = copy.deepcopy(pod)
-        self._emit("ADDED" if previous is None else "MODIFIED", uid, raw, previous)
-
-    def sync(self) -> None:
-        current = {p["metadata"]["uid"]: p for p in self.pods.list_pods()}
-        for uid in [u for u in self._served if u not in current]:
-            del self._raw[uid]
-            self._emit("DELETED", uid, self._served.pop(uid), None)
-        for uid, pod in current.items():
-            if self._raw.get(uid) == pod:
-                continue
-            previous = self._served.get(uid)
-            raw = self._raw[uid] = copy.deepcopy(pod)  # never mutated: served objects share its parts
-            self._emit("ADDED" if previous is None else "MODIFIED", uid, raw, previous)
-
-    def _emit(self, type_: str, uid: str, pod: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        self.rv += 1
-        meta = {**pod.get("metadata", {}), "resourceVersion": str(self.rv)}
-        obj = {**pod, "kind": "Pod", "apiVersion": "v1", "metadata": meta}
-        if type_ != "DELETED":
-            self._served[uid] = obj
-        event = Event(self.rv, type_, obj, previous)
-        self._events.append(event)
-        for watcher in self._watchers:
-            watcher.put(event)
-
-    def snapshot(self) -> tuple[list[dict[str, Any]], int]:
-        self.sync()
-        items = sorted(
-            self._served.values(), key=lambda p: (p["metadata"].get("namespace", ""), p["metadata"]["name"])
-        )
-        return items, self.rv
-
-    def since(self, rv: int) -> list[Event] | None:
-        """The changes after ``rv``, or None when they are not all known (410 Expired)."""
-        first = self._events[0].rv if self._events else self.rv + 1
-        if rv > self.rv or rv < first - 1:
-            return None
-        return [e for e in self._events if e.rv > rv]
-
-    def subscribe(self) -> _Watcher:
-        watcher = _Watcher()
-        self._watchers.add(watcher)
-        return watcher
-
-    def unsubscribe(self, watcher: _Watcher) -> None:
-        self._watchers.discard(watcher)
-
-    def close(self) -> None:
-        """End every watch stream (the listener is closing)."""
-        for watcher in self._watchers:
-            watcher.closed = True
-            watcher.put(None)
-
-
-def filtered(event: Event, wanted: Filter) -> tuple[str, dict[str, Any]] | None:
-    """The event a filtered watch sees: an object leaving the filter is DELETED, one entering ADDED."""
-    now = wanted.wants(event.obj)
-    before = event.previous is not None and wanted.wants(event.previous)
-    if event.type == "MODIFIED" and now != before:
-        return ("ADDED", event.obj) if now else ("DELETED", event.obj)
-    return (event.type, event.obj) if now else None
 
 
 # -- the application --------------------------------------------------------------------------
@@ -899,81 +467,6 @@ class LocalApi:
 
 
 # -- the listener and its credentials ---------------------------------------------------------
-
-
-def ensure_token(path: Path) -> str:
-    """The bearer token kept in ``path`` (0600), generated when missing or unreadable."""
-    try:
-        token = path.read_text().strip()
-        if len(token) >= 32 and path.stat().st_mode & 0o077 == 0:
-            return token
-    except OSError:
-        pass
-    token = secrets.token_urlsafe(32)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(path, token.encode() + b"\n")
-    return token
-
-
-def _der(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, content start, content end) of the DER element at ``pos``."""
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
-
-
-def is_self_signed(pem: str) -> bool:
-    """Whether the first certificate's issuer is its subject (so it can be its own CA)."""
-    match = re.search(r"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----", pem)
-    if match is None:
-        return False
-    try:
-        der = ssl.PEM_cert_to_DER_cert(match.group(0))
-        _, cert, _ = _der(der, 0)
-        _, pos, end = _der(der, cert)  # TBSCertificate
-        fields: list[bytes] = []
-        while pos < end:
-            tag, _, next_pos = _der(der, pos)
-            if not (tag == 0xA0 and not fields):  # the explicit version comes first, if at all
-                fields.append(der[pos:next_pos])
-            pos = next_pos
-        return len(fields) >= 5 and fields[2] == fields[4]  # serial, algorithm, issuer, validity, subject
-    except (ValueError, IndexError):
-        return False
-
-
-def kubeconfig(server: str, cert_pem: str, token: str) -> dict[str, Any]:
-    """The ``vnode-local`` kubeconfig: a self-signed serving cert is its own CA, otherwise no verify."""
-    cluster: dict[str, Any] = {"server": server}
-    if is_self_signed(cert_pem):
-        cluster["certificate-authority-data"] = base64.b64encode(cert_pem.encode()).decode()
-    else:
-        cluster["insecure-skip-tls-verify"] = True
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": CONTEXT, "cluster": cluster}],
-        "users": [{"name": CONTEXT, "user": {"token": token}}],
-        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT}}],
-        "current-context": CONTEXT,
-    }
-
-
-def server_url(address: str, port: int) -> str:
-    """The URL a local client uses: a wildcard bind is reached on loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-
-
-def write_kubeconfig(path: Path, server: str, cert_pem: str, token: str) -> None:
-    header = b"# Written by vnode at start: its read-only local API (see vnode.api.local).\n"
-    write_file(path, header + yaml.safe_dump(kubeconfig(server, cert_pem, token), sort_keys=False).encode())
 
 
 async def serve(

@@ -235,7 +235,7 @@ class Listener:
             await self._site.start()
         except OSError as exc:
             await self.runner.cleanup()
-            raise errors.ConfigError(
+            raise errors.CannotListen(
                 self.setting, f"{self.name}: cannot listen on {host}:{port}: {exc}"
             ) from exc
 

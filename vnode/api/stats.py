@@ -1,4 +1,5 @@
-"""The stats and metrics endpoints: ``/stats/summary``, ``/metrics/resource`` and ``/metrics``.
+"""The stats and metrics endpoints: ``/stats/summary``, ``/metrics/resource``, ``/metrics`` and
+``/metrics/probes``.
 
 Served on the kubelet API (authorized as subresource ``stats`` and ``metrics``) and through the
 local API as the API server routes them, ``/api/v1/nodes/<node>/proxy/<path>`` (authorized there as
@@ -18,7 +19,7 @@ from vnode.metrics.node import CONTENT_TYPE, NodeMetrics
 from vnode.stats.collector import SnapshotSource
 from vnode.stats.summary import build_summary
 
-PATHS = ("stats/summary", "metrics/resource", "metrics")
+PATHS = ("stats/summary", "metrics/resource", "metrics", "metrics/probes")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class StatsHandlers:
     stats: SnapshotSource
     metrics: NodeMetrics
     node_name: str
+    probes: Callable[[], bytes] | None = None  # /metrics/probes (vnode.probes), None: not served
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", "/" + path, self._handler(path)) for path in PATHS]
@@ -46,6 +48,8 @@ class StatsHandlers:
             snapshot = await self.stats.snapshot(files=False)
             text = resource.render(snapshot)
             return web.Response(body=text.encode(), headers={"Content-Type": resource.CONTENT_TYPE})
+        if path == "metrics/probes" and self.probes is not None:
+            return web.Response(body=self.probes(), headers={"Content-Type": CONTENT_TYPE})
         if path == "metrics":
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
         raise errors.NotFound(f"no such path: /{path}")

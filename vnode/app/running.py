@@ -46,6 +46,7 @@ class Node:
         c = self.components
         async with asyncio.TaskGroup() as group:
             group.create_task(c.pods.run(), name="relist")
+            group.create_task(c.prober.run(), name="prober")
             if c.manifests is not None:
                 group.create_task(c.manifests.run(), name="static-pods")
             if c.node is not None:
@@ -99,8 +100,8 @@ async def start(settings: Settings) -> Node:
             bound = await components.mqtt.start(host, port)
         except OSError as exc:
             await shutdown(node)
-            raise errors.ConfigError(
-                "eventBus.mqttServerInternal", f"cannot listen on {host}:{port}: {exc.strerror}"
+            raise errors.CannotListen(
+                "eventBus.mqttServerInternal", f"MQTT broker: cannot listen on {host}:{port}: {exc.strerror}"
             ) from exc
         log.info("MQTT broker (internal) serving on %s:%d", host, bound)
     if components.local_api is not None:
@@ -151,6 +152,9 @@ async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
     except errors.ConfigError as exc:
         log.error("config error: %s", exc)
         return 2
+    except errors.CannotListen as exc:
+        log.error("cannot listen: %s", exc)
+        return 5
     except (errors.StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -12,31 +12,36 @@ import logging
 import ssl
 import stat
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from vnode import errors
+from vnode.aiokits import hostinfo
 from vnode.aiokits.hostinfo import primary_ipv4
-from vnode.api.local import EmptyObjects, LocalApi, LocalSources, ensure_token, minimal_node
+from vnode.api.credentials import ensure_token
+from vnode.api.local import EmptyObjects, LocalApi, LocalSources, minimal_node
 from vnode.api.server import KubeletHandlers
 from vnode.api.stats import StatsHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
 from vnode.app import access as node_access
-from vnode.app.events import EventLog
 from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
+from vnode.controllers.eventlog import EventLog
 from vnode.controllers.events import EventPoster
 from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
 from vnode.controllers.objects import MAX_WATCHES, ObjectCache
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker
+from vnode.probes.handlers import Handlers
+from vnode.probes.manager import Prober
 from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
@@ -48,8 +53,8 @@ from vnode.runtime.worker import WorkerContext
 from vnode.security import rotation
 from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
+from vnode.sources.manifests import CONFIG_SEEN, ManifestSource
 from vnode.sources.manifests import SOURCE as FILE_SOURCE
-from vnode.sources.manifests import ManifestSource
 from vnode.stats import pressure as node_pressure
 from vnode.stats.collector import StatsCollector
 from vnode.stats.reclaim import ImageReclaimer
@@ -79,6 +84,7 @@ class Components:
     healthz_handlers: KubeletHandlers
     stats: StatsCollector
     metrics: NodeMetrics
+    prober: Prober
     pressure: node_pressure.PressureMonitor | None = None
     masters: Masters | None = None
     objects: ObjectCache | None = None
@@ -158,6 +164,12 @@ async def build(settings: Settings) -> Components:
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
     metrics = NodeMetrics()
     masters = Masters(access, on_response=metrics.rest_request) if access is not None else None
+    token = (
+        await asyncio.to_thread(ensure_token, settings.local_token_path)
+        if settings.server.local_api_port
+        else None
+    )
+    guards = node_access.build_access(settings, masters, token)
     try:
         objects = None
         if access is not None and masters is not None:
@@ -165,7 +177,9 @@ async def build(settings: Settings) -> Components:
             # Object watches get a client of their own: each holds a connection while it is open.
             watches = Masters(access, limit=MAX_WATCHES)
             objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=watches)
-        components = await _build_with_store(settings, store, host_ip, ssl_context, objects, metrics)
+        components = await _build_with_store(
+            settings, store, host_ip, ssl_context, objects, metrics, guards.kubelet.kubelet
+        )
     except BaseException:
         await store.close()
         raise
@@ -175,16 +189,9 @@ async def build(settings: Settings) -> Components:
         components.objects = objects
         components.node = _node_controller(settings, components, host_ip)
         pods = components.pods
-        informer = components.informer = PodInformer(masters, settings.node.name, pods.set_source_pods)
-        writer = StatusWriter(masters, pods.status_of, pods.source_of, informer.pod)
-        components.status_writer = writer
-        writer.mirror = lambda namespace, name: informer.mirrors.get((namespace, name))
-        writer.node_uid = lambda: components.node.uid if components.node is not None else None
-        informer.mirror_changed = writer.mirrors_changed
-        writer.api_status = lambda uid: informer.api_statuses.get(uid)
-        writer.pods_known = lambda: [w.uid for w in pods.workers()]
-        informer.listed = writer.resync
-        pods.add_listener(writer.changed)
+        informer = components.informer = PodInformer(masters, settings.node.name, pods)
+        node = components.node
+        components.status_writer = StatusWriter(masters, pods, informer, node_uid=lambda: node.uid)
         if objects is not None:
             objects.add_listener(pods.object_changed)
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
@@ -193,16 +200,8 @@ async def build(settings: Settings) -> Components:
     _readings(components)
     if settings.event_bus.enable:
         await _event_bus(settings, components)
-    token = (
-        await asyncio.to_thread(ensure_token, settings.local_token_path)
-        if settings.server.local_api_port
-        else None
-    )
-    guards = node_access.build_access(settings, masters, token)
-    components.kubelet_handlers.guard = guards.kubelet.kubelet
     if token is not None:
-        components.local_api = _local_api(settings, components, host_ip, token)
-        components.local_api.sources.access = guards.local.local
+        components.local_api = _local_api(settings, components, host_ip, token, guards.local.local)
     return components
 
 
@@ -308,7 +307,13 @@ def _mqtt_server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLConte
     return context
 
 
-def _local_api(settings: Settings, c: Components, host_ip: str, token: str) -> LocalApi:
+def _local_api(
+    settings: Settings,
+    c: Components,
+    host_ip: str,
+    token: str,
+    access: Callable[[web.Request], Awaitable[tuple[int, str] | None]],
+) -> LocalApi:
     """The read-only local API: pods from the pod manager, the Node as the API last showed it
     (or a minimal one built here), and the objects of the durable cache (none standalone)."""
     started = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -319,14 +324,39 @@ def _local_api(settings: Settings, c: Components, host_ip: str, token: str) -> L
             return known
         labels = settings.node.labels
         pressure = c.pressure.conditions() if c.pressure is not None else []
+        host = hostinfo.read_host(settings.root_dir)
+        info = {
+            "machineID": host.machine_id,
+            "systemUUID": host.system_uuid,
+            "bootID": host.boot_id,
+            "kernelVersion": host.kernel,
+            "osImage": host.os_image,
+            "containerRuntimeVersion": c.cri.runtime_version,
+        }
         return minimal_node(
-            settings.node.name, host_ip, labels, c.pods.runtime_error, started, KUBELET_VERSION, pressure
+            settings.node.name,
+            host_ip,
+            labels,
+            c.pods.runtime_error,
+            started,
+            KUBELET_VERSION,
+            pressure,
+            info,
         )
 
     objects = c.objects if c.objects is not None else EmptyObjects()
     streams = c.kubelet_handlers.streams
     return LocalApi(
-        LocalSources(c.pods, node, objects, token, KUBELET_VERSION, streams, stats=c.kubelet_handlers.stats)
+        LocalSources(
+            c.pods,
+            node,
+            objects,
+            token,
+            KUBELET_VERSION,
+            streams,
+            stats=c.kubelet_handlers.stats,
+            access=access,
+        )
     )
 
 
@@ -528,6 +558,7 @@ async def _build_with_store(
     ssl_context: ssl.SSLContext,
     objects: ObjectCache | None,
     metrics: NodeMetrics,
+    kubelet_guard: Any,
 ) -> Components:
     cri = CriClient(
         settings.runtime.endpoint, timeout=settings.runtime.request_timeout, on_call=metrics.runtime_call
@@ -541,6 +572,7 @@ async def _build_with_store(
         host_searches=searches,
         host_options=options,
     )
+    prober = Prober(Handlers(cri.exec_sync), events.event)
     ctx = WorkerContext(
         cri=cri,
         volumes=VolumeManager(settings.root_dir / "pods"),
@@ -551,10 +583,9 @@ async def _build_with_store(
         dns=dns,
         crash_backoff=Backoff(10.0, settings.pods.crash_loop_backoff_max),
         image_backoff=Backoff(10.0, 300.0),
-        persist=_unset_persist,
-        status_changed=lambda uid: None,
         objects=objects,
         cgroups=CgroupDriver(settings.runtime.cgroup_driver, cri.cgroup_driver),
+        prober=prober,
     )
     sources = [FILE_SOURCE] if settings.pods.manifest_path is not None else []
     if settings.cluster.configured:
@@ -570,6 +601,7 @@ async def _build_with_store(
             settings.node.name,
             pods.set_source_pods,
             check_frequency=settings.pods.file_check_frequency,
+            seen=pods.first_seen(FILE_SOURCE, CONFIG_SEEN),
         )
 
     async def check_ping() -> None:
@@ -594,7 +626,8 @@ async def _build_with_store(
         logs=pods,
         health_checks=checks,
         streams=StreamHandlers(pods, limits),
-        stats=StatsHandlers(stats, metrics, settings.node.name),
+        stats=StatsHandlers(stats, metrics, settings.node.name, probes=prober.render),
+        guard=kubelet_guard,
     )
     healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)
     return Components(
@@ -609,8 +642,5 @@ async def _build_with_store(
         healthz_handlers=healthz_handlers,
         stats=stats,
         metrics=metrics,
+        prober=prober,
     )
-
-
-async def _unset_persist(uid: str, state: dict[str, object]) -> None:
-    raise AssertionError("the pod manager sets the persist callback")

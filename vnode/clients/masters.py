@@ -194,7 +194,7 @@ def _client_error(code: int, text: str, what: str) -> errors.VnodeError:
     if code == 409:
         return errors.Conflict(message)
     if code == 410:
-        return errors.Conflict(f"expired: {message}")
+        return errors.Expired(message)
     if code == 422:
         return errors.Unprocessable(message)
     if code in (401, 403):

@@ -22,11 +22,9 @@ from typing import Any
 import yaml
 
 from vnode import errors
-from vnode.config.settings import ON_NODE_DELETED, Settings
-from vnode.runtime.cgroups import DRIVERS as CGROUP_DRIVERS
-from vnode.runtime.quantity import to_bytes
-from vnode.security import tlspolicy
-from vnode.stats import thresholds
+from vnode.config.settings import CGROUP_DRIVERS, ON_NODE_DELETED, Settings
+from vnode.kube import thresholds, tls
+from vnode.kube.quantity import to_bytes
 
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -237,7 +235,7 @@ def _ttl(value: Any, base: Path) -> float:
 
 def _tls_version(value: Any, base: Path) -> str:
     try:
-        return tlspolicy.parse_min_version(str(value).strip())
+        return tls.parse_min_version(str(value).strip())
     except ValueError as exc:
         raise _Bad(str(exc)) from None
 
@@ -247,7 +245,7 @@ def _cipher_suites(value: Any, base: Path) -> tuple[str, ...]:
     if not isinstance(items, list | tuple):
         raise _Bad(f"expected a list of cipher suite names, got {value!r}")
     try:
-        return tlspolicy.parse_cipher_suites([str(v).strip() for v in items if str(v).strip()])
+        return tls.parse_cipher_suites([str(v).strip() for v in items if str(v).strip()])
     except ValueError as exc:
         raise _Bad(str(exc)) from None
 

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vnode.stats.thresholds import DEFAULT_HARD, Threshold, parse_thresholds
+from vnode.kube.thresholds import DEFAULT_HARD, Threshold, parse_thresholds
 
 
 def default_node_name() -> str:
@@ -88,6 +88,7 @@ class LoggingSettings:
     verbosity: int = 0
 
 
+CGROUP_DRIVERS = ("cgroupfs", "systemd")  # --cgroup-driver
 ON_NODE_DELETED = ("reregister", "exit")  # what the node does when its Node object is deleted
 
 

@@ -26,9 +26,10 @@ from datetime import datetime
 from typing import Any
 
 from vnode import errors
-from vnode.app.events import RecordedEvent
 from vnode.clients.masters import Masters
+from vnode.controllers.eventlog import RecordedEvent
 from vnode.store import Delete, Op, Put, Store
+from vnode.store.layout import EVENTS, EVENTS_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ AGGREGATE_SECONDS = 600.0
 BURST = 25
 REFILL_SECONDS = 300.0 / BURST  # client-go's spam filter: 25 burst, refilled over 5 minutes
 RETRY_SECONDS = 5.0
-TABLE = "events"
-DROPPED = "dropped"  # key of the dropped count in TABLE (event keys are zero-padded numbers)
 
 
 @dataclass
@@ -78,8 +77,8 @@ class EventPoster:
         """The events an earlier run kept while offline, oldest first."""
         if self.store is None:
             return
-        for key, row in self.store.items(TABLE):
-            if key == DROPPED:
+        for key, row in self.store.items(EVENTS):
+            if key == EVENTS_DROPPED:
                 self.dropped = int(row)
                 continue
             seq = int(key)
@@ -163,11 +162,11 @@ class EventPoster:
         posted or dropped. One transaction; a store that fails only costs the offline copy."""
         if self.store is None:
             return
-        ops: list[Op] = [Delete(TABLE, f"{seq:012d}") for seq in self._forget]
+        ops: list[Op] = [Delete(EVENTS, f"{seq:012d}") for seq in self._forget]
         added = [(seq, e) for seq, e in self._queue if seq not in self._stored] if new else []
-        ops += [Put(TABLE, f"{seq:012d}", {**asdict(e), "time": e.time.isoformat()}) for seq, e in added]
+        ops += [Put(EVENTS, f"{seq:012d}", {**asdict(e), "time": e.time.isoformat()}) for seq, e in added]
         if added or self._forget:
-            ops.append(Put(TABLE, DROPPED, self.dropped))
+            ops.append(Put(EVENTS, EVENTS_DROPPED, self.dropped))
         if not ops:
             return
         try:

@@ -63,7 +63,7 @@ class ListWatch:
                     rv = await self._list()
                     delay = 0.5
                 rv = await self._watch(rv)  # ended by the server: resume from where it got to
-            except errors.Conflict as exc:  # 410 Gone: the version is too old
+            except errors.Expired as exc:  # the version is too old
                 log.info("%s watch expired (%s); listing again", self.what, exc)
                 rv = None
             except errors.VnodeError as exc:
@@ -102,7 +102,7 @@ class ListWatch:
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:
-                    raise errors.Conflict(str(obj.get("message", "410 Gone")))
+                    raise errors.Expired(str(obj.get("message", "410 Gone")))
                 raise errors.Unavailable(f"watch error: {obj.get('message', obj)}")
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
             if kind == "BOOKMARK" or not (obj.get("metadata") or {}).get("uid"):

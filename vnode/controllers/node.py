@@ -44,6 +44,7 @@ from vnode.config.settings import ON_NODE_DELETED
 from vnode.controllers.informer import ListWatch
 from vnode.stats.pressure import NO_PRESSURE
 from vnode.store import Store
+from vnode.store.layout import LINK, LINK_NODE, LINK_STATE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ LEASE_DURATION_SECONDS = 40
 LEASE_RENEW_SECONDS = 10.0
 STATUS_CHECK_SECONDS = 10.0  # kubelet's nodeStatusUpdateFrequency
 KUBELET_VERSION = f"v1.32.0-vnode.{__version__}"
-LINK_TABLE = "link"  # "state": active master or offline since; "node": the Node as last seen
 
 
 def _resource_version(obj: dict[str, Any] | None) -> str | None:
@@ -119,7 +119,7 @@ class NodeController:
         self.allocatable = allocatable
         self.offline_summary = offline_summary
         self.record_event = record_event
-        link = (store.get(LINK_TABLE, "state") if store is not None else None) or {}
+        link = (store.get(LINK, LINK_STATE) if store is not None else None) or {}
         self.offline_since: datetime | None = (
             datetime.fromisoformat(link["offlineSince"]) if link.get("offlineSince") else None
         )
@@ -127,7 +127,7 @@ class NodeController:
         self._offline_total = 0.0  # seconds of the outages that ended (since the outage's start)
         self._saved_master = link.get("activeMaster")
         # The Node as the API last showed it; kept in the store for a restart while offline.
-        self._current: dict[str, Any] | None = store.get(LINK_TABLE, "node") if store is not None else None
+        self._current: dict[str, Any] | None = store.get(LINK, LINK_NODE) if store is not None else None
         self._kept_version = _resource_version(self._current)
         self._deleted = False
         self._wake = asyncio.Event()
@@ -360,16 +360,16 @@ class NodeController:
         if self.store is None or self._current is None or version == self._kept_version:
             return
         self._kept_version = version
-        await self._put("node", self._current)
+        await self._put(LINK_NODE, self._current)
 
     async def _save_link(self, state: dict[str, str]) -> None:
-        await self._put("state", state)
+        await self._put(LINK_STATE, state)
 
     async def _put(self, key: str, value: dict[str, Any]) -> None:
         """Keep ``value`` in the link table; a failing store only costs what a restart would know."""
         if self.store is not None:
             try:
-                await self.store.put(LINK_TABLE, key, value)
+                await self.store.put(LINK, key, value)
             except errors.StoreError as exc:
                 log.warning("%s not kept in the store: %s", key, exc)
 

@@ -35,6 +35,7 @@ from vnode import errors
 from vnode.clients.masters import Masters
 from vnode.security.sealing import Sealer
 from vnode.store import Store
+from vnode.store.layout import OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ WATCH_SECONDS = (1800, 3600)  # a watch's timeoutSeconds, drawn from this range
 UNUSED_SECONDS = 300.0  # a watch for an object no worker asked about for this long ends
 MAX_BACKOFF = 30.0
 TOKEN_REUSE = 0.25  # a kept token is used again while more than this part of its lifetime is left
-TABLE = "objects"
 SEALED_KINDS = ("secrets",)
 
 Obj = dict[str, Any]
@@ -173,7 +173,7 @@ class ObjectCache:
                         if time.monotonic() - watch.used >= UNUSED_SECONDS:
                             return
                     delay = 0.5  # the server ended it (timeoutSeconds): resume from ``rv``
-                except errors.Conflict:  # 410 Gone: the version is too old; fetch the object again
+                except errors.Expired:  # the version is too old; fetch the object again
                     watch.live = False
                     try:
                         obj = await self.masters.request("GET", f"{path}/{watch.name}")
@@ -197,7 +197,7 @@ class ObjectCache:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == 410:
-                raise errors.Conflict(str(obj.get("message", "410 Gone")))
+                raise errors.Expired(str(obj.get("message", "410 Gone")))
             raise errors.Unavailable(f"watch error: {obj.get('message', obj)}")
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         changed = kind in ("ADDED", "MODIFIED", "DELETED") and await self._update(
@@ -271,7 +271,7 @@ class ObjectCache:
         if self.store is None or kind == "tokens":
             return []
         prefix = f"{kind}/" + (f"{namespace}/" if namespace is not None else "")
-        keys = [key for key, _ in self.store.items(TABLE) if key.startswith(prefix)]
+        keys = [key for key, _ in self.store.items(OBJECTS) if key.startswith(prefix)]
         return [obj for obj in (self._load(key)[1] for key in keys) if obj is not None]
 
     # -- the store ---------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class ObjectCache:
         if self.store is None:
             return False, None
         try:
-            row = self.store.get(TABLE, key)
+            row = self.store.get(OBJECTS, key)
             if row is None:
                 return False, None
             if "sealed" in row:
@@ -305,7 +305,7 @@ class ObjectCache:
         else:
             return  # never write a secret in the clear
         try:
-            await self.store.put(TABLE, key, row)
+            await self.store.put(OBJECTS, key, row)
             self.writes += 1
         except errors.StoreError as exc:
             log.warning("%s not kept for offline use: %s", key, exc)

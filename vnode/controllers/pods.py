@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from vnode import errors
 from vnode.clients.masters import Masters
 from vnode.controllers.informer import MAX_BACKOFF, ListWatch
+from vnode.provider.protocols import ApiPodView, PodLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,15 @@ def _key(pod: dict[str, Any]) -> tuple[str, str]:
 class PodInformer:
     """List + watch of this node's pods; ``deliver(source, pods)`` gets every complete set."""
 
-    def __init__(
-        self,
-        masters: Masters,
-        node_name: str,
-        deliver: Callable[[str, list[dict[str, Any]]], Awaitable[None]],
-    ) -> None:
-        self.deliver = deliver
+    def __init__(self, masters: Masters, node_name: str, pods: PodLifecycle) -> None:
+        self.lifecycle = pods
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
         # Mirror pods of our static pods are not pods to run: kept apart, by (namespace, name).
         self.mirrors: dict[tuple[str, str], dict[str, Any]] = {}
-        self.mirror_changed: Callable[[], None] = lambda: None
         # The status each pod has in the API, kept apart from the pod the workers see.
         self.api_statuses: dict[str, dict[str, Any]] = {}
-        self.listed: Callable[[], None] = lambda: None  # after every full list
+        self._on_listed: list[Callable[[], None]] = []
+        self._on_mirrors: list[Callable[[], None]] = []
         self.list_watch = ListWatch(
             masters,
             "/api/v1/pods",
@@ -73,20 +69,37 @@ class PodInformer:
         """The pod as last listed or watched (the set is replaced on every list)."""
         return self.pods.get(uid)
 
+    def api_status(self, uid: str) -> dict[str, Any] | None:
+        return self.api_statuses.get(uid)
+
+    def mirror(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.mirrors.get((namespace, name))
+
+    def on_listed(self, callback: Callable[[], None]) -> None:
+        self._on_listed.append(callback)
+
+    def on_mirrors_changed(self, callback: Callable[[], None]) -> None:
+        self._on_mirrors.append(callback)
+
+    def _mirrors_changed(self) -> None:
+        for callback in self._on_mirrors:
+            callback()
+
     async def run(self) -> None:
         await self.list_watch.run()
 
     async def _deliver(self) -> None:
-        await self.deliver(SOURCE, list(self.pods.values()))
+        await self.lifecycle.set_source_pods(SOURCE, list(self.pods.values()))
 
     async def _replace(self, items: list[dict[str, Any]]) -> None:
         pods = [p for p in items if not _is_mirror(p)]
         self.api_statuses = {p["metadata"]["uid"]: p.get("status") or {} for p in pods}
         self.pods = {p["metadata"]["uid"]: _with_kind(p) for p in pods}
         self.mirrors = {_key(p): p for p in items if _is_mirror(p)}
-        self.mirror_changed()
+        self._mirrors_changed()
         await self._deliver()
-        self.listed()
+        for callback in self._on_listed:
+            callback()
 
     def _apply(self, kind: str, obj: dict[str, Any]) -> bool:
         """One watch event; True when the set of pods to run changed."""
@@ -95,7 +108,7 @@ class PodInformer:
                 self.mirrors.pop(_key(obj), None)
             else:
                 self.mirrors[_key(obj)] = obj
-            self.mirror_changed()
+            self._mirrors_changed()
             return False
         uid = obj["metadata"]["uid"]
         if kind == "DELETED":
@@ -167,23 +180,24 @@ class StatusWriter:
     def __init__(
         self,
         masters: Masters,
-        status_of: Callable[[str], tuple[dict[str, Any], dict[str, Any]] | None],
-        source_of: Callable[[str], str | None],
-        api_pod: Callable[[str], dict[str, Any] | None],
+        pods: PodLifecycle,
+        api: ApiPodView,
+        node_uid: Callable[[], str | None],
     ) -> None:
+        """Listens to ``pods`` (statuses) and ``api`` (lists, mirrors) from here on; ``node_uid``
+        is the Node's current UID, which mirror pods are owned by (None until registered)."""
         self.masters = masters
-        self.status_of = status_of  # uid -> (pod, status) while a worker has it, else None
-        self.source_of = source_of
-        self.api_pod = api_pod  # uid -> the pod as the informer last saw it
-        self.api_status: Callable[[str], dict[str, Any] | None] = lambda uid: None
-        self.pods_known: Callable[[], list[str]] = list  # uids of every pod with a worker
-        self.mirror: Callable[[str, str], dict[str, Any] | None] = lambda ns, name: None
-        self.node_uid: Callable[[], str | None] = lambda: None
+        self.pods = pods
+        self.api = api
+        self.node_uid = node_uid
         self._static: dict[str, dict[str, Any]] = {}  # uid -> static pod with a mirror to keep
         self._dirty: set[str] = set()
         self._written: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self.writes = 0
+        pods.add_listener(self.changed)
+        api.on_listed(self.resync)
+        api.on_mirrors_changed(self.mirrors_changed)
 
     def changed(self, uid: str) -> None:
         """Pod-manager listener: this pod's status changed, or its worker finished."""
@@ -196,7 +210,7 @@ class StatusWriter:
         in the store, so this is the offline queue: latest wins per pod, one write per pod however
         long the outage, and a terminal status reached offline (even across a restart) is kept."""
         self._written.clear()
-        for uid in self.pods_known():
+        for uid in self.pods.known_uids():
             self._dirty.add(uid)
         self._wake.set()
 
@@ -204,7 +218,7 @@ class StatusWriter:
         """The informer saw mirror pods change: recreate the ones that are gone or stale (our own
         status writes come back here too, and must not cause another write)."""
         for uid, pod in self._static.items():
-            if _stale(self.mirror(*_key(pod)), pod):
+            if _stale(self.api.mirror(*_key(pod)), pod):
                 self._written.pop(uid, None)
                 self._dirty.add(uid)
                 self._wake.set()
@@ -233,19 +247,19 @@ class StatusWriter:
                 delay = 0.5
 
     async def _write(self, uid: str) -> None:
-        current = self.status_of(uid)
+        current = self.pods.status_of(uid)
         if current is None:
             self._written.pop(uid, None)
             static = self._static.pop(uid, None)
             if static is not None:
                 await self._delete_mirror(static)
                 return
-            pod = self.api_pod(uid)
+            pod = self.api.pod(uid)
             if pod is not None and pod["metadata"].get("deletionTimestamp"):
                 await self._finish_deletion(pod)
             return
         pod, status = current
-        source = self.source_of(uid)
+        source = self.pods.source_of(uid)
         if source is None:
             return  # gone from its source, being stopped: nothing to write, and no mirror to make
         if source != SOURCE:
@@ -253,7 +267,7 @@ class StatusWriter:
             return
         if self._written.get(uid) == status:
             return
-        if _holds(self.api_status(uid), status):
+        if _holds(self.api.api_status(uid), status):
             self._written[uid] = status
             return
         namespace, name = _key(pod)
@@ -276,7 +290,7 @@ class StatusWriter:
         if self.node_uid() is None:
             return  # not registered yet: the mirror is owned by the Node
         wanted["metadata"]["ownerReferences"][0]["uid"] = self.node_uid()
-        mirror = self.mirror(namespace, name)
+        mirror = self.api.mirror(namespace, name)
         if mirror is not None and not _stale(mirror, pod) and _holds(mirror.get("status"), status):
             self._written[uid] = status
             return
@@ -302,7 +316,7 @@ class StatusWriter:
 
     async def _delete_mirror(self, pod: dict[str, Any]) -> None:
         namespace, name = _key(pod)
-        mirror = self.mirror(namespace, name)
+        mirror = self.api.mirror(namespace, name)
         if mirror is not None:
             await self._delete(namespace, name, mirror["metadata"]["uid"])
             log.info("deleted mirror pod %s/%s", namespace, name)

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from vnode.store import Store
+from vnode.store import Store, layout
 
 log = logging.getLogger(__name__)
 
-TABLE = "device_twins"
+TABLE = layout.DEVICE_TWINS
 DEVICE_PREFIX = "$hw/events/device/"
 NODE_PREFIX = "$hw/events/node/"
 MAX_PAYLOAD = 64 * 1024  # a twin document is small; anything larger is refused (400)

@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from vnode import errors
 from vnode.mqtt import codec, topics
 from vnode.mqtt.codec import Ack, Bare, Connack, ConnackCode, Connect, Publish, Type
-from vnode.store import Delete, Put, Store
+from vnode.store import Delete, Put, Store, layout
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # a connection must send CONNECT within this
 MAX_INFLIGHT = 20  # unacknowledged QoS 1 messages per session (mosquitto's default)
 WRITE_HIGH_WATER = 256 * 1024  # the sender waits for the socket below this before writing more
-SESSIONS, RETAINED = "mqtt_sessions", "mqtt_retained"  # store tables
+SESSIONS, RETAINED = layout.MQTT_SESSIONS, layout.MQTT_RETAINED
 SAVE_INTERVAL = 1.0  # persistent sessions are saved this often (and when the broker closes)
 
 

@@ -27,11 +27,11 @@ from typing import Any
 from vnode import errors
 from vnode.mqtt import codec, topics
 from vnode.mqtt.broker import Message
-from vnode.store import Delete, Put, Store
+from vnode.store import Delete, Put, Store, layout
 
 log = logging.getLogger(__name__)
 
-OUTBOX = "mqtt_outbox"
+OUTBOX = layout.MQTT_OUTBOX
 MAX_INFLIGHT = 20
 KEEPALIVE = 30
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0

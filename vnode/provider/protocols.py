@@ -125,3 +125,44 @@ class ObjectReader(Protocol):
     def list_objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]: ...
 
     def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+# -- the seams between the controllers and the pod manager --------------------------------------
+
+
+class PodLifecycle(Protocol):
+    """The pod manager as the controllers see it (virtual-kubelet's pod lifecycle side): pods in
+    by source, statuses out, and a notification per pod whose status or worker changed."""
+
+    async def set_source_pods(self, source: str, pods: list[dict[str, Any]]) -> None: ...
+
+    def status_of(self, uid: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(pod, status) while a worker has the pod, else None."""
+        ...
+
+    def source_of(self, uid: str) -> str | None: ...
+
+    def known_uids(self) -> list[str]:
+        """Every pod that has a worker."""
+        ...
+
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        """``callback(uid)`` whenever a pod's status changes or its worker ends."""
+        ...
+
+
+class ApiPodView(Protocol):
+    """The API's pods as the informer last saw them (the notifier side): what the status writer
+    compares its writes with, and the mirror pods it keeps for static pods."""
+
+    def pod(self, uid: str) -> dict[str, Any] | None: ...
+
+    def api_status(self, uid: str) -> dict[str, Any] | None: ...
+
+    def mirror(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def on_listed(self, callback: Callable[[], None]) -> None:
+        """``callback()`` after every full list (at start and after an outage or failover)."""
+        ...
+
+    def on_mirrors_changed(self, callback: Callable[[], None]) -> None: ...

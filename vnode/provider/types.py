@@ -71,6 +71,15 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class ProbeState:
+    """What a container's probes say of its current instance; None where it has no such probe
+    (a running container is then started, and a started one ready)."""
+
+    started: bool | None = None
+    ready: bool | None = None
+
+
+@dataclass(frozen=True)
 class PodObservation:
     """Everything the status computation needs about one pod at one instant.
 
@@ -84,3 +93,4 @@ class PodObservation:
     waiting: dict[str, Waiting] = field(default_factory=dict)
     host_ip: str = ""
     terminal: bool = False  # the worker has finished the pod (deleted, or a terminal phase reached)
+    probes: dict[str, ProbeState] = field(default_factory=dict)  # by container name

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
-from vnode.runtime.specs import qos_class
+from vnode.config.settings import CGROUP_DRIVERS
+from vnode.kube.qos import qos_class
 
 log = logging.getLogger(__name__)
 
-DRIVERS = ("cgroupfs", "systemd")
 _QOS_PATH = {"Guaranteed": "", "Burstable": "burstable", "BestEffort": "besteffort"}
 
 
@@ -81,8 +81,8 @@ class CgroupDriver:
     """The driver in use, settled once: the configured one, or the runtime's answer."""
 
     def __init__(self, configured: str | None, ask_runtime: Callable[[], Awaitable[str | None]]) -> None:
-        if configured is not None and configured not in DRIVERS:
-            raise errors.ConfigError("runtime.cgroupDriver", f"must be one of {', '.join(DRIVERS)}")
+        if configured is not None and configured not in CGROUP_DRIVERS:
+            raise errors.ConfigError("runtime.cgroupDriver", f"must be one of {', '.join(CGROUP_DRIVERS)}")
         self._driver = configured
         self._ask = ask_runtime
 

@@ -112,6 +112,7 @@ class CriClient:
         if not endpoint.startswith("unix://"):
             raise errors.InvalidInput(f"container runtime endpoint {endpoint!r} is not a unix:// URL")
         self.endpoint = endpoint
+        self.runtime_version = ""  # as the last Version call answered (the Node's nodeInfo)
         self.timeout = timeout
         self.on_call = on_call  # (rpc name, seconds, failed) after every call: the node's metrics
         self._channel = grpc.aio.insecure_channel(
@@ -145,7 +146,10 @@ class CriClient:
     # -- runtime ----------------------------------------------------------------------------
 
     async def version(self) -> Any:
-        return await self._call(self._runtime.Version, api_pb2.VersionRequest(), "Version", timeout=10)
+        """CRI Version; the answer is also kept as ``runtime_version`` (``containerd://1.6.20``)."""
+        answer = await self._call(self._runtime.Version, api_pb2.VersionRequest(), "Version", timeout=10)
+        self.runtime_version = f"{answer.runtime_name}://{answer.runtime_version}"
+        return answer
 
     async def status(self) -> list[tuple[str, bool, str]]:
         """Runtime conditions as (type, ok, reason/message) triples (RuntimeReady, NetworkReady)."""

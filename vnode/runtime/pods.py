@@ -21,16 +21,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vnode import errors
+from vnode.probes.manager import Kill, ProbeEvent
 from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.provider.types import ContainerState
 from vnode.runtime import apiobjects, labels
-from vnode.runtime.worker import PodWorker, WorkerContext, fingerprint
+from vnode.runtime.observation import fingerprint
+from vnode.runtime.worker import PodWorker, WorkerContext
 from vnode.store import Delete, Put, Store
+from vnode.store.layout import PODS, PODSTATE, PodState
 
 log = logging.getLogger(__name__)
-
-PODS = "pods"
-PODSTATE = "podstate"
 
 
 class PodManager:
@@ -57,8 +57,8 @@ class PodManager:
         self._restored: list[PodWorker] = []
         self.runtime_error: str | None = "runtime not contacted yet"
         self.relisted = asyncio.Event()
-        ctx.status_changed = self._status_changed
-        ctx.persist = self._persist
+        if ctx.prober is not None:
+            ctx.prober.subscribe(self._probed)
 
     # -- desired state -----------------------------------------------------------------------
 
@@ -112,8 +112,8 @@ class PodManager:
                 worker.delete()
         self._ready_sources.add(source)
 
-    def _start_worker(self, pod: dict[str, Any], state: dict[str, Any] | None) -> None:
-        worker = PodWorker(self.ctx, pod, state)
+    def _start_worker(self, pod: dict[str, Any], state: PodState | None) -> None:
+        worker = PodWorker(self.ctx, pod, state, persist=self._persist, status_changed=self._status_changed)
         uid = worker.uid
         self._workers[uid] = worker
         task = asyncio.create_task(self._run_worker(worker), name=f"pod-worker:{worker.name}")
@@ -123,13 +123,15 @@ class PodManager:
         await worker.run()
         # Only a deleted pod's worker returns: forget it.
         uid = worker.uid
+        if self.ctx.prober is not None:
+            self.ctx.prober.forget(uid)
         if self._workers.get(uid) is worker:
             del self._workers[uid]
             self._tasks.pop(uid, None)
             await self.store.write([Delete(PODS, uid), Delete(PODSTATE, uid)])
             self._notify(uid)
 
-    async def _persist(self, uid: str, state: dict[str, Any]) -> None:
+    async def _persist(self, uid: str, state: PodState) -> None:
         """Keep a worker's state; a full store degrades (logged, ``store_problem`` set for the
         Node's EdgeStoreFull condition) instead of stopping the pod's sync."""
         if uid in self._workers and not self._workers[uid].deleting:
@@ -152,6 +154,16 @@ class PodManager:
 
     def _status_changed(self, uid: str) -> None:
         self._notify(uid)
+
+    def _probed(self, event: ProbeEvent) -> None:
+        """The prober's word: a result moved (compute the status again) or a container must go."""
+        worker = self._workers.get(event.uid)
+        if worker is None:
+            return
+        if isinstance(event, Kill):
+            worker.probe_failed(event)
+        else:
+            worker.wake()
 
     def _notify(self, uid: str) -> None:
         for callback in self._listeners:
@@ -190,6 +202,19 @@ class PodManager:
         worker.evict(message)
         await worker.persist_now()
         return True
+
+    def first_seen(self, source: str, annotation: str) -> dict[str, str]:
+        """uid -> the ``annotation`` of each pod restored from ``source`` (a static pod's first
+        sighting, which its source keeps stable across restarts)."""
+        found = {}
+        for uid, worker in self._workers.items():
+            value = (worker.pod["metadata"].get("annotations") or {}).get(annotation)
+            if self._source_of.get(uid) == source and isinstance(value, str):
+                found[uid] = value
+        return found
+
+    def known_uids(self) -> list[str]:
+        return list(self._workers)
 
     def workers(self) -> list[PodWorker]:
         return list(self._workers.values())
@@ -337,6 +362,8 @@ class PodManager:
                 await self.relist()
                 if self.runtime_error is not None:
                     log.info("container runtime is reachable at %s", self.ctx.cri.endpoint)
+                    with contextlib.suppress(errors.VnodeError):
+                        await self.ctx.cri.version()  # kept by the client for the Node's nodeInfo
                     for worker in self._workers.values():
                         worker.wake()
                 self.runtime_error = None

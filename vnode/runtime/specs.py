@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +19,10 @@ from typing import Any, Literal
 from cri_api.v1 import api_pb2
 
 from vnode import errors
+from vnode.kube.envvars import expand
+from vnode.kube.qos import qos_class
+from vnode.kube.quantity import milli_cpu, parse_quantity, to_bytes
 from vnode.runtime import apiobjects, labels
-from vnode.runtime.quantity import milli_cpu, parse_quantity, to_bytes
 
 CPU_PERIOD = 100_000  # kubelet's quotaPeriod (100 ms)
 MIN_SHARES = 2
@@ -39,13 +40,6 @@ _PROPAGATION = {
     "HostToContainer": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
     "Bidirectional": api_pb2.PROPAGATION_BIDIRECTIONAL,
 }
-_IMAGE_NAME = re.compile(
-    r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$"
-)
-_VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
 # -- identity and hashing ---------------------------------------------------------------------
@@ -70,50 +64,6 @@ def _pod_labels(pod: dict[str, Any]) -> dict[str, str]:
         labels.POD_NAMESPACE: meta.get("namespace", "default"),
         labels.POD_UID: meta["uid"],
     }
-
-
-# -- images -----------------------------------------------------------------------------------
-
-
-def normalize_image(image: str) -> str:
-    """A fully qualified reference (``docker.io/library/busybox:latest``), as CRI resolves names."""
-    image = image.strip()
-    match = _IMAGE_NAME.match(image)
-    if not image or match is None:
-        raise errors.InvalidInput(
-            f'Failed to apply default image tag "{image}": couldn\'t parse image name "{image}": '
-            "invalid reference format"
-        )
-    host, path, tag, digest = match.group("host", "path", "tag", "digest")
-    if host is None or ("." not in host and ":" not in host and host != "localhost"):
-        path = f"{host}/{path}" if host else path
-        host = "docker.io"
-        if "/" not in path:
-            path = f"library/{path}"
-    ref = f"{host}/{path}"
-    if tag:
-        ref += f":{tag}"
-    elif not digest:
-        ref += ":latest"
-    if digest:
-        ref += f"@{digest}"
-    return ref
-
-
-def default_pull_policy(image: str) -> str:
-    """The API server's default ``imagePullPolicy``: Always for ``:latest`` or untagged images."""
-    tagged = "@" in image or ":" in image.rsplit("/", 1)[-1]
-    return "Always" if not tagged or image.endswith(":latest") else "IfNotPresent"
-
-
-def image_pull_needed(container: dict[str, Any], present: bool) -> bool | None:
-    """True to pull, False to use the present image, None when policy Never forbids the pull."""
-    policy = container.get("imagePullPolicy") or default_pull_policy(str(container.get("image", "")))
-    if policy == "Always":
-        return True
-    if present:
-        return False
-    return None if policy == "Never" else True
 
 
 # -- DNS --------------------------------------------------------------------------------------
@@ -300,18 +250,6 @@ def resource_value(container: dict[str, Any], ref: dict[str, Any], node: NodeCap
     return str(math.ceil(amount / divisor))
 
 
-def expand(text: str, env: dict[str, str]) -> str:
-    """kubelet's ``$(VAR)`` expansion: defined references replaced, ``$$`` escapes, others kept."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return _VAR_REF.sub(replace, text)
-
-
 def resolve_env(
     container: dict[str, Any], ctx: EnvContext, objects: apiobjects.Objects | None = None
 ) -> dict[str, str]:
@@ -393,28 +331,6 @@ def volume_mounts(container: dict[str, Any], volume_paths: dict[str, Path]) -> l
             )
         )
     return mounts
-
-
-def qos_class(pod: dict[str, Any]) -> str:
-    """Guaranteed, Burstable or BestEffort, as the API server computes ``status.qosClass``."""
-    containers = _containers(pod.get("spec", {}))
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    guaranteed = True
-    for c in containers:
-        res = c.get("resources") or {}
-        req = {k: parse_quantity(v) for k, v in (res.get("requests") or {}).items() if k in ("cpu", "memory")}
-        lim = {k: parse_quantity(v) for k, v in (res.get("limits") or {}).items() if k in ("cpu", "memory")}
-        for k, v in req.items():
-            requests[k] = requests.get(k, 0) + v
-        for k, v in lim.items():
-            limits[k] = limits.get(k, 0) + v
-        req = {**lim, **req}  # an unset request defaults to the limit
-        if set(lim) != {"cpu", "memory"} or any(req.get(k) != lim[k] for k in lim):
-            guaranteed = False
-    if not requests and not limits:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
 
 
 def oom_score_adj(pod: dict[str, Any], container: dict[str, Any], capacity: NodeCapacity) -> int:

@@ -1,8 +1,9 @@
 """The pod status, computed from the runtime's observation the way kubelet computes it.
 
 A pure function of (pod spec, observation, previous status, now): kubelet's
-generateAPIPodStatus, convertToAPIContainerStatuses and getPhase, without probes (a running
-container is ready and started; probes come in a later issue). ``previous`` supplies what must
+generateAPIPodStatus, convertToAPIContainerStatuses and getPhase, with the probes' word on each
+container (``ProbeState``: a running container is started unless its startup probe has not passed,
+and ready once started unless its readiness probe fails). ``previous`` supplies what must
 not move once set: ``startTime`` and the ``lastTransitionTime`` of conditions whose status did not
 change, so that recomputing an unchanged pod yields an identical dict (and no write).
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from vnode.provider.types import ContainerObservation, ContainerState, PodObservation, Waiting
-from vnode.runtime.specs import qos_class
+from vnode.kube.qos import qos_class
+from vnode.provider.types import ContainerObservation, ContainerState, PodObservation, ProbeState, Waiting
 
 RUNTIME = "containerd"
 
@@ -34,8 +35,10 @@ def _terminated(c: ContainerObservation) -> dict[str, Any]:
     state: dict[str, Any] = {"exitCode": c.exit_code, "reason": reason}
     if c.message:
         state["message"] = c.message
-    state["startedAt"] = timestamp(c.started_at)
-    state["finishedAt"] = timestamp(c.finished_at)
+    if c.started_at is not None:  # one that never started has none (not 0001-01-01)
+        state["startedAt"] = timestamp(c.started_at)
+    if c.finished_at is not None:
+        state["finishedAt"] = timestamp(c.finished_at)
     state["containerID"] = f"{RUNTIME}://{c.id}"
     return state
 
@@ -64,6 +67,7 @@ def container_status(
     *,
     init: bool,
     default_reason: str,
+    probes: ProbeState | None = None,
 ) -> dict[str, Any]:
     """One entry of containerStatuses / initContainerStatuses."""
     sidecar = init and spec.get("restartPolicy") == "Always"
@@ -81,12 +85,14 @@ def container_status(
     status["state"] = state
     status["lastState"] = {"terminated": _terminated(last)} if last is not None else {}
     running = "running" in state
+    probes = probes or ProbeState()
+    started = running and probes.started is not False
     if init and not sidecar:
         status["ready"] = "terminated" in state and state["terminated"]["exitCode"] == 0
     else:
-        status["ready"] = running
+        status["ready"] = started and probes.ready is not False
     status["restartCount"] = newest.attempt if newest is not None else 0
-    status["started"] = running
+    status["started"] = started
     if newest is not None:
         status["imageID"] = newest.image_ref
         status["containerID"] = f"{RUNTIME}://{newest.id}"
@@ -179,6 +185,7 @@ def compute_pod_status(
             obs.waiting.get(c["name"]),
             init=True,
             default_reason="PodInitializing",
+            probes=obs.probes.get(c["name"]),
         )
         for c in init_specs
     ]
@@ -195,17 +202,21 @@ def compute_pod_status(
             obs.waiting.get(c["name"]),
             init=False,
             default_reason=default_reason,
+            probes=obs.probes.get(c["name"]),
         )
         for c in specs
     ]
     pod_phase = phase(pod, init_statuses, statuses)
     old_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     sandbox_ready = obs.sandbox is not None and obs.sandbox.ready
-    unready = [s["name"] for s in statuses if not s["ready"]]
+    sidecars = [
+        s for c, s in zip(init_specs, init_statuses, strict=True) if c.get("restartPolicy") == "Always"
+    ]
+    unready = [s["name"] for s in [*sidecars, *statuses] if not s["ready"]]
     incomplete = [s["name"] for c, s in zip(init_specs, init_statuses, strict=True) if not s["ready"]]
     completed = pod_phase in ("Succeeded", "Failed")
     if completed:
-        ready_reason, ready_message = "PodCompleted", ""
+        ready_reason, ready_message = ("PodCompleted" if pod_phase == "Succeeded" else "PodFailed"), ""
     elif unready:
         ready_reason, ready_message = (
             "ContainersNotReady",

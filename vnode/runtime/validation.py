@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from vnode import errors
-from vnode.runtime.quantity import parse_quantity
+from vnode.kube.quantity import parse_quantity
+from vnode.probes.spec import problems as probe_problems
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -179,6 +180,7 @@ def _container(
             problems.append(f"{mpath}.mountPath: Invalid value: must be an absolute path")
     for j, port in enumerate(container.get("ports") or []):
         _port(problems, f"{path}.ports[{j}]", port, host_ports)
+    problems.extend(probe_problems(container, path))
     resources = container.get("resources") or {}
     values: dict[str, dict[str, Any]] = {}
     for kind in ("requests", "limits"):

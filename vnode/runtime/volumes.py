@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
-from vnode.runtime.quantity import to_bytes
+from vnode.kube.quantity import to_bytes
 
 log = logging.getLogger(__name__)
 

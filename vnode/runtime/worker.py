@@ -18,17 +18,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vnode import errors
+from vnode.kube import images
+from vnode.kube.restarts import should_restart
+from vnode.probes.manager import Kill, Prober
 from vnode.provider.protocols import EventSink, ObjectSource
 from vnode.provider.types import (
     ContainerObservation,
     ContainerState,
     PodObservation,
+    ProbeState,
     SandboxObservation,
     Waiting,
 )
@@ -36,9 +40,13 @@ from vnode.runtime import apiobjects, labels, specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cgroups import CgroupDriver, pod_cgroup_parent
 from vnode.runtime.cri import CriClient
+from vnode.runtime.observation import Observed, Observer
+from vnode.runtime.podfiles import PodFiles, has_api_volumes
+from vnode.runtime.probing import probe_states
 from vnode.runtime.status import compute_pod_status
 from vnode.runtime.validation import validate_pod
 from vnode.runtime.volumes import VolumeManager
+from vnode.store.layout import PodState, SyncProblem
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ DEFAULT_GRACE_SECONDS = 30
 KEEP_INSTANCES = 2  # per container name: the current one and the one lastState reports
 RESYNC_SECONDS = 60.0  # kubelet's syncFrequency: a worker re-checks its pod at least this often
 OBJECT_RESYNC_SECONDS = 20.0  # pods using unwatched configMaps/secrets: how often their files are refreshed
+SYNC_KEY = "<sync>"  # the crash back-off's key for a pod whose syncs fail
 RETRY_SECONDS = 5.0  # after a runtime error that has no back-off of its own
 
 
@@ -67,66 +76,54 @@ class WorkerContext:
     dns: specs.DNSSettings
     crash_backoff: Backoff
     image_backoff: Backoff
-    # Called with (uid, persisted state) whenever that state changes; the manager writes the store.
-    persist: Callable[[str, dict[str, Any]], Awaitable[None]]
-    # Called with the uid whenever the computed status changes.
-    status_changed: Callable[[str], None]
     now: Callable[[], datetime] = utcnow
     # The configMaps and secrets pods refer to; None on a standalone node.
     objects: ObjectSource | None = None
     # Gives every sandbox its pod cgroup (vnode.runtime.cgroups); None leaves the runtime's default.
     cgroups: CgroupDriver | None = None
-
-
-@dataclass
-class Observed:
-    """The runtime's view of one pod, fresh from CRI at the start of a sync."""
-
-    sandboxes: list[SandboxObservation] = field(default_factory=list)  # newest first
-    containers: dict[str, list[ContainerObservation]] = field(default_factory=dict)  # newest first
-    sandbox_of: dict[str, str] = field(default_factory=dict)  # container id -> sandbox id
-
-    @property
-    def sandbox(self) -> SandboxObservation | None:
-        return self.sandboxes[0] if self.sandboxes else None
-
-    def current(self, name: str) -> ContainerObservation | None:
-        """The newest instance of ``name`` if it belongs to the current sandbox."""
-        instances = self.containers.get(name)
-        sandbox = self.sandbox
-        if not instances or sandbox is None or self.sandbox_of.get(instances[0].id) != sandbox.id:
-            return None
-        return instances[0]
-
-    def all_containers(self) -> list[ContainerObservation]:
-        return [c for instances in self.containers.values() for c in instances]
+    # Runs the containers' probes (vnode.probes); None: no probes run (benchmarks of the rest).
+    prober: Prober | None = None
 
 
 class PodWorker:
     """Drives one pod towards its spec; see the module docstring."""
 
-    def __init__(self, ctx: WorkerContext, pod: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        pod: dict[str, Any],
+        state: PodState | None = None,
+        *,
+        persist: Callable[[str, PodState], Awaitable[None]],
+        status_changed: Callable[[str], None],
+    ) -> None:
         self.ctx = ctx
+        # The owner's (the pod manager's): it writes our state to the store, and hears of changes.
+        self._save = persist
+        self._status_changed = status_changed
         self.pod = pod
         self.uid: str = pod["metadata"]["uid"]
-        state = state or {}
-        self.attempts: dict[str, int] = dict(state.get("attempts", {}))
-        self.sandbox_attempt: int = int(state.get("sandboxAttempt", -1))
-        self.status: dict[str, Any] | None = state.get("status")
-        self.terminal: bool = bool(state.get("terminal", False))
-        self.evicted: str | None = state.get("evicted")  # the eviction's message, once evicted
+        saved: dict[str, Any] = dict(state) if state is not None else {}  # a record may be partial
+        self.attempts: dict[str, int] = dict(saved.get("attempts", {}))
+        self.sandbox_attempt: int = int(saved.get("sandboxAttempt", -1))
+        self.status: dict[str, Any] | None = saved.get("status")
+        self.terminal: bool = bool(saved.get("terminal", False))
+        self.evicted: str | None = saved.get("evicted")  # the eviction's message, once evicted
+        self.problem: SyncProblem | None = saved.get("problem")  # why syncs fail: message, since
         self.deleting = False
         self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
         self.synced = asyncio.Event()  # set after the first completed sync
         self._waiting: dict[str, Waiting] = {}
         self._rejection: str | None = None
-        self._known: dict[str, ContainerObservation] = {}
+        self._observer = Observer(ctx.cri, ctx.volumes, self.uid, ctx.node_name)
+        self._handled: set[str] = set()  # containers this process created or took over
+        self._kills: dict[str, Kill] = {}  # container name -> a probe's kill not yet done
         self._wake = asyncio.Event()
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
-        self._tokens: dict[tuple[str, int], tuple[str, float]] = {}  # -> (token, refresh at)
+        self._files = PodFiles(ctx.objects, ctx.node_name, ctx.host_ip)
         self.last_observed = Observed()
-        for name, entry in (state.get("backoff") or {}).items():
+        for name, entry in (saved.get("backoff") or {}).items():
             ctx.crash_backoff.restore(f"{self.uid}/{name}", entry)
 
     # -- inputs from the manager -------------------------------------------------------------
@@ -159,6 +156,11 @@ class PodWorker:
         self.ctx.events.event(self.pod, "Warning", "Evicted", message)
         self.wake()
 
+    def probe_failed(self, kill: Kill) -> None:
+        """A liveness or startup probe failed past its threshold: restart that container."""
+        self._kills[kill.container] = kill
+        self.wake()
+
     def observe_listing(self, fingerprint: frozenset[tuple[str, str]]) -> None:
         """The relist saw this pod's runtime objects; wake the worker if anything changed."""
         if fingerprint != self._fingerprint:
@@ -178,11 +180,13 @@ class PodWorker:
                 log.warning("pod %s: runtime unavailable: %s", self.name, exc)
                 self._schedule(RETRY_SECONDS)
             except errors.VnodeError as exc:
-                log.warning("pod %s: sync failed: %s", self.name, exc)
-                self._schedule(RETRY_SECONDS)
+                await self._sync_failed(str(exc))
             except Exception:
                 log.exception("pod %s: sync failed unexpectedly", self.name)
                 self._schedule(RETRY_SECONDS)
+            else:
+                if self.problem is not None:
+                    await self._sync_works()
             finally:
                 self.synced.set()
             if self.deleting and self.done.is_set():
@@ -192,6 +196,23 @@ class PodWorker:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
+    async def _sync_failed(self, message: str) -> None:
+        """The runtime refused something this pod needs (a container stuck in its start that
+        cannot be removed, say): retry with back-off, say it once, and keep it for ``vnode status``."""
+        ctx = self.ctx
+        if self.problem is None or message != self.problem["message"]:
+            log.warning("pod %s: sync failed (retrying with back-off): %s", self.name, message)
+            self.problem = SyncProblem(message=message, since=ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
+            await self._persist()
+        self._schedule(ctx.crash_backoff.next_delay(f"{self.uid}/{SYNC_KEY}", ctx.now()))
+
+    async def _sync_works(self) -> None:
+        log.info("pod %s: sync works again", self.name)
+        self.problem = None
+        self.ctx.crash_backoff.reset(f"{self.uid}/{SYNC_KEY}")
+        if not self.done.is_set():  # a removed pod's state is gone from the store: keep it so
+            await self._persist()
+
     def _schedule(self, seconds: float) -> None:
         seconds = max(seconds, 0.05)
         if self._next_wake is None or seconds < self._next_wake:
@@ -200,6 +221,9 @@ class PodWorker:
     async def sync(self) -> None:
         """One pass: observe, act, observe again, publish the status."""
         observed = await self.observe()
+        # What this pass decides on. The look after acting is only published: a container that
+        # exited before it must still wake the worker at the next relist (it did not decide on it).
+        self._fingerprint = observed.fingerprint
         if self.deleting:
             await self._kill_pod(observed, remove=True)
             await asyncio.to_thread(self.ctx.volumes.cleanup, self.uid)
@@ -217,6 +241,7 @@ class PodWorker:
                 observed = await self.observe()
             elif observed.sandbox is not None and observed.sandbox.ready:
                 await self._refresh_api_volumes()
+                await self._collect_sandboxes(observed)
         if self.terminal and observed.sandbox is not None and observed.sandbox.ready:
             await self._kill_pod(observed, remove=False)
             observed = await self.observe()
@@ -226,46 +251,7 @@ class PodWorker:
     # -- observing ---------------------------------------------------------------------------
 
     async def observe(self) -> Observed:
-        """Sandboxes and containers of this pod, with full status only for what changed."""
-        cri = self.ctx.cri
-        selector = {labels.POD_UID: self.uid, labels.NODE_LABEL: self.ctx.node_name}
-        raw_sandboxes = await cri.list_pod_sandboxes(selector)
-        raw_containers = await cri.list_containers(selector)
-        sandboxes = []
-        for sb in raw_sandboxes:
-            try:
-                sandboxes.append(await cri.pod_sandbox_status(sb.id))
-            except errors.NotFound:
-                continue
-        sandboxes.sort(key=lambda s: (s.created_at or datetime.min.replace(tzinfo=UTC), s.id), reverse=True)
-        observed = Observed(sandboxes=sandboxes)
-        known: dict[str, ContainerObservation] = {}
-        for raw in raw_containers:
-            cached = self._known.get(raw.id)
-            listed_state = _list_state(raw.state)
-            if cached is not None and cached.state == listed_state and listed_state != ContainerState.CREATED:
-                obs = cached
-            else:
-                try:
-                    obs = await cri.container_status(raw.id)
-                except errors.NotFound:
-                    continue
-                if obs.state == ContainerState.EXITED and not obs.message:
-                    message = await asyncio.to_thread(
-                        self.ctx.volumes.termination_message, self.uid, obs.name, obs.attempt
-                    )
-                    if message:
-                        obs = replace(obs, message=message)
-            known[obs.id] = obs
-            observed.sandbox_of[obs.id] = raw.pod_sandbox_id
-            observed.containers.setdefault(obs.name, []).append(obs)
-        for instances in observed.containers.values():
-            instances.sort(
-                key=lambda c: (c.attempt, c.created_at or datetime.min.replace(tzinfo=UTC)), reverse=True
-            )
-        self._known = known
-        self._fingerprint = fingerprint(raw_sandboxes, raw_containers)
-        return observed
+        return await self._observer.observe()
 
     # -- deciding and acting -----------------------------------------------------------------
 
@@ -286,7 +272,7 @@ class PodWorker:
             if sandbox is not None:
                 log.info("pod %s: sandbox %s is not ready; recreating the pod", self.name, sandbox.id[:12])
                 await self._kill_pod(observed, remove=False)
-            sandbox = await self._create_sandbox()
+            sandbox = await self._create_sandbox(observed)
             if sandbox is None:
                 return False
             # Go on in this pass: the new sandbox has no containers, the older instances still
@@ -299,6 +285,8 @@ class PodWorker:
             name = container["name"]
             current = observed.current(name)
             sidecar = container.get("restartPolicy") == "Always"
+            if sidecar and await self._probe_kill(name, current):
+                return True
             if current is not None and current.state == ContainerState.RUNNING:
                 if sidecar:
                     continue
@@ -314,6 +302,8 @@ class PodWorker:
         for container in spec.get("containers") or []:
             name = container["name"]
             current = observed.current(name)
+            if await self._probe_kill(name, current):
+                return True  # the next pass sees it exited and restarts it (back-off applies)
             if current is not None and current.state == ContainerState.RUNNING:
                 if current.spec_hash and current.spec_hash != specs.container_hash(container):
                     log.info("pod %s: container %s spec changed; restarting it", self.name, name)
@@ -324,7 +314,7 @@ class PodWorker:
             if (
                 current is not None
                 and current.state == ContainerState.EXITED
-                and not _should_restart(policy, current.exit_code)
+                and not should_restart(policy, current.exit_code)
             ):
                 self._waiting.pop(name, None)
                 continue
@@ -345,21 +335,26 @@ class PodWorker:
             current = observed.current(container["name"])
             if current is None or current.state != ContainerState.EXITED:
                 return False
-            if _should_restart(policy, current.exit_code):
+            if should_restart(policy, current.exit_code):
                 return False
         return True
 
-    async def _create_sandbox(self) -> SandboxObservation | None:
-        """Run a new sandbox for the pod; None (with a waiting reason and a retry) if that failed."""
+    async def _create_sandbox(self, observed: Observed) -> SandboxObservation | None:
+        """Run a new sandbox for the pod; None (with a waiting reason and a retry) if that failed.
+
+        Its attempt follows the newest the runtime has, as kubelet numbers them, not only the one
+        this worker remembers: a sandbox whose creation a SIGKILL cut short still holds the name
+        of its attempt in the runtime, and reusing that number fails ("name is reserved") forever.
+        """
         ctx = self.ctx
         key = f"{self.uid}/<sandbox>"
         remaining = ctx.crash_backoff.remaining(key, None, ctx.now())
         if remaining > 0 and self.sandbox_attempt >= 0:
             self._schedule(remaining)
             return None
-        attempt = self.sandbox_attempt + 1
+        attempt = max([self.sandbox_attempt, *(s.attempt for s in observed.sandboxes)]) + 1
         try:
-            files = await self._api_volume_files(await self._api_objects(), None)
+            files = await self._files.volume_files(self.pod, await self._files.objects(self.pod), None)
             await asyncio.to_thread(ctx.volumes.prepare, self.pod, files)
         except errors.VnodeError as exc:
             self._set_all_waiting("ContainerCreating", str(exc))
@@ -403,6 +398,8 @@ class PodWorker:
         key = f"{self.uid}/{name}"
         instances = observed.containers.get(name, [])
         previous = instances[0] if instances else None
+        if previous is not None and self._start_cut_short(previous, observed):
+            return await self._take_over(previous, container, kind, observed, sandbox)
         if previous is not None and previous.state == ContainerState.EXITED and previous.finished_at:
             remaining = ctx.crash_backoff.remaining(key, previous.finished_at, ctx.now())
             if remaining > 0:
@@ -419,17 +416,6 @@ class PodWorker:
                 self._waiting[name] = Waiting("CrashLoopBackOff", message)
                 self._schedule(remaining)
                 return False
-        if (
-            previous is not None
-            and previous.state == ContainerState.CREATED
-            and previous is observed.current(name)
-        ):
-            # Created but never started (vnode stopped in between): start that instance.
-            try:
-                await ctx.cri.start_container(previous.id)
-                return True
-            except errors.VnodeError:
-                await _ignore_missing(ctx.cri.remove_container(previous.id))
         started = await self._start_container(container, kind, observed, sandbox)
         if previous is not None:
             ctx.crash_backoff.next_delay(key, ctx.now())
@@ -437,8 +423,58 @@ class PodWorker:
         await self._prune(name, observed)
         return started
 
+    def _start_cut_short(self, instance: ContainerObservation, observed: Observed) -> bool:
+        """Whether ``instance`` is one an earlier vnode process created and never saw started: the
+        newest of its name in the current sandbox, never run, and not handled by this process."""
+        return (
+            instance is observed.current(instance.name)
+            and instance.started_at is None
+            and instance.state in (ContainerState.CREATED, ContainerState.EXITED)
+            and instance.id not in self._handled
+        )
+
+    async def _take_over(
+        self,
+        instance: ContainerObservation,
+        container: dict[str, Any],
+        kind: str,
+        observed: Observed,
+        sandbox: SandboxObservation,
+    ) -> bool:
+        """Finish a start that vnode's own end cut short, without counting a restart.
+
+        A container still CREATED is started: it is the same instance, so the application starts
+        once. One the runtime already marked exited (containerd fails the start when the caller
+        goes: ``StartError``, ``context canceled``) never ran: it is removed and a new one is
+        created under the same attempt number, so restartCount says what really happened.
+        """
+        name = instance.name
+        if instance.state == ContainerState.CREATED:
+            try:
+                await self.ctx.cri.start_container(instance.id)
+            except errors.NotFound:
+                pass
+            else:
+                self._handled.add(instance.id)
+                log.info("pod %s: started container %s left created by an earlier run", self.name, name)
+                self.attempts[name] = instance.attempt
+                self._waiting.pop(name, None)
+                self.ctx.events.event(self.pod, "Normal", "Started", f"Started container {name}")
+                return True
+        # Raises while the runtime is still starting it: the sync is retried with back-off.
+        await _ignore_missing(self.ctx.cri.remove_container(instance.id))
+        self._handled.add(instance.id)
+        log.info("pod %s: replacing container %s, whose start an earlier run cut short", self.name, name)
+        remaining = replace(observed, containers={**observed.containers, name: observed.containers[name][1:]})
+        return await self._start_container(container, kind, remaining, sandbox, attempt=instance.attempt)
+
     async def _start_container(
-        self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
+        self,
+        container: dict[str, Any],
+        kind: str,
+        observed: Observed,
+        sandbox: SandboxObservation,
+        attempt: int | None = None,
     ) -> bool:
         ctx = self.ctx
         name = container["name"]
@@ -453,11 +489,12 @@ class PodWorker:
             host_ip=ctx.host_ip,
             pod_ips=[pod_ip, *sandbox.additional_ips],
         )
-        attempt = self._next_attempt(name, observed)
+        if attempt is None:
+            attempt = self._next_attempt(name, observed)
         try:
-            objects = await self._api_objects()
+            objects = await self._files.objects(self.pod)
             env = specs.resolve_env(container, env_ctx, objects)
-            files = await self._api_volume_files(objects, sandbox)
+            files = await self._files.volume_files(self.pod, objects, sandbox)
             volume_paths, term_log = await asyncio.to_thread(
                 self._prepare_host_files, container, attempt, files
             )
@@ -483,6 +520,7 @@ class PodWorker:
             self._fail_waiting(container, "CreateContainerError", str(exc), "Failed")
             return False
         self.attempts[name] = attempt
+        self._handled.add(container_id)
         ctx.events.event(self.pod, "Normal", "Created", f"Created container {name}")
         try:
             # The attempt number is also on the container's labels: persisting it need not
@@ -499,59 +537,19 @@ class PodWorker:
         log.info("pod %s: container %s started (%s, attempt %d)", self.name, name, container_id[:12], attempt)
         return True
 
-    async def _api_objects(self) -> apiobjects.Objects | None:
-        """The configMaps and secrets this pod refers to (None standalone)."""
-        source = self.ctx.objects
-        if source is None:
-            return None
-        namespace = self.pod["metadata"].get("namespace", "default")
-        refs = sorted(apiobjects.references(self.pod))
-        found = await asyncio.gather(*(source.get_object(kind, namespace, name) for kind, name in refs))
-        return dict(zip(refs, found, strict=True))
-
-    def _has_api_volumes(self) -> bool:
-        volumes = self.pod.get("spec", {}).get("volumes") or []
-        return any(kind in v for v in volumes for kind in apiobjects.API_VOLUME_KINDS)
-
-    async def _api_volume_files(
-        self, objects: apiobjects.Objects | None, sandbox: SandboxObservation | None
-    ) -> dict[str, dict[str, tuple[bytes, int]]] | None:
-        """Contents of the pod's configMap, secret, downwardAPI and projected volumes."""
-        source = self.ctx.objects
-        if objects is None or source is None:
-            return None
-        tokens: apiobjects.Tokens = {}
-        now = asyncio.get_running_loop().time()
-        for audience, seconds in apiobjects.token_requests(self.pod):
-            cached = self._tokens.get((audience, seconds))
-            if cached is None or now >= cached[1]:
-                token, lifetime = await source.token(self.pod, audience, seconds)
-                cached = (token, now + 0.8 * lifetime)  # kubelet refreshes at 80% of the lifetime
-                self._tokens[(audience, seconds)] = cached
-            tokens[(audience, seconds)] = cached[0]
-        pod_ip = (sandbox.ip if sandbox is not None else "") or self.ctx.host_ip
-        env_ctx = specs.EnvContext(self.pod, self.ctx.node_name, pod_ip, self.ctx.host_ip, [pod_ip])
-        containers = {c["name"]: c for c in self.pod.get("spec", {}).get("containers") or []}
-
-        def field(item: dict[str, Any]) -> str:
-            if "fieldRef" in item:
-                return specs.field_value(str(item["fieldRef"].get("fieldPath", "")), env_ctx)
-            ref = item.get("resourceFieldRef") or {}
-            return specs.resource_value(containers.get(str(ref.get("containerName", "")), {}), ref)
-
-        return apiobjects.volume_files(self.pod, objects, tokens, field)
-
     async def _refresh_api_volumes(self) -> None:
         """Rewrite configMap and secret volumes whose objects changed (atomic swap, kubelet style)."""
-        objects = await self._api_objects()
-        if objects is None or not (objects or apiobjects.token_requests(self.pod) or self._has_api_volumes()):
+        objects = await self._files.objects(self.pod)
+        if objects is None or not (
+            objects or apiobjects.token_requests(self.pod) or has_api_volumes(self.pod)
+        ):
             return
         source, namespace = self.ctx.objects, self.pod["metadata"].get("namespace", "default")
         if source is not None and not all(source.watched(kind, namespace, name) for kind, name in objects):
             # Watched objects wake the pod when they change; the others are polled.
             self._schedule(OBJECT_RESYNC_SECONDS)
         try:
-            files = await self._api_volume_files(objects, self.last_observed.sandbox)
+            files = await self._files.volume_files(self.pod, objects, self.last_observed.sandbox)
         except errors.InvalidInput as exc:
             log.warning("pod %s: volumes not refreshed: %s", self.name, exc)
             return
@@ -578,12 +576,12 @@ class PodWorker:
         ctx = self.ctx
         name = container["name"]
         try:
-            image = specs.normalize_image(container.get("image", ""))
+            image = images.normalize_image(container.get("image", ""))
         except errors.InvalidInput as exc:
             self._fail_waiting(container, "InvalidImageName", str(exc), "InspectFailed")
             return None
         present = await ctx.cri.image_ref(image)
-        decision = specs.image_pull_needed(container, present is not None)
+        decision = images.image_pull_needed(container, present is not None)
         if decision is None:
             message = f'Container image "{image}" is not present with pull policy of Never'
             self._fail_waiting(container, "ErrImageNeverPull", message, "ErrImageNeverPull")
@@ -607,7 +605,7 @@ class PodWorker:
             return None
         ctx.events.event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
         try:
-            objects = await self._api_objects()
+            objects = await self._files.objects(self.pod)
             auth = apiobjects.pull_auth(self.pod, image, objects) if objects is not None else None
             ref = await ctx.cri.pull_image(image, auth)
         except (errors.RuntimeFailure, errors.NotFound) as exc:
@@ -636,10 +634,22 @@ class PodWorker:
         for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
             self._waiting[c["name"]] = Waiting(reason, message)
 
-    async def _stop_container(self, container: ContainerObservation) -> None:
+    async def _probe_kill(self, name: str, current: ContainerObservation | None) -> bool:
+        """Stop ``current`` if a probe asked for it (the kill names the instance it judged)."""
+        kill = self._kills.pop(name, None)
+        if kill is None or current is None or current.id != kill.container_id:
+            return False
+        if current.state != ContainerState.RUNNING:
+            return False
+        await self._stop_container(current, grace=kill.grace, message=kill.message)
+        return True
+
+    async def _stop_container(
+        self, container: ContainerObservation, *, grace: int | None = None, message: str = ""
+    ) -> None:
         # Recorded when the stop begins: for the whole grace period it says what is going on.
-        grace = self.grace_seconds()
-        message = f"Stopping container {container.name} (grace period {grace}s)"
+        grace = self.grace_seconds() if grace is None else grace
+        message = message or f"Stopping container {container.name} (grace period {grace}s)"
         self.ctx.events.event(self.pod, "Normal", "Killing", message)
         with contextlib.suppress(errors.NotFound):
             await self.ctx.cri.stop_container(container.id, grace)
@@ -649,6 +659,16 @@ class PodWorker:
         for old in observed.containers.get(name, [])[KEEP_INSTANCES - 1 :]:
             if old.state == ContainerState.EXITED:
                 await _ignore_missing(self.ctx.cri.remove_container(old.id))
+
+    async def _collect_sandboxes(self, observed: Observed) -> None:
+        """Remove the pod's older sandboxes once they are stopped and hold no container, as
+        kubelet's garbage collector does (a sandbox recreated after a crash or a SIGKILL of vnode
+        would otherwise stay in the runtime for the pod's whole life)."""
+        holding = set(observed.sandbox_of.values())
+        for old in observed.sandboxes[1:]:
+            if not old.ready and old.id not in holding:
+                await _ignore_missing(self.ctx.cri.remove_pod_sandbox(old.id))
+                log.info("pod %s: removed old sandbox %s", self.name, old.id[:12])
 
     async def _kill_pod(self, observed: Observed, *, remove: bool) -> None:
         """Stop every running container (in parallel, with the grace period), then the sandboxes."""
@@ -699,6 +719,7 @@ class PodWorker:
                 waiting=dict(self._waiting),
                 host_ip=ctx.host_ip,
                 terminal=self.terminal,
+                probes=self._probe_states(observed, sandbox.ip if sandbox is not None else ""),
             )
             status = compute_pod_status(self.pod, obs, self.status, ctx.now())
             if self.evicted is not None:
@@ -706,7 +727,22 @@ class PodWorker:
         if status != self.status:
             self.status = status
             await self._persist()
-            ctx.status_changed(self.uid)
+            self._status_changed(self.uid)
+
+    def _probe_states(self, observed: Observed, pod_ip: str) -> dict[str, ProbeState]:
+        """Tell the prober what runs now; what its probes say of each container's instance."""
+        if self.ctx.prober is None:
+            return {}
+        deleting = self.deleting or bool(self.pod["metadata"].get("deletionTimestamp"))
+        return probe_states(
+            self.ctx.prober,
+            self.pod,
+            observed,
+            self.status,
+            pod_ip or self.ctx.host_ip,
+            deleting=deleting,
+            terminal=self.terminal,
+        )
 
     def _rejected_status(self) -> dict[str, Any]:
         previous = self.status or {}
@@ -718,7 +754,7 @@ class PodWorker:
             "startTime": previous.get("startTime") or self.ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> PodState:
         """What survives a restart of vnode (kept in the store's ``podstate`` table)."""
         backoff = {}
         for name in self.attempts:
@@ -726,38 +762,25 @@ class PodWorker:
             entry = self.ctx.crash_backoff.to_state(key)
             if entry is not None:
                 backoff[name] = entry
-        return {
-            "attempts": self.attempts,
-            "sandboxAttempt": self.sandbox_attempt,
-            "status": self.status,
-            "terminal": self.terminal,
-            "backoff": backoff,
-            **({"evicted": self.evicted} if self.evicted is not None else {}),
-        }
+        state = PodState(
+            attempts=self.attempts,
+            sandboxAttempt=self.sandbox_attempt,
+            status=self.status,
+            terminal=self.terminal,
+            backoff=backoff,
+        )
+        if self.evicted is not None:
+            state["evicted"] = self.evicted
+        if self.problem is not None:
+            state["problem"] = self.problem
+        return state
 
     async def _persist(self) -> None:
-        await self.ctx.persist(self.uid, self.state())
+        await self._save(self.uid, self.state())
 
     async def persist_now(self) -> None:
         """Write the state at once (an eviction must survive a restart before the next sync)."""
         await self._persist()
-
-
-def fingerprint(raw_sandboxes: list[Any], raw_containers: list[Any]) -> frozenset[tuple[str, str]]:
-    """What the relist compares: the IDs and states of a pod's runtime objects."""
-    return frozenset(
-        [(s.id, str(s.state)) for s in raw_sandboxes] + [(c.id, str(c.state)) for c in raw_containers]
-    )
-
-
-def _list_state(value: int) -> ContainerState:
-    return [ContainerState.CREATED, ContainerState.RUNNING, ContainerState.EXITED, ContainerState.UNKNOWN][
-        value if 0 <= value <= 3 else 3
-    ]
-
-
-def _should_restart(policy: str, exit_code: int) -> bool:
-    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
 
 def _make_dirs(path: Path) -> None:

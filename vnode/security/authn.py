@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from vnode import errors
+from vnode.errors import Unauthenticated
 from vnode.security.localca import BREAK_GLASS_GROUP
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ class User:
     extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     method: str = "x509"  # x509 | token | anonymous | local-token
     full_access: bool = False
-
-
-class Unauthenticated(Exception):
-    """A credential was presented and rejected, or none was and anonymous is off (401)."""
 
 
 K = TypeVar("K")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vnode import errors
+from vnode.errors import AuthorizationError
 from vnode.security.authn import Post, SingleFlight, TtlCache, User
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,6 @@ def describe(user: User, attributes: list[Attributes]) -> str:
 class Decision:
     allowed: bool
     reason: str = ""
-
-
-class AuthorizationError(Exception):
-    """No decision could be made (the webhook is unreachable and nothing is cached)."""
 
 
 class Authorizer(Protocol):

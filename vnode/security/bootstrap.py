@@ -295,7 +295,7 @@ async def wait_issued(masters: Masters, name: str, timeout: float) -> bytes:
             except errors.Unavailable as exc:
                 log.warning("waiting for CSR %s: %s", name, exc)
                 await asyncio.sleep(DISCOVERY_RETRY)
-            except errors.Conflict:  # the watch expired (410): get again
+            except errors.Expired:  # the watch's version is too old: get again
                 continue
 
 

@@ -31,6 +31,16 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
     return certs
 
 
+def is_self_signed(pem: str) -> bool:
+    """Whether the first certificate in ``pem`` is issued by its own subject (so it can be its own
+    CA in a kubeconfig); False for anything that does not parse."""
+    try:
+        certs = load_certificates(pem.encode())
+    except ValueError:
+        return False
+    return bool(certs) and certs[0].issuer == certs[0].subject
+
+
 def public_key_pin(cert: x509.Certificate) -> str:
     """kubeadm's CA pin: ``sha256:`` and the hex SHA-256 of the DER SubjectPublicKeyInfo."""
     spki = cert.public_key().public_bytes(

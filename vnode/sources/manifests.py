@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from vnode.kube.images import default_pull_policy
 from vnode.logs.inotify import DirectoryWatcher
-from vnode.runtime.specs import default_pull_policy
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,17 @@ class ManifestSource:
         *,
         check_frequency: float = 20.0,
         now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+        seen: dict[str, str] | None = None,
     ) -> None:
+        """``seen``: uid -> when an earlier run first saw that manifest (its pods as the store kept
+        them), so a static pod keeps its creationTimestamp, and its AGE, across restarts."""
         self.path = path
         self.node_name = node_name
         self._deliver = deliver
         self.check_frequency = check_frequency
         self._now = now
         self._files: dict[Path, _FileResult] = {}
-        self._seen: dict[str, str] = {}  # uid -> first time seen, so config.seen is stable
+        self._seen: dict[str, str] = dict(seen or {})  # uid -> first seen, so config.seen is stable
         self._last: list[dict[str, Any]] | None = None
         self.scans = 0
 

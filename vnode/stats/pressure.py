@@ -1,7 +1,7 @@
 """Node pressure: kubelet's eviction signals, the conditions they set, and what is done about them.
 
 Every ``interval`` (10 s, kubelet's housekeeping) the monitor reads the same snapshot the summary
-serves and compares each signal with its threshold (``vnode.stats.thresholds``):
+serves and compares each signal with its threshold (``vnode.kube.thresholds``):
 
 - ``memory.available`` = memory capacity - working set -> ``MemoryPressure``
 - ``nodefs.available``, ``nodefs.inodesFree``, ``imagefs.available``, ``imagefs.inodesFree``
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vnode import errors
-from vnode.runtime.quantity import parse_quantity, to_bytes
-from vnode.runtime.specs import qos_class
+from vnode.kube.qos import qos_class
+from vnode.kube.quantity import parse_quantity, to_bytes
+from vnode.kube.thresholds import Threshold
 from vnode.stats.collector import Snapshot, SnapshotSource
-from vnode.stats.thresholds import Threshold
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from vnode import errors
+from vnode.kube.images import normalize_image
 from vnode.runtime.cri import CriClient
-from vnode.runtime.specs import normalize_image
 
 log = logging.getLogger(__name__)
 

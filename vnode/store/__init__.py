@@ -29,11 +29,11 @@ from typing import Any
 import lmdb
 
 from vnode import errors
+from vnode.store.layout import META
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-META = "meta"
 MAX_TABLES = 32
 
 

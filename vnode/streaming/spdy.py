@@ -14,6 +14,8 @@ import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
+from vnode.errors import ProtocolError
+
 VERSION = 3
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
 FLAG_FIN = 0x01
@@ -49,10 +51,6 @@ def _dictionary() -> bytes:
 
 
 DICTIONARY = _dictionary()
-
-
-class ProtocolError(Exception):
-    """The peer sent something that is not SPDY/3."""
 
 
 @dataclass(frozen=True)

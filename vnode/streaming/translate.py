@@ -80,18 +80,22 @@ async def remote_command(
                 await conn.send(stdin, b"", fin=True)
 
     async def from_runtime() -> str:
+        status_seen = False
         async for frame in conn.frames():
             activity.touch()
             if frame.kind == "data":
                 channel = channel_of.get(frame.stream_id)
                 if channel is not None and frame.data:
                     await ws.send_bytes(bytes([channel]) + frame.data)
+                if channel == ERROR and frame.data:
+                    status_seen = True
                 if channel == ERROR and frame.fin:
                     return "session ended"
             elif frame.kind == spdy.GOAWAY:
                 return "session ended"
             elif frame.kind == spdy.RST_STREAM and frame.stream_id == error:
-                return "runtime reset the session"
+                # containerd resets the error stream once it has sent the exit status: a normal end
+                return "session ended" if status_seen else "runtime reset the session"
         return "runtime closed"
 
     return await first_of(from_client(), from_runtime(), cleanup=conn.close)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from vnode import errors
-from vnode.runtime.quantity import milli_cpu, parse_quantity, to_bytes
+from vnode.kube.quantity import milli_cpu, parse_quantity, to_bytes
 
 SIGNALS = (
     "memory.available",

@@ -1,0 +1,1 @@
+"""Liveness, readiness and startup probes, as kubelet runs them (see ``manager``)."""

@@ -1,0 +1,135 @@
+"""The store's layout: every table, its keys and its records, named once.
+
+Schema version 1 (``SCHEMA_VERSION`` in ``vnode.store``, kept in ``meta/schema``):
+
+========== ============================== ===================================================
+table      key                            value
+========== ============================== ===================================================
+meta       ``schema``                     the schema version (an int)
+meta       ``owner``                      ``Owner``: the cluster (CA hash) and node cached here
+pods       pod UID                        ``PodRecord``: the pod and the source it came from
+podstate   pod UID                        ``PodState``: what the pod's worker must remember
+link       ``state``                      ``LinkState``: active master, or offline since when
+link       ``node``                       the Node object as the API last showed it
+events     12-digit sequence number       ``StoredEvent``: an Event waiting to be posted
+events     ``dropped``                    how many Events the bounded queue dropped (an int)
+objects    ``<kind>/<namespace>/<name>``  ``ObjectRow``: a configMap, secret or token for
+                                          offline use; secrets and tokens sealed
+device_twins device id (``<ns>/<name>``)  ``TwinDevice``: a device and its twins (vnode.devices)
+mqtt_sessions client id                   ``MqttSession``: a persistent session of vnode's broker
+mqtt_retained topic                       ``MqttRetained``: a retained message
+mqtt_outbox 20-digit sequence number      ``MqttOutboxRow``: a message for the external broker
+========== ============================== ===================================================
+
+A change that an older vnode would misread (a renamed table or key, a record field that changes
+meaning or becomes required) bumps ``SCHEMA_VERSION``. The store then refuses to open under the
+old version with an error naming the path (it is never wiped), so the bump must come with a
+migration in ``Store.open`` from every version still in the field, tested on a store written by
+the previous release. Adding an optional field or a new table does not need a bump.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+META = "meta"
+PODS = "pods"
+PODSTATE = "podstate"
+LINK = "link"
+EVENTS = "events"
+OBJECTS = "objects"
+DEVICE_TWINS = "device_twins"
+MQTT_SESSIONS = "mqtt_sessions"
+MQTT_RETAINED = "mqtt_retained"
+MQTT_OUTBOX = "mqtt_outbox"
+
+TABLES = (
+    META,
+    PODS,
+    PODSTATE,
+    LINK,
+    EVENTS,
+    OBJECTS,
+    DEVICE_TWINS,
+    MQTT_SESSIONS,
+    MQTT_RETAINED,
+    MQTT_OUTBOX,
+)
+
+EVENTS_DROPPED = "dropped"  # the key of the dropped count in EVENTS (event keys are numbers)
+LINK_STATE = "state"
+LINK_NODE = "node"
+
+
+class Owner(TypedDict):
+    node: str
+    caHash: str
+
+
+class PodRecord(TypedDict):
+    source: str  # "file" or "api"
+    pod: dict[str, Any]
+
+
+class SyncProblem(TypedDict):
+    message: str
+    since: str  # RFC 3339
+
+
+class PodState(TypedDict):
+    attempts: dict[str, int]  # container name -> the attempt its newest instance was created with
+    sandboxAttempt: int
+    status: dict[str, Any] | None
+    terminal: bool
+    backoff: dict[str, dict[str, Any]]  # container name -> crash back-off (delay, updated)
+    evicted: NotRequired[str]  # the eviction's message
+    problem: NotRequired[SyncProblem]  # why the pod's syncs fail, for `vnode status`
+
+
+class LinkState(TypedDict, total=False):
+    activeMaster: str
+    offlineSince: str
+
+
+class StoredEvent(TypedDict):
+    time: str
+    namespace: str
+    name: str
+    uid: str
+    type: str
+    reason: str
+    message: str
+    kind: str
+
+
+class ObjectRow(TypedDict, total=False):
+    object: dict[str, Any] | None  # None: known not to exist
+    sealed: str  # the sealed JSON of a secret or token (``vnode.security.sealing``)
+
+
+class TwinDevice(TypedDict):
+    """KubeEdge's device document: ``twin`` maps a key to its ``MsgTwin`` JSON (expected/actual
+    ``{value, metadata: {timestamp}}``, ``optional``, ``metadata: {type}``, versions)."""
+
+    id: str
+    name: str
+    twin: dict[str, dict[str, Any]]
+    state: NotRequired[str]
+    last_online: NotRequired[str]
+
+
+class MqttSession(TypedDict):
+    subscriptions: dict[str, int]  # filter -> granted QoS
+    queue: list[list[Any]]  # [topic, base64 payload, qos, retain], oldest first
+
+
+class MqttRetained(TypedDict):
+    payload: str  # base64
+    qos: int
+
+
+class MqttOutboxRow(TypedDict):
+    topic: str
+    payload: str  # base64
+    qos: int
+    retain: bool
