@@ -14,12 +14,15 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vnode import __version__, errors
 from vnode.config.help import HELP, SECTIONS
 from vnode.config.loader import FIELDS, load_settings
 from vnode.config.settings import Settings
+
+if TYPE_CHECKING:
+    from vnode.store import Store
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -130,6 +133,28 @@ def main(argv: list[str] | None = None) -> int:
     return run(settings)
 
 
+def _event_bus_status(store: Store) -> None:
+    """MQTT's state in the store: persistent sessions, retained messages, the external broker's
+    outbox, and the devices with their state and twins."""
+    from vnode.store import layout
+
+    sessions, retained = len(store.items(layout.MQTT_SESSIONS)), len(store.items(layout.MQTT_RETAINED))
+    outbox = len(store.items(layout.MQTT_OUTBOX))
+    if sessions or retained or outbox:
+        print(
+            f"mqtt: {sessions} persistent session(s), {retained} retained message(s), "
+            f"{outbox} waiting for the external broker"
+        )
+    for device_id, device in store.items(layout.DEVICE_TWINS):
+        twins = ", ".join(
+            f"{key}={(t.get('actual') or {}).get('value', '-')}/{(t.get('expected') or {}).get('value', '-')}"
+            for key, t in sorted((device.get("twin") or {}).items())
+        )
+        print(
+            f"device {device_id}\t{device.get('state') or 'unknown'}\t{twins or 'no twins'} (actual/expected)"
+        )
+
+
 def _status(root_dir: Path) -> int:
     """What the store says: its size, whose cache it is, the link to the control plane, the
     objects kept for offline use, and the pods with their last phase. Runs beside a live node."""
@@ -164,6 +189,7 @@ def _status(root_dir: Path) -> int:
 
         for line in status_lines(root_dir):
             print(line)
+        _event_bus_status(store)
         kinds = Counter(key.split("/", 1)[0] for key, _ in store.items(layout.OBJECTS))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))

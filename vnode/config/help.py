@@ -14,6 +14,7 @@ SECTIONS = {
     "resources": "resources, pressure and eviction",
     "store": "store",
     "logging": "logging",
+    "eventBus": "MQTT event bus for devices (edgecore's eventBus)",
     "": "general",
 }
 
@@ -89,4 +90,18 @@ HELP: dict[str, tuple[str, str]] = {
     "store.mapSize": ("initial LMDB map size; grows up to 8x when full", "1Gi"),
     "logging.level": ("debug, info, warning or error", "info"),
     "logging.verbosity": ("kubelet-style verbosity; 4 or more logs at debug level", "0"),
+    "eventBus.enable": ("MQTT for devices and their mappers, with KubeEdge device twins", "false"),
+    "eventBus.mqttMode": ("0: vnode's own broker; 1: vnode's and an external one; 2: external only", "0"),
+    "eventBus.mqttServerInternal": ("where vnode's broker listens, tcp:// or ssl://", "tcp://127.0.0.1:1884"),
+    "eventBus.mqttServerExternal": ("the external broker (modes 1 and 2)", "tcp://127.0.0.1:1883"),
+    "eventBus.mqttQOS": ("QoS of vnode's own publishes", "0"),
+    "eventBus.mqttRetain": ("retain flag of vnode's own publishes", "false"),
+    "eventBus.mqttSessionQueueSize": ("messages a client's session holds; past it the oldest go", "100"),
+    "eventBus.mqttSubClientID": ("client id on the external broker, subscribing", "hub-client-sub-<node>"),
+    "eventBus.mqttPubClientID": ("client id on the external broker, publishing", "hub-client-pub-<node>"),
+    "eventBus.mqttUsername": ("with it, vnode's broker requires these credentials", "none (anonymous)"),
+    "eventBus.mqttPassword": ("the password that goes with mqttUsername", "none"),
+    "eventBus.tlsMqttCAFile": ("CA whose client certificates vnode's ssl:// broker requires", "none"),
+    "eventBus.tlsMqttCertFile": ("certificate vnode's ssl:// broker serves", "none"),
+    "eventBus.tlsMqttPrivateKeyFile": ("key of that certificate", "none"),
 }

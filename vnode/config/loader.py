@@ -220,6 +220,46 @@ FIELDS = [
         parsers.ttl,
     ),
     Field("rootDir", "--root-dir", ("", "root_dir"), parsers.path),
+    Field("eventBus.enable", "--event-bus", ("event_bus", "enable"), parsers.boolean),
+    Field("eventBus.mqttMode", "--mqtt-mode", ("event_bus", "mqtt_mode"), parsers.mqtt_mode),
+    Field(
+        "eventBus.mqttServerInternal",
+        "--mqtt-server-internal",
+        ("event_bus", "mqtt_server_internal"),
+        parsers.mqtt_server,
+    ),
+    Field(
+        "eventBus.mqttServerExternal",
+        "--mqtt-server-external",
+        ("event_bus", "mqtt_server_external"),
+        parsers.mqtt_server,
+    ),
+    Field("eventBus.mqttQOS", "--mqtt-qos", ("event_bus", "mqtt_qos"), parsers.int_range(0, 2)),
+    Field("eventBus.mqttRetain", "--mqtt-retain", ("event_bus", "mqtt_retain"), parsers.boolean),
+    Field(
+        "eventBus.mqttSessionQueueSize",
+        "--mqtt-session-queue-size",
+        ("event_bus", "mqtt_session_queue_size"),
+        parsers.int_range(1, 1_000_000),
+    ),
+    Field(
+        "eventBus.mqttSubClientID", "--mqtt-sub-client-id", ("event_bus", "mqtt_sub_client_id"), parsers.text
+    ),
+    Field(
+        "eventBus.mqttPubClientID", "--mqtt-pub-client-id", ("event_bus", "mqtt_pub_client_id"), parsers.text
+    ),
+    Field("eventBus.mqttUsername", "--mqtt-username", ("event_bus", "mqtt_username"), parsers.text),
+    Field("eventBus.mqttPassword", "--mqtt-password", ("event_bus", "mqtt_password"), parsers.text),
+    Field("eventBus.tlsMqttCAFile", "--mqtt-tls-ca-file", ("event_bus", "tls_mqtt_ca_file"), parsers.path),
+    Field(
+        "eventBus.tlsMqttCertFile", "--mqtt-tls-cert-file", ("event_bus", "tls_mqtt_cert_file"), parsers.path
+    ),
+    Field(
+        "eventBus.tlsMqttPrivateKeyFile",
+        "--mqtt-tls-private-key-file",
+        ("event_bus", "tls_mqtt_private_key_file"),
+        parsers.path,
+    ),
 ]
 BY_PATH = {f.path: f for f in FIELDS}
 BY_FLAG = {f.flag: f for f in FIELDS}
@@ -308,6 +348,7 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
         parsers.node_name(settings.node.name, Path())
     except parsers.Bad as exc:
         raise errors.ConfigError("node.name", f"{exc}; set --hostname-override") from None
+    _check_event_bus(settings)
     resources = settings.resources
     for soft in resources.eviction_soft:
         if soft.signal not in resources.eviction_soft_grace_period:
@@ -315,3 +356,21 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
                 "resources.evictionSoftGracePeriod", f"no grace period for the soft threshold {soft.text()}"
             )
     return settings
+
+
+def _check_event_bus(settings: Settings) -> None:
+    """What no single eventBus field can say wrong alone."""
+    bus = settings.event_bus
+    if (bus.tls_mqtt_cert_file is None) != (bus.tls_mqtt_private_key_file is None):
+        missing = "tlsMqttPrivateKeyFile" if bus.tls_mqtt_private_key_file is None else "tlsMqttCertFile"
+        raise errors.ConfigError(f"eventBus.{missing}", "the TLS certificate and key go together")
+    if bus.mqtt_password and not bus.mqtt_username:
+        raise errors.ConfigError("eventBus.mqttPassword", "a password needs eventBus.mqttUsername")
+    if bus.internal and bus.mqtt_server_internal.startswith("ssl://") and bus.tls_mqtt_cert_file is None:
+        raise errors.ConfigError(
+            "eventBus.mqttServerInternal", "ssl:// needs eventBus.tlsMqttCertFile and tlsMqttPrivateKeyFile"
+        )
+    if bus.mqtt_mode == 1 and bus.mqtt_server_internal == bus.mqtt_server_external:
+        raise errors.ConfigError(
+            "eventBus.mqttServerExternal", "mode 1 (both) needs two brokers at different addresses"
+        )

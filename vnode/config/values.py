@@ -272,3 +272,27 @@ def joined(value: Any) -> str:
     if isinstance(value, str):
         return value
     raise Bad(f"expected a comma-separated list or a mapping, got {value!r}")
+
+
+def mqtt_server(value: Any, base: Path) -> str:
+    """``tcp://host:port`` or ``ssl://host:port`` (edgecore's form)."""
+    text = str(value).strip()
+    match = re.match(r"^(tcp|ssl)://(\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+):(\d{1,5})$", text)
+    if not match or not 0 < int(match.group(3)) <= 65535:
+        raise Bad(f"expected tcp://host:port or ssl://host:port, got {value!r}")
+    return text
+
+
+def mqtt_mode(value: Any, base: Path) -> int:
+    try:
+        return int_range(0, 2)(value, base)
+    except Bad:
+        raise Bad(f"must be 0 (internal), 1 (both) or 2 (external), got {value!r}") from None
+
+
+def text(value: Any, base: Path) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise Bad(f"expected a string, got {value!r}")
+    return str(value)
