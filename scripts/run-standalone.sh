@@ -21,7 +21,9 @@ if ! ctr --address "$sock" version >/dev/null 2>&1; then
         echo "run: starting containerd (log: /var/log/vnode-containerd.log)"
         mkdir -p /etc/vnode
         install -m 0644 conf/containerd.toml /etc/vnode/containerd.toml
-        nohup containerd --config /etc/vnode/containerd.toml >/var/log/vnode-containerd.log 2>&1 &
+        # A session of its own: Ctrl-C on this script (or vnode stopping) never stops the runtime,
+        # and the containers it runs keep running.
+        setsid nohup containerd --config /etc/vnode/containerd.toml >/var/log/vnode-containerd.log 2>&1 &
     fi
     for _ in $(seq 100); do
         ctr --address "$sock" version >/dev/null 2>&1 && break

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine (as root) for running and testing vnode:
 # the OS packages (containerd, runc, busybox-static for the images the harness builds, gcc for
-# the pause binary, kubectl's companions later) and a virtualenv in .venv with vnode installed.
+# the pause binary, kubectl's companions later, mosquitto and its clients for the MQTT tests) and
+# a virtualenv in .venv with vnode installed.
 # Idempotent: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(containerd runc busybox-static containernetworking-plugins iptables gcc libc6-dev curl openssl ca-certificates)
+packages=(containerd runc busybox-static containernetworking-plugins iptables gcc libc6-dev curl openssl ca-certificates
+          mosquitto mosquitto-clients)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,21 +8,28 @@ argument errors stay instant.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vnode import __version__, errors
+from vnode.config.help import HELP, SECTIONS
 from vnode.config.loader import FIELDS, load_settings
 from vnode.config.settings import Settings
+
+if TYPE_CHECKING:
+    from vnode.store import Store
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnode", description="A Kubernetes node for the edge.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="vnode", description="A Kubernetes node for the edge.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="run the node in the foreground")
     _node_flags(run)
     join = commands.add_parser("join", help="join a cluster with a bootstrap token, then run the node")
@@ -42,17 +49,49 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _node_flags(parser: argparse.ArgumentParser) -> None:
+    """Every config field's kubelet flag, by section, with its meaning and default (``config.help``)."""
     parser.add_argument(
         "--config", type=Path, help="YAML config file (see conf/vnode.yaml); flags override it"
     )
+    groups: dict[str, Any] = {}
     for field in FIELDS:
+        section = field.path.split(".", 1)[0] if "." in field.path else ""
+        if section not in groups:
+            groups[section] = parser.add_argument_group(SECTIONS.get(section, section))
+        meaning, default = HELP[field.path]
+        text = f"{meaning} (default: {default}; config: {field.path})".replace("%", "%%")
         names = [field.flag, "--v"] if field.flag == "-v" else [field.flag]
         if field.boolean:  # kubelet's boolean flags: ``--flag`` alone means true
-            parser.add_argument(
-                *names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}", nargs="?", const="true"
+            groups[section].add_argument(
+                *names, dest=field.flag, metavar="VALUE", help=text, nargs="?", const="true"
             )
         else:
-            parser.add_argument(*names, dest=field.flag, metavar="VALUE", help=f"sets {field.path}")
+            groups[section].add_argument(*names, dest=field.flag, metavar="VALUE", help=text)
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long flag of ``parser`` and of its subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _flags(sub)
+    return found
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, and a "did you mean" for a mistyped flag (Python 3.11's argparse has none)."""
+
+    def error(self, message: str) -> NoReturn:
+        match = re.match(r"unrecognized arguments: (\S+)", message)
+        if match:
+            given = match.group(1).split("=", 1)[0]
+            known = sorted(_flags(self))
+            close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+            if close:
+                message = f"unrecognized argument {given}: did you mean {close[0]}?"
+        super().error(message)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -94,6 +133,28 @@ def main(argv: list[str] | None = None) -> int:
     return run(settings)
 
 
+def _event_bus_status(store: Store) -> None:
+    """MQTT's state in the store: persistent sessions, retained messages, the external broker's
+    outbox, and the devices with their state and twins."""
+    from vnode.store import layout
+
+    sessions, retained = len(store.items(layout.MQTT_SESSIONS)), len(store.items(layout.MQTT_RETAINED))
+    outbox = len(store.items(layout.MQTT_OUTBOX))
+    if sessions or retained or outbox:
+        print(
+            f"mqtt: {sessions} persistent session(s), {retained} retained message(s), "
+            f"{outbox} waiting for the external broker"
+        )
+    for device_id, device in store.items(layout.DEVICE_TWINS):
+        twins = ", ".join(
+            f"{key}={(t.get('actual') or {}).get('value', '-')}/{(t.get('expected') or {}).get('value', '-')}"
+            for key, t in sorted((device.get("twin") or {}).items())
+        )
+        print(
+            f"device {device_id}\t{device.get('state') or 'unknown'}\t{twins or 'no twins'} (actual/expected)"
+        )
+
+
 def _status(root_dir: Path) -> int:
     """What the store says: its size, whose cache it is, the link to the control plane, the
     objects kept for offline use, and the pods with their last phase. Runs beside a live node."""
@@ -128,6 +189,7 @@ def _status(root_dir: Path) -> int:
 
         for line in status_lines(root_dir):
             print(line)
+        _event_bus_status(store)
         kinds = Counter(key.split("/", 1)[0] for key, _ in store.items(layout.OBJECTS))
         if kinds:
             print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))

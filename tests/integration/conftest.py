@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from integration.containerd import Containerd, unmount_under
+from integration.fakecri import FakeRuntime
 from integration.kube import KubeCluster
 from integration.kube.view import ClusterView
 from integration.node import VnodeProcess, running_node
@@ -69,6 +70,17 @@ async def cri(containerd: Containerd) -> AsyncIterator[CriClient]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeRuntime]:
+    """The fake CRI runtime (``integration/fakecri.py``) in a process of its own, for this test."""
+    runtime = FakeRuntime(tmp_path / "fakecri")
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
 
 
 @pytest.fixture(autouse=True)

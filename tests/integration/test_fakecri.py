@@ -16,12 +16,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from integration.containerd import Containerd
@@ -383,16 +382,6 @@ def converse(endpoint: str, base: Path) -> list[tuple[str, Any]]:
         containers("ListContainers after remove", api_pb2.ContainerFilter(pod_sandbox_id=hid))
         sandboxes("ListPodSandbox after remove", api_pb2.PodSandboxFilter(label_selector=mine))
         return c.transcript
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeRuntime]:
-    runtime = FakeRuntime(tmp_path / "fakecri")
-    runtime.start()
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
 
 
 def test_fake_runtime_answers_as_containerd_does(

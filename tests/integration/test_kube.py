@@ -512,3 +512,26 @@ async def test_a_deployment_rolls_out_as_its_pods_turn_ready(
     assert 'deployment "gated" successfully rolled out' in out
     table = await cluster.kubectl("get", "pods", "-l", "app=gated", "--no-headers")
     assert [line.split()[1] for line in table.splitlines()] == ["1/1", "1/1"], table
+
+
+async def test_kubectl_explain_through_a_joined_nodes_local_api_shows_the_real_schema(
+    cluster: ClusterView, edge: VnodeProcess
+) -> None:
+    """A joined node keeps the control plane's OpenAPI document of core/v1 (once per start), so
+    ``kubectl explain`` through its local API shows the real schema, as the API server would (the
+    local API reads the kept copy only, never the control plane, so this holds offline too)."""
+    argv = cluster.kubectl_argv("explain", "pod.spec.restartPolicy")
+    kubectl = argv[0]
+    real = await cluster.kubectl("explain", "pod.spec.restartPolicy")
+
+    async def local_explain() -> str | None:
+        proc = await asyncio.create_subprocess_exec(
+            kubectl, "--kubeconfig", str(edge.root_dir / "local.kubeconfig"),
+            "explain", "pod.spec.restartPolicy",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        return out.decode() if proc.returncode == 0 else None
+
+    answered = await wait_for(local_explain, timeout=60, what="explain through the local API")
+    assert answered == real

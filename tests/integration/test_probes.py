@@ -7,8 +7,10 @@ changes through CRI ExecSync, the way an operator's ``kubectl exec`` would.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -183,3 +185,52 @@ async def test_a_grpc_probe_reads_the_health_service(node: VnodeProcess) -> None
         )
     finally:
         await health.server.stop(None)
+
+
+async def test_a_restart_of_vnode_keeps_ready_and_started_and_the_container(
+    node: VnodeProcess, cri: CriClient
+) -> None:
+    """As kubelet since 1.35 (KEP-4781): a container running across a restart of vnode keeps its
+    ``ready`` and ``started`` until probed again, and is not restarted (one started less than 10 s
+    before vnode is taken for new, as kubelet does). The readiness probe takes
+    3 s to answer, so for the first seconds after the restart only the kept state can say Ready."""
+    container = {
+        "startupProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+        "readinessProbe": {
+            "exec": {"command": ["sh", "-c", "sleep 3; cat /tmp/ready"]},
+            "periodSeconds": 1,
+            "timeoutSeconds": 10,
+        },
+    }
+    node.write_manifest("kept.yaml", busybox_pod("kept", "touch /tmp/ready; sleep 3600", container=container))
+    before = await node.wait_pod("kept", ready, what="started and Ready")
+    kept = container_status(before, "main")["containerID"]
+    started_at = datetime.fromisoformat(container_status(before, "main")["state"]["running"]["startedAt"])
+
+    async def older_than_the_grace() -> bool:  # kubelet's: started 10 s before its own start
+        return datetime.now(tz=UTC) - started_at > timedelta(seconds=11)
+
+    await wait_for(older_than_the_grace, timeout=30, what="the container 11 s old")
+
+    await node.terminate()
+    await node.start()
+    for _ in range(10):  # the first 2 s of the new vnode, while its readiness probe is still running
+        pod = await node.pod(node.static_name("kept"))
+        assert pod is not None
+        status = container_status(pod, "main")
+        assert (status["containerID"], status["restartCount"]) == (kept, 0)
+        assert (status["started"], status["ready"], ready(pod)) == (True, True, True), pod["status"]
+        await asyncio.sleep(0.2)  # sampling a window, not waiting for an event
+
+    await in_container(cri, before, "rm", "/tmp/ready")  # the probes go on after the restart
+    await node.wait_pod("kept", lambda p: not ready(p), what="unready once the file is gone")
+
+
+async def test_an_exec_probe_past_its_timeout_fails(node: VnodeProcess) -> None:
+    """containerd ends the exec at timeoutSeconds; kubelet's message names the command."""
+    probe = {"exec": {"command": ["sleep", "5"]}, "timeoutSeconds": 1, "periodSeconds": 2}
+    node.write_manifest("stuck.yaml", busybox_pod("stuck", "sleep 3600", container={"readinessProbe": probe}))
+    name = node.static_name("stuck")
+    await wait_for(logged(node, f'{name} Unhealthy: Readiness probe failed: command "sleep 5" timed out'))
+    pod = await node.wait_pod("stuck", lambda p: "running" in container_status(p, "main")["state"])
+    assert not ready(pod)

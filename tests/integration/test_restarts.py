@@ -8,24 +8,11 @@ next full resync (60 s), which is what a fast-failing container on containerd go
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from integration.fakecri import FakeRuntime
 from integration.node import VnodeProcess, busybox_pod, container_status
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeRuntime]:
-    runtime = FakeRuntime(tmp_path / "fakecri")
-    runtime.start()
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
 
 
 def backing_off(delay: str) -> Any:

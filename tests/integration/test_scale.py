@@ -7,25 +7,12 @@ and all be removed from the runtime when their manifests go.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from integration.fakecri import FakeRuntime
 from integration.node import VnodeProcess, busybox_pod, container_status, is_running, wait_for
 
 PODS = 200
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeRuntime]:
-    runtime = FakeRuntime(tmp_path / "fakecri")
-    runtime.start()
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
 
 
 async def test_200_pods_run_are_readopted_once_and_are_deleted(fake: FakeRuntime, tmp_path: Path) -> None:

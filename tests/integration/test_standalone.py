@@ -502,8 +502,12 @@ async def test_a_second_vnode_on_the_same_root_dir_exits_4(node: VnodeProcess, t
 
     await node.kill()
     assert (node.root_dir / "vnode.lock").exists()
-    await node.start()
-    assert (await node.get("/healthz"))[0] == 200
+    await node.start()  # returns once /healthz/ping answers; /healthz also waits for the re-adoption
+
+    async def healthy() -> bool:
+        return (await node.get("/healthz"))[0] == 200
+
+    await wait_for(healthy, what="/healthz after the restart")
 
 
 async def test_killing_event_is_recorded_when_the_stop_begins(node: VnodeProcess, cri: CriClient) -> None:

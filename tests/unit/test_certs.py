@@ -3,15 +3,19 @@ pin printed for join, key modes, and no CA ever overwritten."""
 
 from __future__ import annotations
 
+import datetime as dt
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from vnode.cli import main
-from vnode.security import keys
+from vnode.security import keys, profiles
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ca_admin_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,3 +89,40 @@ def test_break_glass_is_signed_by_the_nodes_local_ca_and_recognised(tmp_path: Pa
     assert (
         main(["certs", "issue", "break-glass", "--out", str(out), "--root-dir", str(tmp_path / "none")]) == 1
     )
+
+
+def _extensions(pem: bytes) -> dict[str, Any]:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(pem)
+    found: dict[str, Any] = {}
+    for ext in cert.extensions:
+        value = ext.value
+        if isinstance(value, x509.BasicConstraints):
+            found["ca"] = (value.ca, ext.critical)
+        elif isinstance(value, x509.KeyUsage):
+            found["key_usage"] = {n for n in keys.KEY_USAGES[:7] if getattr(value, n)}
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            found["eku"] = {oid.dotted_string for oid in value}
+    return found
+
+
+def test_the_openssl_recipe_in_certs_makes_what_the_profiles_make(tmp_path: Path) -> None:
+    """certs/openssl.cnf is the client-ca and issued-client profiles for openssl: the recipe in
+    certs/README.md and ``vnode certs`` make certificates with the same extensions."""
+    cnf = str(ROOT / "certs" / "openssl.cnf")
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    run("req", "-x509", "-new", *curve, "-days", "30", "-subj", "/CN=site-ca", "-config", cnf,
+        "-extensions", "client_ca", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("req", "-new", *curve, "-subj", "/O=ops/CN=alice", "-keyout", "alice.key", "-out", "alice.csr")
+    run("x509", "-req", "-in", "alice.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "1", "-extfile", cnf, "-extensions", "issued_client", "-out", "alice.crt")  # fmt: skip
+    ca_pem, ca_key = keys.new_ca("site-ca", dt.timedelta(days=30))
+    issued, _ = keys.issue(ca_pem, ca_key, "alice", ["ops"], dt.timedelta(hours=1))
+    assert _extensions((tmp_path / "ca.crt").read_bytes()) == _extensions(ca_pem)
+    assert _extensions((tmp_path / "alice.crt").read_bytes()) == _extensions(issued)
+    assert (ROOT / "certs" / "profiles.toml").resolve() == profiles.PATH.resolve()  # the file vnode reads

@@ -8,7 +8,7 @@ import pytest
 
 from vnode import errors
 from vnode.cli import main
-from vnode.config.loader import load_settings
+from vnode.config.loader import FIELDS, load_settings
 from vnode.config.settings import Settings
 
 
@@ -141,3 +141,100 @@ def test_shipped_sample_config_loads() -> None:
     assert s.pods.manifest_path == sample.parent / "manifests"
     assert (s.pods.manifest_path / "hello.yaml").exists()
     assert s.resources == Settings().resources  # the sample spells out the defaults
+
+
+def test_run_help_gives_every_flag_its_meaning_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for field in FIELDS:
+        assert field.flag in out and f"config: {field.path})" in out, field.path
+    assert (
+        "--port VALUE port of the kubelet HTTPS API; 0 picks a free one (default: 10250; config: server.port)"
+        in out
+    )
+
+
+def test_a_mistyped_flag_gets_a_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--prot", "1"])
+    assert exited.value.code == 2
+    assert "unrecognized argument --prot: did you mean --port?" in capsys.readouterr().err
+
+
+def test_event_bus_block(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "eventBus: {enable: false, mqttMode: 1, mqttServerInternal: 'tcp://127.0.0.1:2884',"
+        " mqttQOS: 1, mqttSessionQueueSize: 500, mqttUsername: u, mqttPassword: p}",
+    )
+    bus = load_settings(path, {"--hostname-override": "a", "--mqtt-retain": "true"}).event_bus
+    assert not bus.enable and not bus.internal and not bus.external and bus.mqtt_mode == 1
+    on = load_settings(
+        path, {"--hostname-override": "a", "--event-bus": "true", "--mqtt-mode": "0"}
+    ).event_bus
+    assert on.enable and on.internal and not on.external
+    assert (bus.mqtt_server_internal, bus.mqtt_server_external) == (
+        "tcp://127.0.0.1:2884",
+        "tcp://127.0.0.1:1883",
+    )
+    assert (bus.mqtt_qos, bus.mqtt_retain, bus.mqtt_session_queue_size) == (1, True, 500)
+    off = load_settings(None, {"--hostname-override": "a"}).event_bus
+    assert not off.enable and not off.internal and not off.external and off.mqtt_mode == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "eventBus: {mqttMode: 3}",
+            "eventBus.mqttMode: must be 0 (internal), 1 (both) or 2 (external), got 3",
+        ),
+        ("eventBus: {mqttMode: internal}", "eventBus.mqttMode: must be 0 (internal)"),
+        (
+            "eventBus: {mqttServerInternal: 'mqtt://x:1'}",
+            "eventBus.mqttServerInternal: expected tcp://host:port",
+        ),
+        (
+            "eventBus: {mqttServerExternal: 'tcp://x:0'}",
+            "eventBus.mqttServerExternal: expected tcp://host:port",
+        ),
+        ("eventBus: {mqttQOS: 3}", "eventBus.mqttQOS: must be between 0 and 2"),
+        ("eventBus: {mqttSessionQueueSize: 0}", "eventBus.mqttSessionQueueSize: must be between 1 and"),
+        ("eventBus: {mqttRetain: maybe}", "eventBus.mqttRetain: expected true or false"),
+        ("eventBus: {mqttMod: 1}", "eventBus.mqttMod: unknown field (did you mean mqttMode?)"),
+        ("eventBus: {mqttUsername: [a]}", "eventBus.mqttUsername: expected a string"),
+        ("eventBus: {tlsMqttCertFile: /c}", "eventBus.tlsMqttPrivateKeyFile: the TLS certificate and key"),
+        ("eventBus: {mqttPassword: p}", "eventBus.mqttPassword: a password needs eventBus.mqttUsername"),
+        (
+            "eventBus: {enable: true, mqttMode: 1, mqttServerExternal: 'tcp://127.0.0.1:1884'}",
+            "eventBus.mqttServerExternal: mode 1 (both) needs two brokers",
+        ),
+    ],
+)
+def test_event_bus_refusals_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError) as info:
+        load_settings(write(tmp_path, text), {"--hostname-override": "a"})
+    assert message in str(info.value)
+
+
+def test_cli_status_shows_devices_and_mqtt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vnode.store import Put, Store
+
+    store = Store.open_sync(tmp_path / "store")
+    twin = {"expected": {"value": "20"}, "actual": {"value": "18"}, "metadata": {"type": "int"}}
+    store.write_sync(
+        [
+            Put(
+                "device_twins",
+                "default/thermo",
+                {"id": "default/thermo", "state": "online", "twin": {"t": twin}},
+            ),
+            Put("mqtt_sessions", "mapper", {"subscriptions": {"a/#": 1}, "queue": []}),
+        ]
+    )
+    store.close_sync()
+    assert main(["status", "--root-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mqtt: 1 persistent session(s), 0 retained message(s), 0 waiting" in out
+    assert "device default/thermo\tonline\tt=18/20 (actual/expected)" in out

@@ -229,6 +229,48 @@ async def test_liveness_failure_kills_with_the_probes_grace_and_kubelets_message
     assert len(script.calls) == 3  # on hold until the restarted container shows up
 
 
+async def test_a_startup_failure_kills_and_a_redirect_elsewhere_warns() -> None:
+    moved = Outcome(Result.SUCCESS, "Probe terminated redirects, Response body: moved", warning=True)
+    script = Script(FAIL, moved)
+    prober, clock, events, told = prober_with(script)
+    container = {
+        "name": "main",
+        "startupProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "failureThreshold": 1},
+        "readinessProbe": {"httpGet": {"port": 80}},
+    }
+    started = running(started=False, at=clock.wall())
+    prober.update(POD, "10.0.0.5", {"main": ContainerView(started, container)}, terminal=False)
+    await advance(prober, clock, 0)
+    message = "Container main failed startup probe, will be restarted"
+    assert told == [Kill("u1", "main", "c1", None, message)]  # no probe-level grace: the pod's
+    assert events == [("Warning", "Unhealthy", f"Startup probe failed: {FAIL.output}")]
+
+    # the restarted container passes (no startup probe in this spec); readiness meets a redirect
+    del container["startupProbe"]
+    prober.update(
+        POD, "10.0.0.5", {"main": ContainerView(running("c2", at=clock.wall()), container)}, terminal=False
+    )
+    await advance(prober, clock, 0)
+    assert events[-1] == ("Warning", "ProbeWarning", f"Readiness probe warning: {moved.output}")
+    assert prober.ready("u1", "main", "c2", previously=False) is True  # a warning is a success
+
+
+async def test_probe_times_keep_to_the_period_when_a_tick_comes_late() -> None:
+    script = Script(OK, OK, OK, OK)
+    prober, clock, _, _ = prober_with(script)
+    container = {"name": "main", "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 10}}
+    prober.update(
+        POD, "10.0.0.5", {"main": ContainerView(running(at=clock.wall()), container)}, terminal=False
+    )
+    await advance(prober, clock, 0)
+    await advance(prober, clock, 13)  # the loop was late by 3 s
+    assert len(script.calls) == 2
+    await advance(prober, clock, 7)  # due at 20 s, not 23 s: no drift
+    assert len(script.calls) == 3
+    await advance(prober, clock, 9.5)
+    assert len(script.calls) == 3
+
+
 async def test_errors_count_toward_neither_threshold() -> None:
     script = Script(ProbeError("couldn't find port 'http'"), ProbeError("x"), ProbeError("x"), OK)
     prober, clock, events, told = prober_with(script)
@@ -239,6 +281,7 @@ async def test_errors_count_toward_neither_threshold() -> None:
     await advance(prober, clock, 0)
     assert events == [("Warning", "Unhealthy", "Readiness probe errored and resulted in unknown state: x")]
     assert prober.ready("u1", "main", "c1", previously=True) is False and told == []
+    assert "prober_probe_total{" not in prober.render().decode()  # nor counted in /metrics/probes
     await advance(prober, clock, 10)
     assert prober.ready("u1", "main", "c1", previously=False) is True
     assert told == [Changed("u1")]

@@ -42,6 +42,7 @@ from aiohttp import web
 from vnode import errors
 from vnode.api.apistatus import ApiError, not_found, status_body
 from vnode.api.credentials import server_url, write_kubeconfig
+from vnode.api.openapi import OpenApi
 from vnode.api.server import Listener, while_connected
 from vnode.api.stats import PATHS as STATS_PATHS
 from vnode.api.stats import StatsHandlers
@@ -174,6 +175,8 @@ class LocalSources:
     # of new ones: ``watch_events(callback)`` returns the function that stops it
     events: Callable[[], list[dict[str, Any]]] = list
     watch_events: Callable[[Callable[[], None]], Callable[[], None]] | None = None
+    # the control plane's OpenAPI v3 document of core/v1 and its hash, as last kept (joined nodes)
+    openapi: Callable[[], tuple[dict[str, Any], str] | None] = lambda: None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -186,6 +189,7 @@ class LocalApi:
     def __init__(self, sources: LocalSources) -> None:
         self.sources = sources
         self.history = PodHistory(sources.pods)
+        self.openapi = OpenApi(RESOURCES.values(), sources.version, sources.openapi)
         self.app = web.Application(middlewares=[self._guard])
         self.app.router.add_route("*", "/{path:.*}", self.dispatch)
         self._closing = asyncio.Event()
@@ -239,6 +243,10 @@ class LocalApi:
                           "platform": f"linux/{platform.machine()}"})  # fmt: skip
         if parts == ["api"]:
             return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if parts == ["openapi", "v3"]:
+            return _json(self.openapi.index())
+        if parts == ["openapi", "v3", "api", "v1"]:
+            return _json(self.openapi.document()[0])
         if parts == ["apis"]:
             return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
         if parts == ["api", "v1"]:

@@ -23,7 +23,8 @@ from vnode import errors
 from vnode.api import local
 from vnode.api.server import KubeletServer, Listener
 from vnode.app import rootlock
-from vnode.app.wiring import Components, build, serving_cert_path
+from vnode.app.notify import notify
+from vnode.app.wiring import Components, build, mqtt_address, serving_cert_path
 from vnode.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ class Node:
                 group.create_task(c.pressure.run(), name="pressure")
             if c.rotator is not None:
                 group.create_task(c.rotator.run(), name="certificates")
+            if c.openapi is not None:
+                group.create_task(c.openapi.run(), name="openapi")
+            if c.mqtt is not None:
+                group.create_task(c.mqtt.serve(), name="mqtt-broker")
+            if c.mqtt_external is not None:
+                group.create_task(c.mqtt_external.run(), name="mqtt-external")
+            if c.twins is not None:
+                group.create_task(c.twins.run(), name="device-twins")
+            if c.device_watch is not None:
+                group.create_task(c.device_watch.run(), name="device-watch")
             await stop.wait()
             raise _Stop()
 
@@ -87,6 +98,16 @@ async def start(settings: Settings) -> Node:
         healthz = KubeletServer(components.healthz_handlers, name="healthz", setting="server.healthzPort")
         await healthz.start(settings.server.healthz_bind_address, settings.server.healthz_port, None)
     node = Node(components, server, healthz)
+    if components.mqtt is not None:
+        host, port = mqtt_address(settings.event_bus.mqtt_server_internal)
+        try:
+            bound = await components.mqtt.start(host, port)
+        except OSError as exc:
+            await shutdown(node)
+            raise errors.CannotListen(
+                "eventBus.mqttServerInternal", f"MQTT broker: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from exc
+        log.info("MQTT broker (internal) serving on %s:%d", host, bound)
     if components.local_api is not None:
         node.local = await local.serve(
             components.local_api,
@@ -101,6 +122,7 @@ async def start(settings: Settings) -> Node:
 
 async def shutdown(node: Node) -> None:
     """Close listeners, cancel workers, flush the store; bounded by SHUTDOWN_TIMEOUT."""
+    notify("STOPPING=1")
     async with asyncio.timeout(SHUTDOWN_TIMEOUT):
         if node.local is not None:
             await node.local.stop(timeout=2.0)
@@ -142,6 +164,7 @@ async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
         log.error("cannot start: %s", exc)
         return 1
     log.info("node %s started", settings.node.name)
+    notify(f"READY=1\nSTATUS=node {settings.node.name} serving")
     code = 0
     try:
         with contextlib.suppress(_Stop):

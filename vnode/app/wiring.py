@@ -12,13 +12,14 @@ import logging
 import ssl
 import stat
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from vnode import errors
 from vnode.aiokits import hostinfo
@@ -36,6 +37,7 @@ from vnode.controllers.eventlog import EventLog
 from vnode.controllers.events import EventPoster
 from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
 from vnode.controllers.objects import MAX_WATCHES, ObjectCache
+from vnode.controllers.openapi import OpenApiKeeper
 from vnode.controllers.pods import SOURCE as API_SOURCE
 from vnode.controllers.pods import PodInformer, StatusWriter
 from vnode.metrics.node import NodeMetrics, NodeReadings, PodStartTracker
@@ -58,6 +60,12 @@ from vnode.stats import pressure as node_pressure
 from vnode.stats.collector import StatsCollector
 from vnode.stats.reclaim import ImageReclaimer
 from vnode.store import Store
+
+if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
+    from vnode.devices.twins import DeviceTwins
+    from vnode.devices.watch import DeviceWatch
+    from vnode.mqtt.broker import Broker
+    from vnode.mqtt.client import ExternalBus
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +95,17 @@ class Components:
     event_poster: EventPoster | None = None
     local_api: LocalApi | None = None
     rotator: rotation.CertificateRotator | None = None
+    openapi: OpenApiKeeper | None = None
+    mqtt: Broker | None = None  # vnode's own MQTT broker (eventBus.mqttMode 0 or 1)
+    mqtt_external: ExternalBus | None = None  # vnode's clients of an external broker (modes 1, 2)
+    twins: DeviceTwins | None = None  # KubeEdge-compatible device twins on the event bus
+    device_watch: DeviceWatch | None = None  # the node's KubeEdge Devices, with a control plane
 
     async def close(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.close()
+        if self.mqtt_external is not None:
+            await self.mqtt_external.flush()  # messages published last wait in the store
         await self.pods.stop()
         if self.objects is not None:
             await self.objects.close()
@@ -182,10 +199,115 @@ async def build(settings: Settings) -> Components:
         poster = components.event_poster = EventPoster(masters, settings.node.name, store)
         components.events.add_listener(poster.record)
         components.rotator = _rotator(settings, components, masters, host_ip)
+        components.openapi = OpenApiKeeper(masters, store)
     _readings(components)
+    if settings.event_bus.enable:
+        await _event_bus(settings, components)
     if token is not None:
         components.local_api = _local_api(settings, components, host_ip, token, guards.local.local)
     return components
+
+
+def mqtt_address(server: str) -> tuple[str, int]:
+    """Host and port of an eventBus server URL (``tcp://host:port``, checked by the loader)."""
+    host, _, port = server.split("://", 1)[1].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _event_bus(settings: Settings, c: Components) -> None:
+    """The event bus of the configured mode and the device twins on it; MQTT's modules are
+    imported only here."""
+    from vnode.devices.twins import Bus, DeviceTwins, Reports
+    from vnode.devices.watch import DeviceWatch
+    from vnode.mqtt.client import ExternalBus, FanoutBus
+
+    bus = settings.event_bus
+    if bus.internal:
+        c.mqtt = await _mqtt_broker(settings, c.store)
+    if bus.external:
+        host, port = mqtt_address(bus.mqtt_server_external)
+        context = None
+        if bus.mqtt_server_external.startswith("ssl://"):
+            context = await asyncio.to_thread(
+                _mqtt_client_context,
+                bus.tls_mqtt_cert_file,
+                bus.tls_mqtt_private_key_file,
+                bus.tls_mqtt_ca_file,
+            )
+        c.mqtt_external = ExternalBus(
+            host,
+            port,
+            c.store,
+            sub_client_id=bus.mqtt_sub_client_id or f"hub-client-sub-{settings.node.name}",
+            pub_client_id=bus.mqtt_pub_client_id or f"hub-client-pub-{settings.node.name}",
+            credentials=(bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None,
+            ssl_context=context,
+        )
+    on: Bus
+    if c.mqtt is not None and c.mqtt_external is not None:
+        on = FanoutBus(c.mqtt, c.mqtt_external)
+    elif c.mqtt is not None:
+        on = c.mqtt
+    else:
+        assert c.mqtt_external is not None
+        on = c.mqtt_external
+    reports = Reports() if c.masters is not None else None
+    c.twins = DeviceTwins(
+        c.store, on, settings.node.name, qos=bus.mqtt_qos, retain=bus.mqtt_retain, reports=reports
+    )
+    if c.masters is not None and reports is not None:
+        c.device_watch = DeviceWatch(c.masters, c.twins, reports, settings.node.name)
+
+
+def _mqtt_client_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
+    """TLS to the external broker: its certificate checked against the CA file (or the system's),
+    with the client pair when configured."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError("eventBus.tlsMqttCAFile", f"cannot load {ca}: {exc}") from exc
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.ConfigError(
+                "eventBus.tlsMqttCertFile", f"cannot load {cert} / {key}: {exc}"
+            ) from exc
+    return context
+
+
+async def _mqtt_broker(settings: Settings, store: Store) -> Broker:
+    """The internal broker; its module is imported only here, when MQTT is on."""
+    from vnode.mqtt.broker import Broker
+
+    bus = settings.event_bus
+    context = None
+    if bus.mqtt_server_internal.startswith("ssl://"):
+        assert bus.tls_mqtt_cert_file is not None and bus.tls_mqtt_private_key_file is not None
+        context = await asyncio.to_thread(
+            _mqtt_server_context, bus.tls_mqtt_cert_file, bus.tls_mqtt_private_key_file, bus.tls_mqtt_ca_file
+        )
+    credentials = (bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None
+    return Broker(
+        queue_size=bus.mqtt_session_queue_size, credentials=credentials, ssl_context=context, store=store
+    )
+
+
+def _mqtt_server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:
+    """TLS for the internal broker; with a CA file, clients must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError("eventBus.tlsMqttCertFile", f"cannot load {cert} / {key}: {exc}") from exc
+    if ca is not None:
+        try:
+            context.load_verify_locations(str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.ConfigError("eventBus.tlsMqttCAFile", f"cannot load {ca}: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _local_api(
@@ -239,6 +361,7 @@ def _local_api(
             access=access,
             events=lambda: c.events.v1_events(settings.node.name),
             watch_events=c.events.watch,
+            openapi=c.openapi.kept if c.openapi is not None else lambda: None,
         )
     )
 
@@ -267,6 +390,57 @@ def _pressure(settings: Settings, c: Components) -> node_pressure.PressureMonito
     )
 
 
+def _event_bus_metrics(c: Components) -> Iterable[Metric]:
+    """The broker's, the external clients' and the twins' counters (none with MQTT off)."""
+    if c.mqtt is not None:
+        s = c.mqtt.stats
+        yield GaugeMetricFamily(
+            "vnode_mqtt_clients_connected", "Clients connected to vnode's broker", value=c.mqtt.connected
+        )
+        for name, value, text in (
+            ("received", s.received, "PUBLISH packets received from clients"),
+            ("delivered", s.delivered, "PUBLISH packets written to clients"),
+            ("dropped", s.dropped, "Messages dropped from full session queues"),
+            ("malformed", s.malformed, "Connections closed for a malformed packet or protocol violation"),
+            ("expired", s.expired, "Connections closed by the keepalive"),
+            ("wills", s.wills, "Will messages published"),
+            ("refused_sys", s.refused_sys, "Client publishes to $SYS, acknowledged and dropped"),
+        ):
+            yield CounterMetricFamily(f"vnode_mqtt_{name}", text, value=value)
+    if c.mqtt_external is not None:
+        x = c.mqtt_external
+        yield GaugeMetricFamily(
+            "vnode_mqtt_external_connected",
+            "Both clients connected to the external broker",
+            value=int(x.connected),
+        )
+        yield GaugeMetricFamily(
+            "vnode_mqtt_external_outbox", "Messages waiting for the external broker", value=x.waiting
+        )
+        yield CounterMetricFamily(
+            "vnode_mqtt_external_dropped", "Messages dropped from a full outbox", value=x.stats.dropped
+        )
+    if c.twins is not None:
+        t = c.twins
+        yield GaugeMetricFamily(
+            "vnode_device_twins_devices", "Devices with twins on this node", value=len(t.devices)
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_requests", "Device requests handled", value=t.stats.handled
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_errors", "Error results published", value=t.stats.errors
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_dropped", "Device messages dropped", value=t.stats.dropped
+        )
+        yield CounterMetricFamily(
+            "vnode_device_twins_uploads",
+            "Messages for KubeEdge's cloud, counted, not forwarded",
+            value=t.stats.uploads,
+        )
+
+
 def _readings(c: Components) -> None:
     """The scrape-time gauges of ``/metrics``, each read from the state's owner."""
 
@@ -293,6 +467,7 @@ def _readings(c: Components) -> None:
             offline_seconds=lambda: c.node.offline_seconds() if c.node is not None else 0.0,
             store_info=c.store.info,
             events_backlog=backlog,
+            extra=[lambda: _event_bus_metrics(c)],
         )
     )
     starts = PodStartTracker(c.metrics.pod_started)

@@ -11,9 +11,6 @@ can say ``staticPodPath: manifests``); relative paths in flags are relative to t
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,267 +19,8 @@ from typing import Any
 import yaml
 
 from vnode import errors
+from vnode.config import values as parsers
 from vnode.config.settings import CGROUP_DRIVERS, ON_NODE_DELETED, Settings
-from vnode.kube import thresholds, tls
-from vnode.kube.quantity import to_bytes
-
-LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-LEVELS = ("debug", "info", "warning", "error")
-
-
-class _Bad(Exception):
-    """A value's problem, without its location (the loader adds the path or flag)."""
-
-
-# -- value parsers: each takes (value, base dir for relative paths) ---------------------------
-
-
-def _int(lo: int, hi: int) -> Callable[[Any, Path], int]:
-    def parse(value: Any, base: Path) -> int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(f"expected an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise _Bad(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
-
-
-def parse_duration(value: Any, base: Path = Path()) -> float:
-    """Go duration text (``1m30s``, ``500ms``) or a number of seconds; must be positive."""
-    if isinstance(value, bool):
-        raise _Bad(f"expected a duration like 20s or 1m30s, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = str(value).strip()
-        if not text or DURATION.sub("", text) != "":
-            raise _Bad(f"expected a duration like 20s or 1m30s, got {value!r}")
-        seconds = sum(float(n) * UNITS[u] for n, u in DURATION.findall(text))
-    if not math.isfinite(seconds):
-        raise _Bad(f"expected a finite duration, got {value!r}")
-    if seconds <= 0:
-        raise _Bad(f"must be a positive duration, got {value!r}")
-    return seconds
-
-
-def _map_size(value: Any, base: Path) -> int:
-    try:
-        size = to_bytes(value)
-    except errors.InvalidInput:
-        raise _Bad(f"expected a size like 1Gi or 512Mi, got {value!r}") from None
-    if size < 1 << 20:
-        raise _Bad(f"must be at least 1Mi, got {value!r}")
-    return size
-
-
-def _ip(value: Any, base: Path) -> str:
-    try:
-        return str(ipaddress.ip_address(str(value).strip()))
-    except ValueError:
-        raise _Bad(f"expected an IP address, got {value!r}") from None
-
-
-def _ip_list(value: Any, base: Path) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise _Bad(f"expected a list of IP addresses, got {value!r}")
-    return tuple(_ip(v, base) for v in items if str(v).strip())
-
-
-def _path(value: Any, base: Path) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"expected a path, got {value!r}")
-    return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
-
-
-def _endpoint(value: Any, base: Path) -> str:
-    text = str(value).strip()
-    path = text.removeprefix("unix://")
-    if "://" in path or not path.startswith("/"):
-        raise _Bad(f"expected unix:///absolute/path/to/socket, got {value!r}")
-    return "unix://" + path
-
-
-def _node_name(value: Any, base: Path) -> str:
-    text = str(value).strip().lower()
-    if not text or len(text) > 253 or not DNS_SUBDOMAIN.match(text):
-        raise _Bad(f"{value!r} is not a valid node name (a DNS-1123 subdomain)")
-    return text
-
-
-def _labels(value: Any, base: Path) -> dict[str, str]:
-    if isinstance(value, str):
-        pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-        if any(len(p) != 2 for p in pairs):
-            raise _Bad(f"expected key=value pairs separated by commas, got {value!r}")
-        value = {k.strip(): v.strip() for k, v in pairs}
-    if not isinstance(value, dict):
-        raise _Bad(f"expected a mapping of labels, got {value!r}")
-    result = {}
-    for key, val in value.items():
-        key, val = str(key), "" if val is None else str(val)
-        prefix, _, name = key.rpartition("/")
-        bad_prefix = prefix != "" and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix))
-        if bad_prefix or len(name) > 63 or not LABEL_NAME.match(name):
-            raise _Bad(f"invalid label key {key!r}")
-        if len(val) > 63 or not LABEL_VALUE.match(val):
-            raise _Bad(f"invalid value {val!r} for label {key!r}")
-        if _restricted_label(prefix, key):
-            raise _Bad(
-                f"{key!r}: a node may set only kubelet.kubernetes.io/*, node.kubernetes.io/* and the "
-                "well-known labels in the kubernetes.io and k8s.io namespaces (the API server's "
-                "NodeRestriction refuses the others); an admin sets it with kubectl label node"
-            )
-        result[key] = val
-    return result
-
-
-# What NodeRestriction lets a node set in the kubernetes.io and k8s.io namespaces (kubelet's list).
-KUBELET_LABELS = frozenset({
-    "kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch", "beta.kubernetes.io/os",
-    "beta.kubernetes.io/arch", "topology.kubernetes.io/zone", "topology.kubernetes.io/region",
-    "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
-    "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type",
-})  # fmt: skip
-KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
-
-
-def _restricted_label(prefix: str, key: str) -> bool:
-    """Whether ``key`` is in a namespace NodeRestriction keeps from nodes, as kubelet checks it."""
-    if key in KUBELET_LABELS:
-        return False
-    if any(prefix == ns or prefix.endswith("." + ns) for ns in KUBELET_LABEL_NAMESPACES):
-        return False
-    return any(prefix == ns or prefix.endswith("." + ns) for ns in ("kubernetes.io", "k8s.io"))
-
-
-def _bool(value: Any, base: Path) -> bool:
-    text = str(value).strip().lower()
-    if text not in ("true", "false"):
-        raise _Bad(f"expected true or false, got {value!r}")
-    return text == "true"
-
-
-def _choice(*choices: str) -> Callable[[Any, Path], str]:
-    def parse(value: Any, base: Path) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise _Bad(f"must be one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def _choice_exact(*choices: str) -> Callable[[Any, Path], str]:
-    def parse(value: Any, base: Path) -> str:
-        text = str(value).strip()
-        if text not in choices:
-            raise _Bad(f"must be one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def _domain(value: Any, base: Path) -> str:
-    text = str(value).strip().rstrip(".")
-    if not DNS_SUBDOMAIN.match(text):
-        raise _Bad(f"{value!r} is not a valid DNS domain")
-    return text
-
-
-def _masters(value: Any, base: Path) -> str:
-    urls = [u.strip() for u in str(value).split(",") if u.strip()]
-    if not urls:
-        raise _Bad("expected one or more http(s):// URLs separated by commas")
-    for url in urls:
-        if not re.match(r"^https?://[^/\s]+(/.*)?$", url):
-            raise _Bad(f"{url!r} is not an http:// or https:// URL")
-    return ",".join(u.rstrip("/") for u in urls)
-
-
-TAINT = re.compile(r"^([^=:\s]+)(?:=([^:\s]*))?:(NoSchedule|PreferNoSchedule|NoExecute)$")
-
-
-def _taints(value: Any, base: Path) -> tuple[dict[str, str], ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise _Bad(f"expected key=value:Effect entries, got {value!r}")
-    taints = []
-    for item in items:
-        match = TAINT.match(str(item).strip())
-        if not match:
-            raise _Bad(f"{item!r} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
-        taint = {"key": match.group(1), "effect": match.group(3)}
-        if match.group(2):
-            taint["value"] = match.group(2)
-        taints.append(taint)
-    return tuple(taints)
-
-
-def _ttl(value: Any, base: Path) -> float:
-    """A duration that may be zero (``0`` or ``0s``: off)."""
-    if str(value).strip() in ("0", "0s", "0.0"):
-        return 0.0
-    return parse_duration(value, base)
-
-
-def _tls_version(value: Any, base: Path) -> str:
-    try:
-        return tls.parse_min_version(str(value).strip())
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
-
-
-def _cipher_suites(value: Any, base: Path) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise _Bad(f"expected a list of cipher suite names, got {value!r}")
-    try:
-        return tls.parse_cipher_suites([str(v).strip() for v in items if str(v).strip()])
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
-
-
-def _thresholds(value: Any, base: Path) -> tuple[thresholds.Threshold, ...]:
-    try:
-        return thresholds.parse_thresholds(_joined(value))
-    except errors.InvalidInput as exc:
-        raise _Bad(str(exc)) from None
-
-
-def _grace_periods(value: Any, base: Path) -> dict[str, float]:
-    if isinstance(value, dict):
-        value = ",".join(f"{k}={v}" for k, v in value.items())
-    try:
-        return thresholds.parse_grace_periods(_joined(value), lambda text: parse_duration(text))
-    except errors.InvalidInput as exc:
-        raise _Bad(str(exc)) from None
-
-
-def _reserved(value: Any, base: Path) -> dict[str, int]:
-    try:
-        return thresholds.parse_reserved(_joined(value))
-    except errors.InvalidInput as exc:
-        raise _Bad(str(exc)) from None
-
-
-def _joined(value: Any) -> str:
-    """``a<1,b<2`` as a flag, or as the file's mapping ``{a: 1, b: 2}`` / list (kubelet's config)."""
-    if isinstance(value, dict):
-        sep = "=" if all(k in thresholds.RESERVABLE for k in value) else "<"
-        return ",".join(f"{k}{sep}{v}" for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, str):
-        return value
-    raise _Bad(f"expected a comma-separated list or a mapping, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -295,148 +33,233 @@ class Field:
     @property
     def boolean(self) -> bool:
         """A kubelet boolean flag: ``--flag`` alone means true."""
-        return self.parse is _bool
+        return self.parse is parsers.boolean
 
 
 FIELDS = [
-    Field("node.name", "--hostname-override", ("node", "name"), _node_name),
-    Field("node.nodeIP", "--node-ip", ("node", "node_ip"), _ip),
-    Field("node.labels", "--node-labels", ("node", "labels"), _labels),
-    Field("server.address", "--address", ("server", "address"), _ip),
-    Field("server.port", "--port", ("server", "port"), _int(0, 65535)),
-    Field("server.tlsCertFile", "--tls-cert-file", ("server", "tls_cert_file"), _path),
-    Field("server.tlsPrivateKeyFile", "--tls-private-key-file", ("server", "tls_private_key_file"), _path),
+    Field("node.name", "--hostname-override", ("node", "name"), parsers.node_name),
+    Field("node.nodeIP", "--node-ip", ("node", "node_ip"), parsers.ip),
+    Field("node.labels", "--node-labels", ("node", "labels"), parsers.labels),
+    Field("server.address", "--address", ("server", "address"), parsers.ip),
+    Field("server.port", "--port", ("server", "port"), parsers.int_range(0, 65535)),
+    Field("server.tlsCertFile", "--tls-cert-file", ("server", "tls_cert_file"), parsers.path),
+    Field(
+        "server.tlsPrivateKeyFile", "--tls-private-key-file", ("server", "tls_private_key_file"), parsers.path
+    ),
     Field(
         "server.rotateServerCertificates",
         "--rotate-server-certificates",
         ("server", "rotate_server_certificates"),
-        _bool,
+        parsers.boolean,
     ),
-    Field("server.healthzPort", "--healthz-port", ("server", "healthz_port"), _int(0, 65535)),
-    Field("server.healthzBindAddress", "--healthz-bind-address", ("server", "healthz_bind_address"), _ip),
-    Field("server.localAPIAddress", "--local-api-address", ("server", "local_api_address"), _ip),
-    Field("server.localAPIPort", "--local-api-port", ("server", "local_api_port"), _int(0, 65535)),
+    Field("server.healthzPort", "--healthz-port", ("server", "healthz_port"), parsers.int_range(0, 65535)),
+    Field(
+        "server.healthzBindAddress", "--healthz-bind-address", ("server", "healthz_bind_address"), parsers.ip
+    ),
+    Field("server.localAPIAddress", "--local-api-address", ("server", "local_api_address"), parsers.ip),
+    Field(
+        "server.localAPIPort", "--local-api-port", ("server", "local_api_port"), parsers.int_range(0, 65535)
+    ),
     Field(
         "server.streamingConnectionIdleTimeout",
         "--streaming-connection-idle-timeout",
         ("server", "streaming_connection_idle_timeout"),
-        parse_duration,
+        parsers.parse_duration,
     ),
     Field(
         "server.streamCreationTimeout",
         "--stream-creation-timeout",
         ("server", "stream_creation_timeout"),
-        parse_duration,
+        parsers.parse_duration,
     ),
     Field(
-        "server.maxStreamsPerPod", "--max-streams-per-pod", ("server", "max_streams_per_pod"), _int(1, 100000)
+        "server.maxStreamsPerPod",
+        "--max-streams-per-pod",
+        ("server", "max_streams_per_pod"),
+        parsers.int_range(1, 100000),
     ),
-    Field("server.maxStreams", "--max-streams", ("server", "max_streams"), _int(1, 100000)),
+    Field("server.maxStreams", "--max-streams", ("server", "max_streams"), parsers.int_range(1, 100000)),
     Field(
-        "runtime.containerRuntimeEndpoint", "--container-runtime-endpoint", ("runtime", "endpoint"), _endpoint
+        "runtime.containerRuntimeEndpoint",
+        "--container-runtime-endpoint",
+        ("runtime", "endpoint"),
+        parsers.endpoint,
     ),
     Field(
         "runtime.runtimeRequestTimeout",
         "--runtime-request-timeout",
         ("runtime", "request_timeout"),
-        parse_duration,
+        parsers.parse_duration,
     ),
-    Field("runtime.relistPeriod", "--relist-period", ("runtime", "relist_period"), parse_duration),
-    Field("runtime.cgroupDriver", "--cgroup-driver", ("runtime", "cgroup_driver"), _choice(*CGROUP_DRIVERS)),
-    Field("resources.evictionHard", "--eviction-hard", ("resources", "eviction_hard"), _thresholds),
-    Field("resources.evictionSoft", "--eviction-soft", ("resources", "eviction_soft"), _thresholds),
+    Field("runtime.relistPeriod", "--relist-period", ("runtime", "relist_period"), parsers.parse_duration),
+    Field(
+        "runtime.cgroupDriver",
+        "--cgroup-driver",
+        ("runtime", "cgroup_driver"),
+        parsers.choice(*CGROUP_DRIVERS),
+    ),
+    Field(
+        "resources.evictionHard",
+        "--eviction-hard",
+        ("resources", "eviction_hard"),
+        parsers.eviction_thresholds,
+    ),
+    Field(
+        "resources.evictionSoft",
+        "--eviction-soft",
+        ("resources", "eviction_soft"),
+        parsers.eviction_thresholds,
+    ),
     Field(
         "resources.evictionSoftGracePeriod",
         "--eviction-soft-grace-period",
         ("resources", "eviction_soft_grace_period"),
-        _grace_periods,
+        parsers.grace_periods,
     ),
     Field(
         "resources.evictionPressureTransitionPeriod",
         "--eviction-pressure-transition-period",
         ("resources", "eviction_pressure_transition_period"),
-        parse_duration,
+        parsers.parse_duration,
     ),
-    Field("resources.kubeReserved", "--kube-reserved", ("resources", "kube_reserved"), _reserved),
-    Field("resources.systemReserved", "--system-reserved", ("resources", "system_reserved"), _reserved),
+    Field("resources.kubeReserved", "--kube-reserved", ("resources", "kube_reserved"), parsers.reserved),
+    Field(
+        "resources.systemReserved", "--system-reserved", ("resources", "system_reserved"), parsers.reserved
+    ),
     Field(
         "resources.housekeepingInterval",
         "--housekeeping-interval",
         ("resources", "housekeeping_interval"),
-        parse_duration,
+        parsers.parse_duration,
     ),
-    Field("pods.staticPodPath", "--pod-manifest-path", ("pods", "manifest_path"), _path),
+    Field("pods.staticPodPath", "--pod-manifest-path", ("pods", "manifest_path"), parsers.path),
     Field(
-        "pods.fileCheckFrequency", "--file-check-frequency", ("pods", "file_check_frequency"), parse_duration
+        "pods.fileCheckFrequency",
+        "--file-check-frequency",
+        ("pods", "file_check_frequency"),
+        parsers.parse_duration,
     ),
-    Field("pods.podLogsDir", "--pod-logs-dir", ("pods", "logs_dir"), _path),
-    Field("pods.maxPods", "--max-pods", ("pods", "max_pods"), _int(1, 100000)),
-    Field("pods.clusterDomain", "--cluster-domain", ("pods", "cluster_domain"), _domain),
-    Field("pods.clusterDNS", "--cluster-dns", ("pods", "cluster_dns"), _ip_list),
-    Field("pods.resolvConf", "--resolv-conf", ("pods", "resolv_conf"), _path),
+    Field("pods.podLogsDir", "--pod-logs-dir", ("pods", "logs_dir"), parsers.path),
+    Field("pods.maxPods", "--max-pods", ("pods", "max_pods"), parsers.int_range(1, 100000)),
+    Field("pods.clusterDomain", "--cluster-domain", ("pods", "cluster_domain"), parsers.domain),
+    Field("pods.clusterDNS", "--cluster-dns", ("pods", "cluster_dns"), parsers.ip_list),
+    Field("pods.resolvConf", "--resolv-conf", ("pods", "resolv_conf"), parsers.path),
     Field(
         "pods.crashLoopBackOffMax",
         "--crash-loop-backoff-max",
         ("pods", "crash_loop_backoff_max"),
-        parse_duration,
+        parsers.parse_duration,
     ),
-    Field("store.mapSize", "--store-map-size", ("store", "map_size"), _map_size),
-    Field("logging.level", "--log-level", ("logging", "level"), _choice(*LEVELS)),
-    Field("logging.verbosity", "-v", ("logging", "verbosity"), _int(0, 10)),
-    Field("cluster.master", "--master", ("cluster", "master"), _masters),
-    Field("cluster.kubeconfig", "--kubeconfig", ("cluster", "kubeconfig"), _path),
+    Field("store.mapSize", "--store-map-size", ("store", "map_size"), parsers.map_size),
+    Field("logging.level", "--log-level", ("logging", "level"), parsers.choice(*parsers.LEVELS)),
+    Field("logging.verbosity", "-v", ("logging", "verbosity"), parsers.int_range(0, 10)),
+    Field("cluster.master", "--master", ("cluster", "master"), parsers.masters),
+    Field("cluster.kubeconfig", "--kubeconfig", ("cluster", "kubeconfig"), parsers.path),
     Field(
         "cluster.nodeStatusReportFrequency",
         "--node-status-report-frequency",
         ("cluster", "node_status_report_frequency"),
-        parse_duration,
+        parsers.parse_duration,
     ),
     Field(
-        "cluster.registerWithTaints", "--register-with-taints", ("cluster", "register_with_taints"), _taints
+        "cluster.registerWithTaints",
+        "--register-with-taints",
+        ("cluster", "register_with_taints"),
+        parsers.taints,
     ),
     Field(
         "cluster.onNodeDeleted",
         "--on-node-deleted",
         ("cluster", "on_node_deleted"),
-        _choice(*ON_NODE_DELETED),
+        parsers.choice(*ON_NODE_DELETED),
     ),
-    Field("cluster.rotateCertificates", "--rotate-certificates", ("cluster", "rotate_certificates"), _bool),
-    Field("server.tlsMinVersion", "--tls-min-version", ("server", "tls_min_version"), _tls_version),
-    Field("server.tlsCipherSuites", "--tls-cipher-suites", ("server", "tls_cipher_suites"), _cipher_suites),
-    Field("auth.clientCAFile", "--client-ca-file", ("auth", "client_ca_file"), _path),
-    Field("auth.anonymous", "--anonymous-auth", ("auth", "anonymous"), _bool),
-    Field("auth.tokenWebhook", "--authentication-token-webhook", ("auth", "token_webhook"), _bool),
+    Field(
+        "cluster.rotateCertificates",
+        "--rotate-certificates",
+        ("cluster", "rotate_certificates"),
+        parsers.boolean,
+    ),
+    Field("server.tlsMinVersion", "--tls-min-version", ("server", "tls_min_version"), parsers.tls_version),
+    Field(
+        "server.tlsCipherSuites",
+        "--tls-cipher-suites",
+        ("server", "tls_cipher_suites"),
+        parsers.cipher_suites,
+    ),
+    Field("auth.clientCAFile", "--client-ca-file", ("auth", "client_ca_file"), parsers.path),
+    Field("auth.anonymous", "--anonymous-auth", ("auth", "anonymous"), parsers.boolean),
+    Field("auth.tokenWebhook", "--authentication-token-webhook", ("auth", "token_webhook"), parsers.boolean),
     Field(
         "auth.tokenWebhookCacheTTL",
         "--authentication-token-webhook-cache-ttl",
         ("auth", "token_webhook_cache_ttl"),
-        _ttl,
+        parsers.ttl,
     ),
     Field(
         "auth.authorizationMode",
         "--authorization-mode",
         ("auth", "authorization_mode"),
-        _choice_exact("AlwaysAllow", "Webhook"),
+        parsers.choice_exact("AlwaysAllow", "Webhook"),
     ),
     Field(
         "auth.webhookCacheAuthorizedTTL",
         "--authorization-webhook-cache-authorized-ttl",
         ("auth", "webhook_cache_authorized_ttl"),
-        _ttl,
+        parsers.ttl,
     ),
     Field(
         "auth.webhookCacheUnauthorizedTTL",
         "--authorization-webhook-cache-unauthorized-ttl",
         ("auth", "webhook_cache_unauthorized_ttl"),
-        _ttl,
+        parsers.ttl,
     ),
     Field(
         "auth.offlineAuthorizedTTL",
         "--authorization-offline-authorized-ttl",
         ("auth", "offline_authorized_ttl"),
-        _ttl,
+        parsers.ttl,
     ),
-    Field("rootDir", "--root-dir", ("", "root_dir"), _path),
+    Field("rootDir", "--root-dir", ("", "root_dir"), parsers.path),
+    Field("eventBus.enable", "--event-bus", ("event_bus", "enable"), parsers.boolean),
+    Field("eventBus.mqttMode", "--mqtt-mode", ("event_bus", "mqtt_mode"), parsers.mqtt_mode),
+    Field(
+        "eventBus.mqttServerInternal",
+        "--mqtt-server-internal",
+        ("event_bus", "mqtt_server_internal"),
+        parsers.mqtt_server,
+    ),
+    Field(
+        "eventBus.mqttServerExternal",
+        "--mqtt-server-external",
+        ("event_bus", "mqtt_server_external"),
+        parsers.mqtt_server,
+    ),
+    Field("eventBus.mqttQOS", "--mqtt-qos", ("event_bus", "mqtt_qos"), parsers.int_range(0, 2)),
+    Field("eventBus.mqttRetain", "--mqtt-retain", ("event_bus", "mqtt_retain"), parsers.boolean),
+    Field(
+        "eventBus.mqttSessionQueueSize",
+        "--mqtt-session-queue-size",
+        ("event_bus", "mqtt_session_queue_size"),
+        parsers.int_range(1, 1_000_000),
+    ),
+    Field(
+        "eventBus.mqttSubClientID", "--mqtt-sub-client-id", ("event_bus", "mqtt_sub_client_id"), parsers.text
+    ),
+    Field(
+        "eventBus.mqttPubClientID", "--mqtt-pub-client-id", ("event_bus", "mqtt_pub_client_id"), parsers.text
+    ),
+    Field("eventBus.mqttUsername", "--mqtt-username", ("event_bus", "mqtt_username"), parsers.text),
+    Field("eventBus.mqttPassword", "--mqtt-password", ("event_bus", "mqtt_password"), parsers.text),
+    Field("eventBus.tlsMqttCAFile", "--mqtt-tls-ca-file", ("event_bus", "tls_mqtt_ca_file"), parsers.path),
+    Field(
+        "eventBus.tlsMqttCertFile", "--mqtt-tls-cert-file", ("event_bus", "tls_mqtt_cert_file"), parsers.path
+    ),
+    Field(
+        "eventBus.tlsMqttPrivateKeyFile",
+        "--mqtt-tls-private-key-file",
+        ("event_bus", "tls_mqtt_private_key_file"),
+        parsers.path,
+    ),
 ]
 BY_PATH = {f.path: f for f in FIELDS}
 BY_FLAG = {f.flag: f for f in FIELDS}
@@ -513,7 +336,7 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
         f = BY_PATH[path]
         try:
             parsed = f.parse(raw, base)
-        except _Bad as exc:
+        except parsers.Bad as exc:
             raise errors.ConfigError(where, str(exc)) from None
         group, attr = f.target
         (groups.setdefault(group, {}) if group else top)[attr] = parsed
@@ -522,9 +345,10 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
         top[group] = replace(getattr(settings, group), **attrs)
     settings = replace(settings, **top)
     try:
-        _node_name(settings.node.name, Path())
-    except _Bad as exc:
+        parsers.node_name(settings.node.name, Path())
+    except parsers.Bad as exc:
         raise errors.ConfigError("node.name", f"{exc}; set --hostname-override") from None
+    _check_event_bus(settings)
     resources = settings.resources
     for soft in resources.eviction_soft:
         if soft.signal not in resources.eviction_soft_grace_period:
@@ -532,3 +356,21 @@ def load_settings(config_file: Path | None, overrides: Mapping[str, object]) -> 
                 "resources.evictionSoftGracePeriod", f"no grace period for the soft threshold {soft.text()}"
             )
     return settings
+
+
+def _check_event_bus(settings: Settings) -> None:
+    """What no single eventBus field can say wrong alone."""
+    bus = settings.event_bus
+    if (bus.tls_mqtt_cert_file is None) != (bus.tls_mqtt_private_key_file is None):
+        missing = "tlsMqttPrivateKeyFile" if bus.tls_mqtt_private_key_file is None else "tlsMqttCertFile"
+        raise errors.ConfigError(f"eventBus.{missing}", "the TLS certificate and key go together")
+    if bus.mqtt_password and not bus.mqtt_username:
+        raise errors.ConfigError("eventBus.mqttPassword", "a password needs eventBus.mqttUsername")
+    if bus.internal and bus.mqtt_server_internal.startswith("ssl://") and bus.tls_mqtt_cert_file is None:
+        raise errors.ConfigError(
+            "eventBus.mqttServerInternal", "ssl:// needs eventBus.tlsMqttCertFile and tlsMqttPrivateKeyFile"
+        )
+    if bus.mqtt_mode == 1 and bus.mqtt_server_internal == bus.mqtt_server_external:
+        raise errors.ConfigError(
+            "eventBus.mqttServerExternal", "mode 1 (both) needs two brokers at different addresses"
+        )

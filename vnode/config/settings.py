@@ -123,6 +123,34 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class EventBusSettings:
+    """MQTT for devices and their mappers (vnode.mqtt), named as edgecore's ``eventBus`` block."""
+
+    enable: bool = False
+    mqtt_mode: int = 0  # 0: vnode's own broker (as EdgeSite's default); 1: both; 2: external only
+    mqtt_server_internal: str = "tcp://127.0.0.1:1884"
+    mqtt_server_external: str = "tcp://127.0.0.1:1883"
+    mqtt_qos: int = 0
+    mqtt_retain: bool = False
+    mqtt_session_queue_size: int = 100
+    mqtt_sub_client_id: str = ""  # empty: hub-client-sub-<node name>
+    mqtt_pub_client_id: str = ""  # empty: hub-client-pub-<node name>
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    tls_mqtt_ca_file: Path | None = None
+    tls_mqtt_cert_file: Path | None = None
+    tls_mqtt_private_key_file: Path | None = None
+
+    @property
+    def internal(self) -> bool:
+        return self.enable and self.mqtt_mode in (0, 1)
+
+    @property
+    def external(self) -> bool:
+        return self.enable and self.mqtt_mode in (1, 2)
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -133,6 +161,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
+    event_bus: EventBusSettings = field(default_factory=EventBusSettings)
     root_dir: Path = Path("/var/lib/vnode")
 
     @property

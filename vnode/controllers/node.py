@@ -42,15 +42,13 @@ from vnode.aiokits import hostinfo
 from vnode.clients.masters import Masters
 from vnode.config.settings import ON_NODE_DELETED
 from vnode.controllers.informer import ListWatch
+from vnode.controllers.lease import LEASE_RENEW_SECONDS, NodeLease
 from vnode.stats.pressure import NO_PRESSURE
 from vnode.store import Store
 from vnode.store.layout import LINK, LINK_NODE, LINK_STATE
 
 log = logging.getLogger(__name__)
 
-LEASE_NAMESPACE = "kube-node-lease"
-LEASE_DURATION_SECONDS = 40
-LEASE_RENEW_SECONDS = 10.0
 STATUS_CHECK_SECONDS = 10.0  # kubelet's nodeStatusUpdateFrequency
 KUBELET_VERSION = f"v1.32.0-vnode.{__version__}"
 
@@ -61,10 +59,6 @@ def _resource_version(obj: dict[str, Any] | None) -> str | None:
 
 def _now() -> str:
     return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _micro_now() -> str:
-    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -109,7 +103,7 @@ class NodeController:
         self.on_deleted = on_deleted
         self.registered = asyncio.Event()
         self.uid: str | None = None
-        self._lease: dict[str, Any] | None = None
+        self.lease = NodeLease(masters, identity.name, lambda: self.uid)
         self._last_conditions: dict[str, str] = {}
         self._transitions: dict[str, str] = {}
         self._last_report = 0.0
@@ -445,7 +439,7 @@ class NodeController:
         self.uid = node["metadata"]["uid"]
         self._current = node
         self._deleted = False
-        self._lease = None
+        self.lease.forget()
         self._last_conditions = {}
         self.registered.set()
         await self.report_status(force=True)
@@ -471,52 +465,4 @@ class NodeController:
         self._last_report = loop.time()
 
     async def renew_lease(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{self.identity.name}"
-        if self._lease is None:
-            try:
-                self._lease = await self.masters.request("GET", path)
-            except errors.NotFound:
-                self._lease = await self._create_lease()
-                return
-        lease = dict(self._lease)
-        # managedFields left out: the API server keeps them when an update omits them, and they
-        # were a third of every renewal's bytes (six a minute, for ever, on every node).
-        meta = {k: v for k, v in lease.get("metadata", {}).items() if k != "managedFields"}
-        lease["metadata"] = {**meta, "ownerReferences": self._owner()}
-        lease["spec"] = {
-            **lease.get("spec", {}),
-            "holderIdentity": self.identity.name,
-            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-            "renewTime": _micro_now(),
-        }
-        try:
-            self._lease = await self.masters.request("PUT", path, body=lease)
-        except errors.Conflict:
-            self._lease = None  # someone else wrote it: read it again next time
-        except errors.NotFound:
-            self._lease = await self._create_lease()
-
-    async def _create_lease(self) -> dict[str, Any]:
-        lease = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": self.identity.name,
-                "namespace": LEASE_NAMESPACE,
-                "ownerReferences": self._owner(),
-            },
-            "spec": {
-                "holderIdentity": self.identity.name,
-                "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-                "renewTime": _micro_now(),
-            },
-        }
-        created: dict[str, Any] = await self.masters.request(
-            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", body=lease
-        )
-        log.info("created lease %s/%s", LEASE_NAMESPACE, self.identity.name)
-        return created
-
-    def _owner(self) -> list[dict[str, Any]]:
-        """The Lease is owned by the Node (by its current UID: a re-registered Node has a new one)."""
-        return [{"apiVersion": "v1", "kind": "Node", "name": self.identity.name, "uid": self.uid}]
+        await self.lease.renew()

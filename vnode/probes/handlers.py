@@ -7,7 +7,7 @@ threshold. ``Warning`` is a success that deserves a ``ProbeWarning`` Event (a re
 followed).
 
 - exec: CRI ExecSync with the probe's timeout; exit 0 succeeds; output (stdout then stderr)
-  capped at 10 KiB; a timeout is a failure (``command timed out``).
+  capped at 10 KiB; a timeout is a failure (``command "<command>" timed out``).
 - httpGet: GET on ``scheme://host:port/path`` (host defaults to the pod IP), ``httpHeaders``
   added, ``User-Agent: kube-probe/<major>.<minor>`` and ``Accept: */*`` unless given; 200-399
   succeed; redirects followed on the same host (at most 10), a redirect elsewhere ends the probe as
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ class Handlers:
         except errors.VnodeError as exc:
             text = str(exc).lower()
             if "timeout" in text or "deadline exceeded" in text:  # containerd: "timeout 1s exceeded"
-                return Outcome(Result.FAILURE, f"command {' '.join(command)!r} timed out")
+                # kubelet's text, Go's %q of the joined command (JSON quoting is the same for it)
+                return Outcome(Result.FAILURE, f"command {json.dumps(' '.join(command))} timed out")
             raise ProbeError(str(exc)) from exc
         output = (stdout + stderr)[:MAX_OUTPUT].decode(errors="replace")
         return Outcome(Result.SUCCESS if code == 0 else Result.FAILURE, output)

@@ -319,8 +319,7 @@ class Prober:
                     "Unhealthy",
                     f"{key.kind.value} probe errored and resulted in unknown state: {error}",
                 )
-                self._metrics.total.labels(key.kind.value, Result.UNKNOWN.value, *worker.labels).inc()
-                return
+                return  # thrown away, as kubelet does: no threshold and no series counts it
             self._count(worker, outcome, time.perf_counter() - started)
             if outcome.result == Result.FAILURE:
                 self._event(worker, "Unhealthy", f"{key.kind.value} probe failed: {outcome.output}")

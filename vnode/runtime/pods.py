@@ -360,13 +360,13 @@ class PodManager:
         while True:
             try:
                 await self.relist()
-                if self.runtime_error is not None:
+                was_down, self.runtime_error = self.runtime_error is not None, None
+                if was_down:
                     log.info("container runtime is reachable at %s", self.ctx.cri.endpoint)
-                    with contextlib.suppress(errors.VnodeError):
-                        await self.ctx.cri.version()  # kept by the client for the Node's nodeInfo
                     for worker in self._workers.values():
                         worker.wake()
-                self.runtime_error = None
+                    with contextlib.suppress(errors.VnodeError):
+                        await self.ctx.cri.version()  # kept by the client for the Node's nodeInfo
             except errors.VnodeError as exc:
                 if self.runtime_error is None or self.runtime_error != str(exc):
                     log.warning("container runtime unhealthy: %s", exc)

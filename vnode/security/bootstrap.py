@@ -42,6 +42,7 @@ from vnode import errors
 from vnode.clients.kubeconfig import ClusterAccess
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
+from vnode.security import profiles
 from vnode.security.files import write_file
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,10 @@ TOKEN = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 PIN = re.compile(r"^sha256:([0-9a-f]{64})$")
 CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
-CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-SERVING_SIGNER = "kubernetes.io/kubelet-serving"
-CLIENT_USAGES = ["digital signature", "client auth"]  # EC keys: no key encipherment
-SERVING_USAGES = ["digital signature", "server auth"]
+CLIENT_SIGNER = profiles.profile("kubelet-client-csr").signer
+SERVING_SIGNER = profiles.profile("kubelet-serving-csr").signer
+CLIENT_USAGES = list(profiles.profile("kubelet-client-csr").usages)  # EC keys: no key encipherment
+SERVING_USAGES = list(profiles.profile("kubelet-serving-csr").usages)
 DISCOVERY_RETRY = 1.0
 CSR_TIMEOUT = 15 * 60.0  # client-go's certificate manager waits this long for a CSR
 
@@ -401,7 +402,7 @@ def join_command(args: argparse.Namespace, settings: Settings) -> Settings:
     the joined node with (its kubeconfig; client certificate rotation on, as kubeadm sets it)."""
     import dataclasses
 
-    from vnode.config.loader import parse_duration
+    from vnode.config.values import parse_duration
 
     token_id, token_secret = parse_token(args.token)
     pins = parse_pins(args.discovery_token_ca_cert_hash)

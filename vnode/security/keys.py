@@ -20,7 +20,62 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vnode.security import profiles
+
+BACKDATE = dt.timedelta(minutes=5)  # clocks at the edge drift: valid a little before it was made
+KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)  # fmt: skip
+EXTENDED = {"client_auth": ExtendedKeyUsageOID.CLIENT_AUTH, "server_auth": ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    """Every profile's key: EC P-256 (client-go's default key type)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def build(
+    prof: profiles.Profile,
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    issuer: x509.Name | None = None,
+    signer: ec.EllipticCurvePrivateKey,
+    sans: Sequence[x509.GeneralName] = (),
+    validity: dt.timedelta | None = None,
+    not_after_at_most: dt.datetime | None = None,
+) -> x509.Certificate:
+    """A certificate of ``prof`` for ``subject``; self-signed when ``issuer`` is None."""
+    now = dt.datetime.now(dt.UTC)
+    lifetime = validity or prof.validity
+    assert lifetime is not None, f"profile {prof.name} has no validity"
+    not_after = now + lifetime
+    if not_after_at_most is not None:
+        not_after = min(not_after, not_after_at_most)
+    builder = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
+        .public_key(public_key).serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE).not_valid_after(not_after)
+    )  # fmt: skip
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if prof.is_ca is not None:
+        constraints = x509.BasicConstraints(
+            ca=prof.is_ca, path_length=prof.path_length if prof.is_ca else None
+        )
+        builder = builder.add_extension(constraints, critical=True)
+    if prof.key_usage:
+        flags = {name: name in prof.key_usage for name in KEY_USAGES}
+        builder = builder.add_extension(x509.KeyUsage(**flags), critical=True)
+    if prof.extended_key_usage:
+        usages = [EXTENDED[u] for u in prof.extended_key_usage]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if prof.subject_key_identifier:
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    return builder.sign(signer, hashes.SHA256())
 
 
 def load_certificates(pem: bytes) -> list[x509.Certificate]:
@@ -63,7 +118,7 @@ def new_csr(
     common_name: str, organizations: Sequence[str], dns: Sequence[str] = (), ips: Sequence[str] = ()
 ) -> tuple[bytes, bytes]:
     """(key PEM, CSR PEM) for a fresh EC P-256 key, client-go's default key type."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key()
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
@@ -103,44 +158,29 @@ def issue(
     validity: dt.timedelta,
 ) -> tuple[bytes, bytes]:
     """(cert PEM, key PEM): a client certificate signed directly by a CA (``vnode certs issue``)."""
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
     ca = load_certificates(ca_cert_pem)[0]
     ca_key = serialization.load_pem_private_key(ca_key_pem, None)
-    key = ec.generate_private_key(ec.SECP256R1())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "the CA key must be EC (as vnode certs ca makes)"
+    key = new_key()
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(min(now + validity, ca.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )  # fmt: skip
+    cert = build(
+        profiles.profile("issued-client"),
+        x509.Name(attrs),
+        key.public_key(),
+        issuer=ca.subject,
+        signer=ca_key,
+        validity=validity,
+        not_after_at_most=ca.not_valid_after_utc,
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
 def new_ca(common_name: str, validity: dt.timedelta) -> tuple[bytes, bytes]:
     """(cert PEM, key PEM) of a self-signed CA (``vnode certs ca``)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    usage = x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-    )  # fmt: skip
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    cert = build(profiles.profile("client-ca"), name, key.public_key(), signer=key, validity=validity)
     return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 

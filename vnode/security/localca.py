@@ -37,13 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from vnode import errors
+from vnode.security import profiles
 from vnode.security.files import write_file
 
 BREAK_GLASS_GROUP = "vnode:break-glass"
 ADMIN_USER = "vnode:admin"
-CA_VALIDITY = dt.timedelta(days=3650)
-ADMIN_VALIDITY = dt.timedelta(days=365)
-RENEW_BEFORE = dt.timedelta(days=30)
+BREAK_GLASS = profiles.profile("break-glass")
+assert BREAK_GLASS.validity is not None and BREAK_GLASS.renew_before is not None
+ADMIN_VALIDITY = BREAK_GLASS.validity
+RENEW_BEFORE = BREAK_GLASS.renew_before
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,11 @@ def ensure_local_pki(pki: LocalPki, node_name: str) -> None:
 def generate(pki: LocalPki, node_name: str) -> None:
     """The child process's work: a CA if none, and an admin certificate if missing or expiring."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
+
+    from vnode.security import keys
 
     def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         return key.private_bytes(
@@ -111,20 +115,11 @@ def generate(pki: LocalPki, node_name: str) -> None:
     pki.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     if not (pki.ca_cert.exists() and pki.ca_key.exists()):
-        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_key = keys.new_key()
         name = x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, f"vnode-local-ca:{node_name}:{secrets.token_hex(8)}")]
         )
-        ca = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
-            .sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
+        ca = keys.build(profiles.profile("local-ca"), name, ca_key.public_key(), signer=ca_key)
         write_file(pki.ca_key, key_pem(ca_key), 0o600)
         write_file(pki.ca_cert, ca.public_bytes(serialization.Encoding.PEM), 0o644)
         for stale in (pki.admin_cert, pki.admin_key):  # issued by a CA that is gone
@@ -138,20 +133,14 @@ def generate(pki: LocalPki, node_name: str) -> None:
         if current.issuer == ca.subject and current.not_valid_after_utc - now > RENEW_BEFORE:
             _write_stamp(pki, ca, current.not_valid_after_utc)
             return
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = keys.new_key()
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, BREAK_GLASS_GROUP),
             x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
         ]
     )
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(not_after)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(signer, hashes.SHA256())
-    )  # fmt: skip
+    cert = keys.build(BREAK_GLASS, subject, key.public_key(), issuer=ca.subject, signer=signer)
     write_file(pki.admin_key, key_pem(key), 0o600)
     write_file(pki.admin_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write_stamp(pki, ca, not_after)

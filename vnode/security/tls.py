@@ -26,12 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vnode import errors
+from vnode.security import profiles
 from vnode.security.files import write_file
 
 log = logging.getLogger(__name__)
 
-VALIDITY = dt.timedelta(days=365)
-RENEW_BEFORE = dt.timedelta(days=1)
+SERVING = profiles.profile("self-signed-serving")
+assert SERVING.renew_before is not None
+RENEW_BEFORE = SERVING.renew_before
 
 
 def _covers(cert_path: Path, hostnames: Sequence[str], ips: Sequence[str]) -> bool:
@@ -58,46 +60,21 @@ def ensure_self_signed(
 ) -> bool:
     """Make sure a self-signed pair for these names exists; True if a new one was written."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
+
+    from vnode.security import keys
 
     if cert_path.exists() and key_path.exists() and _covers(cert_path, hostnames, ips):
         _write_stamp(cert_path, hostnames, ips)
         return False
     cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = keys.new_key()
     now = dt.datetime.now(dt.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{hostnames[0]}@{int(now.timestamp())}")])
     san: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     san += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=False,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = keys.build(SERVING, subject, key.public_key(), signer=key, sans=san)
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -17,6 +17,12 @@ objects    ``<kind>/<namespace>/<name>``  ``ObjectRow``: a configMap, secret or 
                                           offline use; secrets and tokens sealed
 eventlog   12-digit sequence number       ``StoredEvent``: the node's last Events (1,000), for
                                           the local API's ``kubectl get events`` / ``describe``
+openapi    ``api/v1``                     ``OpenApiRow``: the control plane's OpenAPI v3
+                                          document of core/v1, for kubectl offline
+device_twins device id (``<ns>/<name>``)  ``TwinDevice``: a device and its twins (vnode.devices)
+mqtt_sessions client id                   ``MqttSession``: a persistent session of vnode's broker
+mqtt_retained topic                       ``MqttRetained``: a retained message
+mqtt_outbox 20-digit sequence number      ``MqttOutboxRow``: a message for the external broker
 ========== ============================== ===================================================
 
 A change that an older vnode would misread (a renamed table or key, a record field that changes
@@ -37,8 +43,26 @@ LINK = "link"
 EVENTS = "events"
 OBJECTS = "objects"
 EVENTLOG = "eventlog"
+OPENAPI = "openapi"
+DEVICE_TWINS = "device_twins"
+MQTT_SESSIONS = "mqtt_sessions"
+MQTT_RETAINED = "mqtt_retained"
+MQTT_OUTBOX = "mqtt_outbox"
 
-TABLES = (META, PODS, PODSTATE, LINK, EVENTS, OBJECTS, EVENTLOG)
+TABLES = (
+    META,
+    PODS,
+    PODSTATE,
+    LINK,
+    EVENTS,
+    OBJECTS,
+    DEVICE_TWINS,
+    MQTT_SESSIONS,
+    MQTT_RETAINED,
+    MQTT_OUTBOX,
+    OPENAPI,
+    EVENTLOG,
+)
 
 EVENTS_DROPPED = "dropped"  # the key of the dropped count in EVENTS (event keys are numbers)
 LINK_STATE = "state"
@@ -89,3 +113,36 @@ class StoredEvent(TypedDict):
 class ObjectRow(TypedDict, total=False):
     object: dict[str, Any] | None  # None: known not to exist
     sealed: str  # the sealed JSON of a secret or token (``vnode.security.sealing``)
+
+
+class OpenApiRow(TypedDict):
+    hash: str  # as the API server's /openapi/v3 index named it
+    document: dict[str, Any]
+
+
+class TwinDevice(TypedDict):
+    """KubeEdge's device document: ``twin`` maps a key to its ``MsgTwin`` JSON (expected/actual
+    ``{value, metadata: {timestamp}}``, ``optional``, ``metadata: {type}``, versions)."""
+
+    id: str
+    name: str
+    twin: dict[str, dict[str, Any]]
+    state: NotRequired[str]
+    last_online: NotRequired[str]
+
+
+class MqttSession(TypedDict):
+    subscriptions: dict[str, int]  # filter -> granted QoS
+    queue: list[list[Any]]  # [topic, base64 payload, qos, retain], oldest first
+
+
+class MqttRetained(TypedDict):
+    payload: str  # base64
+    qos: int
+
+
+class MqttOutboxRow(TypedDict):
+    topic: str
+    payload: str  # base64
+    qos: int
+    retain: bool
