@@ -305,20 +305,27 @@ async def test_mosquitto_tools(target: Target, ids: str) -> None:
             await sub.wait()
 
 
+async def away_then_published(target: Target, clients: list[Paho], ids: str, payloads: list[bytes]) -> Paho:
+    """A persistent session subscribed to ``<ids>/q`` goes away; then ``payloads`` are published
+    to it at QoS 1. Returns the (connected) publisher."""
+    sub = client(target, clients, f"{ids}-sub", clean_session=False)
+    await sub.connect()
+    await sub.subscribe(f"{ids}/q", 1)
+    await sub.close()
+    pub = client(target, clients, f"{ids}-pub")
+    await pub.connect()
+    for payload in payloads:
+        await pub.publish(f"{ids}/q", payload, qos=1)
+    return pub
+
+
 async def test_queue_overflow_drops_oldest_and_counts(clients: list[Paho], ids: str) -> None:
     """vnode's bound (mqttSessionQueueSize): an offline session keeps the newest messages."""
     broker = Broker(queue_size=10)
     port = await broker.start("127.0.0.1", 0)
     target = Target("vnode", "127.0.0.1", port, broker)
     try:
-        sub = client(target, clients, f"{ids}-sub", clean_session=False)
-        await sub.connect()
-        await sub.subscribe(f"{ids}/q", 1)
-        await sub.close()
-        pub = client(target, clients, f"{ids}-pub")
-        await pub.connect()
-        for i in range(15):
-            await pub.publish(f"{ids}/q", f"{i}".encode(), qos=1)
+        await away_then_published(target, clients, ids, [f"{i}".encode() for i in range(15)])
         assert broker.stats.dropped == 5
         back = client(target, clients, f"{ids}-sub", clean_session=False)
         await back.connect()
@@ -499,14 +506,7 @@ async def test_persistent_sessions_and_retained_survive_a_vnode_restart(
     target = Target("vnode", "127.0.0.1", port, None)
     await node.start()
     try:
-        sub = client(target, clients, f"{ids}-sub", clean_session=False)
-        await sub.connect()
-        await sub.subscribe(f"{ids}/q", 1)
-        await sub.close()
-        pub = client(target, clients, f"{ids}-pub")
-        await pub.connect()
-        for i in range(3):
-            await pub.publish(f"{ids}/q", f"m{i}".encode(), qos=1)
+        pub = await away_then_published(target, clients, ids, [f"m{i}".encode() for i in range(3)])
         await pub.publish(f"{ids}/kept", b"retained", qos=1, retain=True)
         await pub.close()
         assert await node.terminate() == 0
