@@ -28,7 +28,6 @@ import asyncio
 import base64
 import contextlib
 import hmac
-import itertools
 import logging
 import secrets
 import ssl
@@ -198,9 +197,7 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.retained: dict[str, Message] = {}
         self._index: topics.FilterIndex[str] = topics.FilterIndex()
-        self._listeners: topics.FilterIndex[int] = topics.FilterIndex()
-        self._listener_calls: dict[int, Listener] = {}
-        self._listener_ids = itertools.count(1)
+        self._listeners: topics.Listeners[Message] = topics.Listeners()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
@@ -319,17 +316,10 @@ class Broker:
         """Call ``callback`` for every message matching ``topic_filter`` (retained ones first);
         returns the function that stops it. Callbacks must not block."""
         topics.check_filter(topic_filter)
-        key = next(self._listener_ids)
-        self._listener_calls[key] = callback
-        self._listeners.add(topic_filter, key, 1)
+        stop = self._listeners.add(topic_filter, callback)
         for message in list(self.retained.values()):
             if topics.matches(topic_filter, message.topic):
                 callback(message)
-
-        def stop() -> None:
-            self._listeners.remove(topic_filter, key)
-            self._listener_calls.pop(key, None)
-
         return stop
 
     # -- routing -------------------------------------------------------------------------------
@@ -351,13 +341,7 @@ class Broker:
             session = self.sessions.get(client_id)
             if session is not None:
                 self._enqueue(session, _Outgoing(message, min(qos, message.qos)))
-        for key, _ in list(self._listeners.match(message.topic)):
-            callback = self._listener_calls.get(key)
-            if callback is not None:
-                try:
-                    callback(message)
-                except Exception:
-                    log.exception("mqtt: an in-process listener failed on %s", message.topic)
+        self._listeners.deliver(message.topic, message)
 
     def _enqueue(self, session: Session, out: _Outgoing) -> None:
         conn = session.connection

@@ -81,8 +81,7 @@ class ExternalBus:
         self.limit = limit
         self.keepalive = keepalive
         self.stats = ClientStats()
-        self._listeners: topics.FilterIndex[int] = topics.FilterIndex()
-        self._calls: dict[int, Callable[[Message], None]] = {}
+        self._listeners: topics.Listeners[Message] = topics.Listeners()
         self._filters: dict[str, int] = {}  # filter -> listeners using it
         self._pending_subs: set[int] = set()  # SUBSCRIBE packet ids not yet acknowledged
         self._ids = itertools.count(1)
@@ -120,9 +119,7 @@ class ExternalBus:
 
     def listen(self, topic_filter: str, callback: Callable[[Message], None]) -> Callable[[], None]:
         topics.check_filter(topic_filter)
-        key = next(self._ids)
-        self._calls[key] = callback
-        self._listeners.add(topic_filter, key, 1)
+        remove = self._listeners.add(topic_filter, callback)
         self._filters[topic_filter] = self._filters.get(topic_filter, 0) + 1
         writer = self._sub.writer
         if writer is not None and self._filters[topic_filter] == 1:
@@ -131,8 +128,7 @@ class ExternalBus:
             writer.write(codec.encode(codec.Subscribe(pid, [(topic_filter, 1)])))
 
         def stop() -> None:
-            self._listeners.remove(topic_filter, key)
-            self._calls.pop(key, None)
+            remove()
             self._filters[topic_filter] -= 1
             if not self._filters[topic_filter]:
                 del self._filters[topic_filter]
@@ -232,13 +228,7 @@ class ExternalBus:
                 writer.write(codec.encode(codec.Ack(codec.Type.PUBCOMP, packet.packet_id)))
 
     def _deliver(self, message: Message) -> None:
-        for key, _ in list(self._listeners.match(message.topic)):
-            callback = self._calls.get(key)
-            if callback is not None:
-                try:
-                    callback(message)
-                except Exception:
-                    log.exception("mqtt: a listener failed on %s", message.topic)
+        self._listeners.deliver(message.topic, message)
 
     async def _serve_pub(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._inflight.clear()  # unacknowledged ones are sent again, in order

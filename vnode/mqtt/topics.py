@@ -8,10 +8,15 @@ walked. Filters starting with ``+`` or ``#`` never match a name starting with ``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import logging
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
+M = TypeVar("M")
+
+log = logging.getLogger(__name__)
 
 
 class BadTopic(ValueError):
@@ -102,3 +107,34 @@ class FilterIndex(Generic[K]):
 
     def __len__(self) -> int:
         return sum(len(h) for h in self._exact.values()) + sum(len(h) for _, h in self._wild.values())
+
+
+class Listeners(Generic[M]):
+    """In-process callbacks by topic filter (the broker's hooks, the external client's): a
+    callback that raises is logged and costs only itself."""
+
+    def __init__(self) -> None:
+        self._index: FilterIndex[int] = FilterIndex()
+        self._calls: dict[int, Callable[[M], None]] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, topic_filter: str, callback: Callable[[M], None]) -> Callable[[], None]:
+        """Register ``callback``; returns the function that removes it."""
+        key = next(self._ids)
+        self._calls[key] = callback
+        self._index.add(topic_filter, key, 1)
+
+        def remove() -> None:
+            self._index.remove(topic_filter, key)
+            self._calls.pop(key, None)
+
+        return remove
+
+    def deliver(self, topic: str, message: M) -> None:
+        for key, _ in list(self._index.match(topic)):
+            callback = self._calls.get(key)
+            if callback is not None:
+                try:
+                    callback(message)
+                except Exception:
+                    log.exception("mqtt: an in-process listener failed on %s", topic)
