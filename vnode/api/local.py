@@ -460,11 +460,7 @@ class LocalApi:
                             obj = table(resource.kind, [event], "", datetime.now(tz=UTC), columns=first)
                             first = False
                         await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-                    closing = asyncio.ensure_future(self._closing.wait())
-                    try:
-                        await while_connected(request, _first_of(changed.wait(), closing))
-                    finally:
-                        closing.cancel()
+                    await while_connected(request, _first_of(changed.wait(), self._closing.wait()))
                     if self._closing.is_set():
                         break
         except (TimeoutError, ConnectionResetError):
