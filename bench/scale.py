@@ -1,6 +1,6 @@
 """One node, many pods, on the fake CRI runtime: how vnode's costs grow with the pod count.
 
-    .venv/bin/python -m bench.scale [--sizes 100,300,1000] [--idle 60] [--source static|api]
+    .venv/bin/python -m bench.scale [--sizes 100,300,1000] [--idle 300] [--source static|api]
 
 For each size N, a fresh node (its own root dir, ``--max-pods`` raised above N) on a fresh fake
 runtime (``integration/fakecri.py``, a separate process speaking CRI v1 over gRPC, so vnode's gRPC
@@ -373,7 +373,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="100,300,1000")
     parser.add_argument(
-        "--idle", type=float, default=60.0, help="idle CPU window in seconds (the issue's is 300)"
+        "--idle", type=float, default=300.0, help="idle CPU window in seconds"
     )
     parser.add_argument(
         "--profile", type=Path, help="record py-spy profiles of each phase into this directory"
