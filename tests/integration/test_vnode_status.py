@@ -66,6 +66,9 @@ async def test_status_counts_pods_by_phase_and_shows_the_pull_failure(
         assert runtime["endpoint"] == containerd.endpoint and runtime["answers"] is True
         assert runtime["version"].startswith("containerd://")
         assert facts["pods"]["total"] == 4 and facts["pods"]["syncFailing"] == []
+        reasons = {p["name"]: p["reason"] for p in facts["pods"]["items"]}
+        assert reasons.pop(bad) in ("ErrImagePull", "ImagePullBackOff")
+        assert set(reasons.values()) == {None}
         failure = pull_failure(facts, bad)
         assert failure is not None and failure["namespace"] == "default" and failure["kind"] == "Pod"
         assert failure["message"].startswith(f'Failed to pull image "{BAD_IMAGE}": ')

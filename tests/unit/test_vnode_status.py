@@ -27,9 +27,12 @@ def _pod(name: str, uid: str) -> dict[str, Any]:
     return {"source": "file", "pod": {"metadata": {"name": name, "namespace": "default", "uid": uid}}}
 
 
+BACKING_OFF = {"name": "main", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off"}}}
+
+
 def _event(n: int, kind: str, reason: str, name: str = "bad") -> tuple[str, dict[str, Any]]:
     return f"{n:012d}", {
-        "time": f"2026-12-04T06:00:{n:02d}Z",
+        "time": f"2026-12-04T06:00:{n:02d}.123456+00:00",  # as the event log keeps it
         "namespace": "default",
         "name": name,
         "uid": "u-bad",
@@ -58,7 +61,7 @@ def populate(root: Path, *, run: dict[str, Any] | None = None) -> None:
         Put(L.PODSTATE, "u-1", {"status": {"phase": "Running"}}),
         Put(L.PODSTATE, "u-2", {"status": {"phase": "Running"}, "problem": problem}),
         Put(L.PODSTATE, "u-3", {"status": {"phase": "Succeeded"}}),
-        # u-bad has no state yet: Pending, as the pod manager reports a pod it has not synced
+        Put(L.PODSTATE, "u-bad", {"status": {"phase": "Pending", "containerStatuses": [BACKING_OFF]}}),
         Put(L.EVENTS, "000000000001", {"reason": "Started"}),
         Put(L.EVENTS, L.EVENTS_DROPPED, 2),
         Put(L.OBJECTS, "configmap/default/cfg", {"object": {}}),
@@ -112,6 +115,12 @@ def test_the_facts_of_a_stopped_node(tmp_path: Path) -> None:
     pods = facts["pods"]
     assert pods["total"] == 4
     assert pods["byPhase"] == {"Pending": 1, "Running": 2, "Succeeded": 1}
+    assert [(p["name"], p["phase"], p["reason"]) for p in pods["items"]] == [
+        ("bad", "Pending", "ImagePullBackOff"),
+        ("db", "Running", None),
+        ("job", "Succeeded", None),
+        ("web", "Running", None),
+    ]
     assert pods["syncFailing"] == [
         {
             "namespace": "default",
@@ -153,6 +162,7 @@ def test_the_summary_reads_as_the_facts(tmp_path: Path, capsys: pytest.CaptureFi
     assert lines[1] == "control plane: unreachable, running offline since 2026-12-04T05:00:00Z"
     assert lines[2].startswith(f"runtime: unix://{tmp_path}/no-containerd.sock does not answer: ")
     assert "pods: 4 (1 Pending, 2 Running, 1 Succeeded)" in lines
+    assert "  default/bad\tPending\tfile\tImagePullBackOff" in lines
     assert (
         "  default/db\tRunning\tfile\tsync failing since 2026-12-04T04:00:00Z: "
         "RemoveContainer c-1: container is in starting state"
@@ -220,7 +230,7 @@ def test_a_running_node_is_the_lock_holder_and_its_healthz_is_asked(tmp_path: Pa
 
 def test_standalone_node_without_a_run_record(tmp_path: Path) -> None:
     store = Store.open_sync(tmp_path / "store")
-    store.write_sync([Put(L.PODS, "u-1", _pod("web", "u-1"))])
+    store.write_sync([Put(L.PODS, "u-1", _pod("web", "u-1"))])  # no state yet: not synced
     store.close_sync()
     facts = status.gather(tmp_path, probe=False)
     assert facts["node"] is None and facts["link"]["state"] == "standalone"

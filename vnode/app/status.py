@@ -15,6 +15,7 @@ import os
 import urllib.error
 import urllib.request
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,18 @@ def gather(root_dir: Path, *, probe: bool = True) -> dict[str, Any]:
     finally:
         store.close_sync()
     run: dict[str, Any] = facts.pop("_run")
-    facts["vnode"] = _process(root_dir, run, probe)
     endpoint = run.get("runtimeEndpoint") or RuntimeSettings().endpoint
-    facts["runtime"] = _runtime(endpoint) if probe else {"endpoint": endpoint}
     from vnode.security.certs import status_lines
 
-    facts["certificates"] = status_lines(root_dir)
-    return facts
+    first = {
+        "rootDir": facts.pop("rootDir"),
+        "node": facts.pop("node"),
+        "cluster": facts.pop("cluster"),
+        "vnode": _process(root_dir, run, probe),
+        "link": facts.pop("link"),
+        "runtime": _runtime(endpoint) if probe else {"endpoint": endpoint},
+    }
+    return {**first, **facts, "certificates": status_lines(root_dir)}
 
 
 def _from_store(store: Store, root_dir: Path) -> dict[str, Any]:
@@ -93,12 +99,14 @@ def _pods(store: Store) -> dict[str, Any]:
             "name": meta["name"],
             "uid": uid,
             "phase": status.get("phase", "Pending"),
+            "reason": _reason(status),
             "source": record["source"],
         }
         items.append(item)
         problem = state.get("problem") if state is not None else None
         if problem:
             failing.append({"namespace": item["namespace"], "name": item["name"], **problem})
+    items.sort(key=lambda i: (str(i["namespace"]), str(i["name"])))
     phases = Counter(str(i["phase"]) for i in items)
     return {
         "total": len(items),
@@ -108,13 +116,34 @@ def _pods(store: Store) -> dict[str, Any]:
     }
 
 
+def _reason(status: dict[str, Any]) -> str | None:
+    """Why the pod is not simply running: the pod's reason (``Evicted``), else the first
+    container's waiting reason (``ImagePullBackOff``, ``CrashLoopBackOff``, ``CreateContainerError``)."""
+    if status.get("reason"):
+        return str(status["reason"])
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason"):
+                return str(waiting["reason"])
+    return None
+
+
 def _warnings(store: Store) -> list[dict[str, Any]]:
     """The last Warning Events the node recorded (the local API's event log), oldest first."""
     rows: list[layout.StoredEvent] = [
         e for _, e in store.items(layout.EVENTLOG) if e.get("type") == "Warning"
     ]
-    keys = ("time", "kind", "namespace", "name", "reason", "message")
-    return [{k: e.get(k) for k in keys} for e in rows[-WARNINGS_SHOWN:]]
+    keys = ("kind", "namespace", "name", "reason", "message")
+    return [{"time": _rfc3339(e.get("time")), **{k: e.get(k) for k in keys}} for e in rows[-WARNINGS_SHOWN:]]
+
+
+def _rfc3339(stamp: Any) -> Any:
+    """The event log's ISO time (microseconds, +00:00) as Kubernetes writes times: seconds, Z."""
+    try:
+        return datetime.fromisoformat(str(stamp)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return stamp
 
 
 def _mqtt(store: Store) -> dict[str, Any]:
@@ -238,6 +267,8 @@ def render(facts: dict[str, Any]) -> str:
     failing = {(p["namespace"], p["name"]): p for p in pods["syncFailing"]}
     for pod in pods["items"]:
         line = f"  {pod['namespace']}/{pod['name']}\t{pod['phase']}\t{pod['source']}"
+        if pod["reason"]:
+            line += f"\t{pod['reason']}"
         problem = failing.get((pod["namespace"], pod["name"]))
         if problem:
             line += f"\tsync failing since {problem['since']}: {problem['message']}"
