@@ -7,8 +7,8 @@ Loaded with ``-p tests.progress --progress=SECONDS`` (``scripts/test.sh`` does).
   SECONDS have passed since the last line, and at the end;
 - ``-- <label>: FAILED <test id>`` as soon as a test fails (its output comes in pytest's failure
   section at the end, as usual);
-- ``-- <label>: still in <test id> (its phase) for 2m10s`` from a watcher thread when one test
-  (or a session fixture it set up, a cluster say) keeps the run quiet for SECONDS.
+- ``-- <label>: <the counts as above>; now in <test id> (setup, 2m10s)`` from a watcher thread when
+  one test (or a session fixture it sets up, a cluster say) keeps the run quiet for SECONDS.
 
 Pytest's own output is unchanged otherwise: the dots, the failures with their captured output, the
 short summary. The label (``--progress-label``) names the phase in the test command's log.
@@ -127,6 +127,4 @@ class Progress:
             if current is None or time.monotonic() - self.last_line < self.interval:
                 continue
             nodeid, phase, since = current
-            self._write(
-                f"still in {nodeid} ({phase}) for {self._elapsed(since)}; {self._summary()}", watcher=True
-            )
+            self._write(f"{self._summary()}; now in {nodeid} ({phase}, {self._elapsed(since)})", watcher=True)
