@@ -143,8 +143,6 @@ def _status(root_dir: Path, output: str) -> int:
         facts = status.gather(root_dir)
     except errors.StoreError as exc:
         print(f"vnode: {exc}", file=sys.stderr)
-        if output == "text" and not (root_dir / "store" / "data.mdb").exists():
-            print(f"no store at {root_dir / 'store'}")
         return 1
     if output == "json":
         print(json.dumps(facts, indent=2))

@@ -204,7 +204,8 @@ def healthz() -> Iterator[str]:
 
 
 def test_a_running_node_is_the_lock_holder_and_its_healthz_is_asked(tmp_path: Path, healthz: str) -> None:
-    populate(tmp_path, run=run_record(tmp_path, healthz=f"{healthz}/healthz"))
+    """This test's process plays the running node: it holds the root dir's lock."""
+    populate(tmp_path, run=run_record(tmp_path, pid=os.getpid(), healthz=f"{healthz}/healthz"))
     assert status.gather(tmp_path)["vnode"]["running"] is False  # a record alone is no running node
     lock = rootlock.acquire(tmp_path)
     try:
@@ -219,10 +220,24 @@ def test_a_running_node_is_the_lock_holder_and_its_healthz_is_asked(tmp_path: Pa
             "/healthz ok"
         )
 
-        populate(tmp_path, run=run_record(tmp_path, healthz=f"{healthz}/healthz?verbose"))
+        populate(tmp_path, run=run_record(tmp_path, pid=os.getpid(), healthz=f"{healthz}/healthz?verbose"))
         failing = status.gather(tmp_path)
         assert failing["vnode"]["healthz"]["ok"] is False
         assert "/healthz failing: [-]runtime failed healthz check failed" in status.render(failing)
+
+        populate(tmp_path, run=run_record(tmp_path, healthz=f"{healthz}/healthz"))  # an earlier run's
+        starting = status.gather(tmp_path)["vnode"]
+        assert starting == {
+            "running": True,
+            "pid": os.getpid(),
+            "version": None,
+            "started": None,
+            "stopped": None,
+            "healthz": None,
+        }
+        assert status.render(status.gather(tmp_path)).startswith(
+            f"node edge-1: vnode starting (pid {os.getpid()})\n"
+        )
     finally:
         lock.release()
     assert status.lock_holder(tmp_path) is None

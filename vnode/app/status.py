@@ -183,8 +183,11 @@ def lock_holder(root_dir: Path) -> int | None:
 
 
 def _process(root_dir: Path, run: dict[str, Any], probe: bool) -> dict[str, Any]:
-    """Whether a vnode runs on this root dir (and answers), else what the last run recorded."""
+    """Whether a vnode runs on this root dir (and answers), else what the last run recorded. A
+    record of another pid than the lock holder's is an earlier run's: the holder is starting."""
     pid = lock_holder(root_dir)
+    if pid is not None and run.get("pid") != pid:
+        run = {}
     facts: dict[str, Any] = {
         "running": pid is not None,
         "pid": pid if pid is not None else run.get("pid"),
@@ -283,8 +286,10 @@ def render(facts: dict[str, Any]) -> str:
 def _node_line(facts: dict[str, Any]) -> str:
     vnode = facts["vnode"]
     head = f"node {facts['node'] or '(unnamed)'}: "
+    if vnode["running"] and vnode["started"] is None:
+        return f"{head}vnode starting (pid {vnode['pid']})"
     if vnode["running"]:
-        line = f"{head}vnode {vnode['version'] or ''} running (pid {vnode['pid']}, since {vnode['started']})"
+        line = f"{head}vnode {vnode['version']} running (pid {vnode['pid']}, since {vnode['started']})"
         healthz = vnode["healthz"]
         if healthz is not None:
             line += ", /healthz " + (
