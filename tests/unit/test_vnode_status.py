@@ -65,7 +65,8 @@ def populate(root: Path, *, run: dict[str, Any] | None = None) -> None:
         Put(L.EVENTS, "000000000001", {"reason": "Started"}),
         Put(L.EVENTS, L.EVENTS_DROPPED, 2),
         Put(L.OBJECTS, "configmap/default/cfg", {"object": {}}),
-        Put(L.MQTT_SESSIONS, "mapper", {"subscriptions": {"a/#": 1}, "queue": []}),
+        Put(L.MQTT_SESSIONS, "mapper", {"subscriptions": {"a/#": 1}, "queue": [["a/b", "", 1, False]] * 2}),
+        Put(L.MQTT_SESSIONS, "gone", {"subscriptions": {"c": 1}, "queue": [["c", "", 1, False]]}),
         Put(L.MQTT_RETAINED, "a/b", {"payload": "", "qos": 0}),
         Put(
             L.DEVICE_TWINS,
@@ -141,7 +142,8 @@ def test_the_facts_of_a_stopped_node(tmp_path: Path) -> None:
     assert facts["events"] == {"waiting": 1, "dropped": 2}
     assert facts["offlineCache"] == {"configmap": 1}
     assert facts["mqtt"] == {
-        "sessions": 1,
+        "sessions": 2,
+        "queued": 3,
         "retained": 1,
         "outbox": 0,
         "devices": [
@@ -172,7 +174,10 @@ def test_the_summary_reads_as_the_facts(tmp_path: Path, capsys: pytest.CaptureFi
         f"  2026-12-04T06:00:{2 * n:02d}Z\tdefault/bad\tFailed: Failed #{2 * n}" for n in range(4, 9)
     ]
     assert "events waiting to be posted: 1 (2 dropped)" in lines
-    assert "mqtt: 1 persistent session(s), 1 retained message(s), 0 waiting for the external broker" in lines
+    assert (
+        "mqtt: 2 persistent session(s), 1 retained message(s), 0 waiting for the external broker; "
+        "3 queued for persistent sessions' clients"
+    ) in lines
     assert "device default/thermo\tonline\tt=18/- (actual/expected)" in lines
     assert "offline cache: 1 configmap" in lines
 

@@ -157,8 +157,10 @@ def _mqtt(store: Store) -> dict[str, Any]:
             for key, t in sorted((device.get("twin") or {}).items())
         }
         devices.append({"id": device_id, "state": device.get("state") or "unknown", "twins": twins})
+    sessions: list[tuple[str, layout.MqttSession]] = store.items(layout.MQTT_SESSIONS)
     return {
-        "sessions": len(store.items(layout.MQTT_SESSIONS)),
+        "sessions": len(sessions),
+        "queued": sum(len(session.get("queue") or []) for _, session in sessions),
         "retained": len(store.items(layout.MQTT_RETAINED)),
         "outbox": len(store.items(layout.MQTT_OUTBOX)),
         "devices": devices,
@@ -309,7 +311,8 @@ def _mqtt_lines(mqtt: dict[str, Any]) -> list[str]:
     if mqtt["sessions"] or mqtt["retained"] or mqtt["outbox"]:
         lines.append(
             f"mqtt: {mqtt['sessions']} persistent session(s), {mqtt['retained']} retained message(s), "
-            f"{mqtt['outbox']} waiting for the external broker"
+            f"{mqtt['outbox']} waiting for the external broker; {mqtt['queued']} queued for "
+            "persistent sessions' clients"
         )
     for device in mqtt["devices"]:
         twins = ", ".join(
