@@ -13,6 +13,8 @@ HEARTBEAT=${VNODE_TEST_HEARTBEAT:-60}  # seconds of silence before "still runnin
 started=$SECONDS
 done_phases=()
 failed_rc=0  # the first failure's status, of a phase that let the next ones run
+watcher=""  # the pid of the running phase's "still running" loop
+trap '[ -z "$watcher" ] || kill "$watcher" 2>/dev/null || true' EXIT  # also when the run is stopped
 
 stamp() { date -u +%H:%M:%S; }
 took() { local s=$(($1)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
@@ -21,7 +23,7 @@ took() { local s=$(($1)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 # HEARTBEAT seconds of its run (unless beat=no: pytest phases print their own progress), and an
 # outcome line; a failure ends the script with its status (with keep_going=yes: at the end).
 phase() {
-    local name=$1 begin=$SECONDS rc=0 watcher=""
+    local name=$1 begin=$SECONDS rc=0
     shift
     echo "== $name: start at $(stamp)"
     if [ "${beat:-yes}" = yes ]; then
@@ -36,6 +38,7 @@ phase() {
     if [ -n "$watcher" ]; then
         kill "$watcher" 2>/dev/null || true
         wait "$watcher" 2>/dev/null || true
+        watcher=""
     fi
     if ((rc == 0)); then
         echo "== $name: ok in $(took SECONDS-begin)"
