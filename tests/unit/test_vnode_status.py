@@ -10,13 +10,16 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from vnode import errors
 from vnode.app import rootlock, status
+from vnode.app.running import run_record
 from vnode.cli import main
+from vnode.config.settings import NodeSettings, ServerSettings, Settings
 from vnode.store import Put, Store
 from vnode.store import layout as L
 
@@ -85,7 +88,7 @@ def populate(root: Path, *, run: dict[str, Any] | None = None) -> None:
     store.close_sync()
 
 
-def run_record(root: Path, **extra: Any) -> dict[str, Any]:
+def recorded_run(root: Path, **extra: Any) -> dict[str, Any]:
     return {
         "pid": 4242,
         "started": "2026-12-04T03:00:00Z",
@@ -97,7 +100,7 @@ def run_record(root: Path, **extra: Any) -> dict[str, Any]:
 
 
 def test_the_facts_of_a_stopped_node(tmp_path: Path) -> None:
-    populate(tmp_path, run=run_record(tmp_path, stopped="2026-12-04T04:30:00Z"))
+    populate(tmp_path, run=recorded_run(tmp_path, stopped="2026-12-04T04:30:00Z"))
     facts = status.gather(tmp_path)
 
     assert facts["node"] == "edge-1" and facts["cluster"] == {"caHash": "ab12"}
@@ -153,7 +156,7 @@ def test_the_facts_of_a_stopped_node(tmp_path: Path) -> None:
 
 
 def test_the_summary_reads_as_the_facts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    populate(tmp_path, run=run_record(tmp_path, stopped="2026-12-04T04:30:00Z"))
+    populate(tmp_path, run=recorded_run(tmp_path, stopped="2026-12-04T04:30:00Z"))
     assert main(["status", "--root-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -210,7 +213,7 @@ def healthz() -> Iterator[str]:
 
 def test_a_running_node_is_the_lock_holder_and_its_healthz_is_asked(tmp_path: Path, healthz: str) -> None:
     """This test's process plays the running node: it holds the root dir's lock."""
-    populate(tmp_path, run=run_record(tmp_path, pid=os.getpid(), healthz=f"{healthz}/healthz"))
+    populate(tmp_path, run=recorded_run(tmp_path, pid=os.getpid(), healthz=f"{healthz}/healthz"))
     assert status.gather(tmp_path)["vnode"]["running"] is False  # a record alone is no running node
     lock = rootlock.acquire(tmp_path)
     try:
@@ -225,12 +228,12 @@ def test_a_running_node_is_the_lock_holder_and_its_healthz_is_asked(tmp_path: Pa
             "/healthz ok"
         )
 
-        populate(tmp_path, run=run_record(tmp_path, pid=os.getpid(), healthz=f"{healthz}/healthz?verbose"))
+        populate(tmp_path, run=recorded_run(tmp_path, pid=os.getpid(), healthz=f"{healthz}/healthz?verbose"))
         failing = status.gather(tmp_path)
         assert failing["vnode"]["healthz"]["ok"] is False
         assert "/healthz failing: [-]runtime failed healthz check failed" in status.render(failing)
 
-        populate(tmp_path, run=run_record(tmp_path, healthz=f"{healthz}/healthz"))  # an earlier run's
+        populate(tmp_path, run=recorded_run(tmp_path, healthz=f"{healthz}/healthz"))  # an earlier run's
         starting = status.gather(tmp_path)["vnode"]
         assert starting == {
             "running": True,
@@ -264,7 +267,7 @@ def test_json_output_is_one_document_with_the_documented_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every key of ``--output json`` (to the second level) is named in the README's table."""
-    populate(tmp_path, run=run_record(tmp_path))
+    populate(tmp_path, run=recorded_run(tmp_path))
     assert main(["status", "--root-dir", str(tmp_path), "--output", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document == json.loads(json.dumps(status.gather(tmp_path)))
@@ -297,3 +300,28 @@ def test_the_readonly_store_refuses_writes(tmp_path: Path) -> None:
             store.write_sync([Put(L.PODS, "u-9", {})])
     finally:
         store.close_sync()
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:10248/healthz"),
+        ("0.0.0.0", "http://127.0.0.1:10248/healthz"),  # any address: asked on loopback
+        ("::", "http://[::1]:10248/healthz"),
+        ("fd00::5", "http://[fd00::5]:10248/healthz"),
+    ],
+)
+def test_the_run_record_names_where_healthz_answers(bind: str, url: str) -> None:
+    settings = Settings(
+        node=NodeSettings(name="edge-1"), server=ServerSettings(healthz_bind_address=bind, healthz_port=10248)
+    )
+    node: Any = SimpleNamespace(healthz=SimpleNamespace(bound_port=10248))
+    record = run_record(settings, node)
+    assert record["healthz"] == url
+    assert (record["pid"], record["node"], record["runtimeEndpoint"]) == (
+        os.getpid(),
+        "edge-1",
+        "unix:///run/containerd/containerd.sock",
+    )
+    node.healthz = None  # --healthz-port=0: nothing to ask
+    assert "healthz" not in run_record(settings, node)
