@@ -54,6 +54,7 @@ class Progress:
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="pytest-progress", daemon=True)
         self._terminal = -1  # the watcher's copy of the real stdout: a running test's is captured
+        self._width_after_watcher: int | None = None
 
     def _write(self, text: str, *, watcher: bool = False) -> None:
         """A line of its own (after a newline if pytest's dots are mid-line)."""
@@ -63,12 +64,15 @@ class Progress:
         with self._lock:
             self.last_line = time.monotonic()
             line = f"-- {self.label}: {text}\n"
-            if reporter._tw.width_of_current_line:
+            width = reporter._tw.width_of_current_line  # pytest's column, blind to the watcher's lines
+            if width and width != self._width_after_watcher:
                 line = "\n" + line
             if watcher:
                 os.write(self._terminal, line.encode())
+                self._width_after_watcher = width  # pytest has written nothing since while it stays
             else:
                 reporter.write(line, flush=True)
+                self._width_after_watcher = None
 
     def _elapsed(self, since: float | None = None) -> str:
         seconds = int(time.monotonic() - (self.started if since is None else since))
