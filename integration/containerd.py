@@ -112,6 +112,7 @@ class Containerd:
         self.log_file = self.base / "containerd.log"
         # Nodes whose sandboxes outlive single tests (a module fixture's): remove_sandboxes skips them.
         self.spared_nodes: set[str] = set()
+        self.adopted: int | None = None  # the pid of a containerd started by someone else (adopt)
 
     @property
     def endpoint(self) -> str:
@@ -185,7 +186,10 @@ disabled_plugins = [
 }}
 """
 
-    def start(self, timeout: float = 60.0) -> None:
+    def prepare(self) -> Path:
+        """Claim a network slot and write the config (and the CNI config) of this instance; returns
+        the config's path. ``start`` calls it; a test of a script that starts containerd itself
+        (``scripts/run-standalone.sh``) calls it alone, then ``adopt``s what the script started."""
         ensure_packages()
         self.base.mkdir(parents=True, exist_ok=True)
         self.snapshotter = "overlayfs" if overlay_supported(self.base) else "native"
@@ -196,6 +200,10 @@ disabled_plugins = [
         (self.base / "cni" / "10-vnode-test.conflist").write_text(self.cni_config())
         config = self.base / "config.toml"
         config.write_text(self.config())
+        return config
+
+    def start(self, timeout: float = 60.0) -> None:
+        config = self.prepare()
         log = self.log_file.open("ab")
         try:
             self.proc = subprocess.Popen(
@@ -208,6 +216,11 @@ disabled_plugins = [
             log.close()
         self._wait_ready(timeout)
         import_images(self.address, self.snapshotter)
+
+    def adopt(self, pid: int) -> None:
+        """Take charge of a containerd running this instance's config that another process
+        started: ``stop`` then stops it as it stops its own."""
+        self.adopted = pid
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll CRI Version until it answers: containerd is another process, no event to await."""
@@ -268,6 +281,16 @@ disabled_plugins = [
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.adopted is not None and process_alive(self.adopted):
+            with contextlib.suppress(Exception):
+                self.remove_sandboxes()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.adopted, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while process_alive(self.adopted) and time.monotonic() < deadline:
+                time.sleep(0.1)  # not our child: nothing to wait on but its /proc entry
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.adopted, signal.SIGKILL)
         self._kill_shims()
         unmount_under(self.base)
         if self.bridge:
@@ -294,6 +317,15 @@ disabled_plugins = [
             ):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid_dir.name), signal.SIGKILL)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def unmount_under(base: Path) -> None:

@@ -127,7 +127,7 @@ def test_cli_bad_flag_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -
 
 def test_cli_status_without_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--root-dir", str(tmp_path)]) == 1
-    assert f"no store at {tmp_path / 'store'}" in capsys.readouterr().out
+    assert f"vnode: no store at {tmp_path / 'store'}" in capsys.readouterr().err
 
 
 def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,16 +16,20 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from vnode import errors
+from vnode import __version__, errors
 from vnode.api import local
 from vnode.api.server import KubeletServer, Listener
 from vnode.app import rootlock
 from vnode.app.notify import notify
 from vnode.app.wiring import Components, build, mqtt_address, serving_cert_path
 from vnode.config.settings import Settings
+from vnode.store import Put
+from vnode.store.layout import META, META_RUN, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +168,8 @@ async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
         log.error("cannot start: %s", exc)
         return 1
     log.info("node %s started", settings.node.name)
+    record = run_record(settings, node)
+    await _record_run(node, record)
     notify(f"READY=1\nSTATUS=node {settings.node.name} serving")
     code = 0
     try:
@@ -177,8 +183,39 @@ async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
                 code = 3
     finally:
         log.info("stopping: containers keep running")
+        await _record_run(node, {**record, "stopped": _now()})
         await shutdown(node)
     return code
+
+
+def run_record(settings: Settings, node: Node) -> RunRecord:
+    """This process as ``vnode status`` shows it: who runs, on which runtime, where it answers."""
+    record: RunRecord = {
+        "pid": os.getpid(),
+        "started": _now(),
+        "node": settings.node.name,
+        "version": __version__,
+        "runtimeEndpoint": settings.runtime.endpoint,
+    }
+    if node.healthz is not None:
+        host = settings.server.healthz_bind_address
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        host = f"[{host}]" if ":" in host else host
+        record["healthz"] = f"http://{host}:{node.healthz.bound_port}/healthz"
+    return record
+
+
+async def _record_run(node: Node, record: RunRecord) -> None:
+    """Best effort: a full or failing store is reported by the store's own users, and must not
+    stop the node from starting or stopping."""
+    try:
+        await node.components.store.write([Put(META, META_RUN, record)])
+    except errors.StoreError as exc:
+        log.warning("cannot record this run in the store: %s", exc)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

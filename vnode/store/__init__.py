@@ -11,7 +11,8 @@ The store carries a schema version in its ``meta`` table. A store written by a n
 schema, or a file LMDB can't open, is refused with an error naming the path; it is never wiped.
 Stale reader slots left by a killed process are cleared on open. When the map is full the writer
 grows it (up to ``max_map_size``) and retries; past that, writes fail with ``StoreFull`` so callers
-can degrade instead of crashing.
+can degrade instead of crashing. ``open_readonly`` is for tools that read beside a running node
+(``vnode status``): LMDB's own lock lets them read while it writes, and they can never write.
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ class _Batch:
 class Store:
     """See the module docstring. Create with ``await Store.open(path)``."""
 
-    def __init__(self, env: lmdb.Environment, path: Path, max_map_size: int) -> None:
+    def __init__(
+        self, env: lmdb.Environment, path: Path, max_map_size: int, *, readonly: bool = False
+    ) -> None:
         self._env = env
+        self.readonly = readonly
         self.path = path
         self.max_map_size = max_map_size
         self._dbs: dict[str, Any] = {}
@@ -77,7 +81,8 @@ class Store:
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._closed = False
         self.commits = 0  # transactions committed, for benchmarks and `vnode status`
-        self._writer.start()
+        if not readonly:
+            self._writer.start()
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -117,6 +122,31 @@ class Store:
         except BaseException:
             env.close()
             raise
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """The store at ``path`` for reading only, also while a running node writes it; refuses a
+        directory without a store, and a schema this vnode does not read."""
+        path = Path(path)
+        data = path / "data.mdb"
+        if not data.exists():
+            raise errors.StoreError(f"no store at {path}")
+        try:
+            env = lmdb.open(str(path), max_dbs=MAX_TABLES, subdir=True, readonly=True, lock=True)
+        except lmdb.Error as exc:
+            raise errors.StoreError(f"cannot open the store {data}: {exc}") from exc
+        store = cls(env, path, 0, readonly=True)
+        try:
+            version = store.get(META, "schema")
+        except BaseException:
+            env.close()
+            raise
+        if version != SCHEMA_VERSION:
+            env.close()
+            raise errors.StoreError(
+                f"store {data} has schema version {version!r}; this vnode reads version {SCHEMA_VERSION}"
+            )
         return store
 
     def _check_schema(self, data: Path) -> None:
@@ -215,8 +245,8 @@ class Store:
 
     async def write(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` atomically; returns once they are committed to disk."""
-        if self._closed:
-            raise errors.StoreError(f"store {self.path} is closed")
+        if self._closed or self.readonly:
+            raise errors.StoreError(f"store {self.path} is {'closed' if self._closed else 'read-only'}")
         loop = asyncio.get_running_loop()
         batch = _Batch(list(ops), loop.create_future(), loop)
         self._queue.put(batch)
@@ -224,6 +254,8 @@ class Store:
 
     def write_sync(self, ops: Sequence[Op]) -> None:
         """``write`` for code without a loop (opening, tools); bypasses the writer thread."""
+        if self.readonly:
+            raise errors.StoreError(f"store {self.path} is read-only")
         self._commit([_encode_op(op) for op in ops])
 
     def _write_loop(self) -> None:
@@ -293,6 +325,9 @@ class Store:
         """Commit what is queued, stop the writer, flush and close the environment."""
         if self._closed:
             return
+        if self.readonly:
+            self.close_sync()
+            return
         self._closed = True
         self._queue.put(None)
         await asyncio.to_thread(self._writer.join)
@@ -303,6 +338,9 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self.readonly:
+            self._env.close()
+            return
         self._queue.put(None)
         self._writer.join()
         self._env.sync(True)

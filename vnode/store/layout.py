@@ -7,6 +7,8 @@ table      key                            value
 ========== ============================== ===================================================
 meta       ``schema``                     the schema version (an int)
 meta       ``owner``                      ``Owner``: the cluster (CA hash) and node cached here
+meta       ``run``                        ``RunRecord``: the last ``vnode run`` on this store (pid,
+                                          runtime endpoint, healthz URL), for ``vnode status``
 pods       pod UID                        ``PodRecord``: the pod and the source it came from
 podstate   pod UID                        ``PodState``: what the pod's worker must remember
 link       ``state``                      ``LinkState``: active master, or offline since when
@@ -64,6 +66,7 @@ TABLES = (
     EVENTLOG,
 )
 
+META_RUN = "run"
 EVENTS_DROPPED = "dropped"  # the key of the dropped count in EVENTS (event keys are numbers)
 LINK_STATE = "state"
 LINK_NODE = "node"
@@ -72,6 +75,18 @@ LINK_NODE = "node"
 class Owner(TypedDict):
     node: str
     caHash: str
+
+
+class RunRecord(TypedDict):
+    """What ``vnode status`` needs to know of the node that runs (or last ran) on this store."""
+
+    pid: int
+    started: str  # RFC 3339
+    node: str
+    version: str
+    runtimeEndpoint: str
+    healthz: NotRequired[str]  # the URL of /healthz on the plain healthz port, when it listens
+    stopped: NotRequired[str]  # RFC 3339, written on a clean stop
 
 
 class PodRecord(TypedDict):
