@@ -31,7 +31,7 @@ from vnode.api.stats import StatsHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
 from vnode.app import access as node_access
 from vnode.clients.kubeconfig import load_access
-from vnode.clients.masters import REQUEST_CONNECTIONS, Masters
+from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.eventlog import EventLog
 from vnode.controllers.events import EventPoster
@@ -165,13 +165,7 @@ async def build(settings: Settings) -> Components:
     ssl_context = await tls_context(settings, host_ip)
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
     metrics = NodeMetrics()
-    # One client for requests and watches (over HTTPS one HTTP/2 connection); a plain http:// master
-    # gets HTTP/1.1, a connection per open watch, hence room for the object watches beside requests.
-    masters = (
-        Masters(access, limit=REQUEST_CONNECTIONS + MAX_WATCHES, on_response=metrics.rest_request)
-        if access is not None
-        else None
-    )
+    masters = Masters(access, on_response=metrics.rest_request) if access is not None else None
     token = (
         await asyncio.to_thread(ensure_token, settings.local_token_path)
         if settings.server.local_api_port
@@ -182,7 +176,9 @@ async def build(settings: Settings) -> Components:
         objects = None
         if access is not None and masters is not None:
             store.claim(access.identity(settings.node.name))
-            objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=masters)
+            # Object watches get a client of their own: each holds a connection while it is open.
+            watches = Masters(access, limit=MAX_WATCHES)
+            objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=watches)
         components = await _build_with_store(
             settings, store, host_ip, ssl_context, objects, metrics, guards.kubelet.kubelet
         )
