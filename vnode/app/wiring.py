@@ -47,10 +47,10 @@ from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cgroups import CgroupDriver
+from vnode.runtime.context import WorkerContext
 from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
-from vnode.runtime.worker import WorkerContext
 from vnode.security import rotation
 from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
