@@ -31,7 +31,7 @@ from vnode.runtime.context import WorkerContext
 from vnode.runtime.observation import Observed, Observer
 from vnode.runtime.podfiles import PodFiles, has_api_volumes
 from vnode.runtime.probing import probe_states
-from vnode.runtime.starts import Progress, Starter
+from vnode.runtime.starts import Progress, Starter, pod_name
 from vnode.runtime.status import compute_pod_status
 from vnode.runtime.teardown import collect_sandboxes, kill_pod, stop_container
 from vnode.runtime.validation import validate_pod
@@ -93,7 +93,7 @@ class PodWorker:
 
     @property
     def name(self) -> str:
-        return f"{self.pod['metadata'].get('namespace', 'default')}/{self.pod['metadata']['name']}"
+        return pod_name(self.pod)
 
     def update(self, pod: dict[str, Any]) -> None:
         """A new version of the same pod (same UID)."""
