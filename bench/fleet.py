@@ -12,6 +12,7 @@ included, as its link would carry them). ``--pods`` pods per node are created in
 - requests per minute per node, from the audit log (each request once; a watch when it starts),
   the mean, the busiest node and the mix by verb and resource;
 - bytes per minute per node, sent and received at the node's link, and the mean in kbit/s;
+- connections per node: open at the end of the window, and opened during it;
 - API server CPU (percent of one core, utime + stime) and RSS, each over the same window with no
   node, and the difference divided by the number of nodes;
 
@@ -49,6 +50,7 @@ class CountingRelay:
         self.target = (host, port)
         self.sent = 0  # node -> API server
         self.received = 0  # API server -> node
+        self.connections = 0  # opened so far
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -64,6 +66,7 @@ class CountingRelay:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
+        self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -250,6 +253,7 @@ async def run(n_nodes: int, pods: int, idle: float, batch: int) -> None:
         await asyncio.sleep(30)  # let the start-up writes settle
         before = await asyncio.to_thread(audit_counts, kube)
         bytes_before = [(r.sent, r.received) for r in fleet.relays]
+        connections_before = sum(r.connections for r in fleet.relays)
         c0, t0 = proc_cpu(api_pid), time.perf_counter()
         await asyncio.sleep(idle)
         elapsed = time.perf_counter() - t0
@@ -257,6 +261,8 @@ async def run(n_nodes: int, pods: int, idle: float, batch: int) -> None:
         api_rss = proc_rss_mib(api_pid)
         after = await asyncio.to_thread(audit_counts, kube)
         bytes_after = [(r.sent, r.received) for r in fleet.relays]
+        opened = sum(r.connections for r in fleet.relays) - connections_before
+        open_now = sum(len(r.tasks) for r in fleet.relays) / n_nodes
 
         per_node = []
         mix: collections.Counter[str] = collections.Counter()
@@ -275,6 +281,7 @@ async def run(n_nodes: int, pods: int, idle: float, batch: int) -> None:
         for key, count in mix.most_common():
             print(f"    {count * 60 / elapsed / n_nodes:6.2f}/min  {key}")
         print(f"  bytes/min sent {mean_sent:.0f}, received {mean_received:.0f}; {kbits:.3f} kbit/s")
+        print(f"  connections: {open_now:.1f} open, {opened * 60 / elapsed / n_nodes:.2f}/min opened")
         print(
             f"  API server: CPU {api_cpu:.2f} % of a core ({(api_cpu - base_cpu) / n_nodes:.3f} % per node), "
             f"RSS {api_rss:.0f} MiB ({(api_rss - base_rss) / n_nodes:.2f} MiB per node)"

@@ -434,9 +434,7 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     async def StartContainer(self, request: Any, context: Any) -> Any:
         c = self.s.container(request.container_id, context)
         if c.state != api_pb2.CONTAINER_CREATED:
-            raise Abort(
-                grpc.StatusCode.UNKNOWN, f"container is in {api_pb2.ContainerState.Name(c.state)} state"
-            )
+            raise Abort(grpc.StatusCode.UNKNOWN, f"container is in {_state_name(c.state)} state")
         if self.s.sandboxes[c.sandbox_id].state != api_pb2.SANDBOX_READY:
             raise Abort(grpc.StatusCode.UNKNOWN, f"sandbox container {c.sandbox_id!r} is not running")
         if c.log_path:
@@ -548,9 +546,7 @@ class Runtime(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     async def ExecSync(self, request: Any, context: Any) -> Any:
         c = self.s.container(request.container_id, context)
         if c.state != api_pb2.CONTAINER_RUNNING:
-            raise Abort(
-                grpc.StatusCode.UNKNOWN, f"container is in {api_pb2.ContainerState.Name(c.state)} state"
-            )
+            raise Abort(grpc.StatusCode.UNKNOWN, f"container is in {_state_name(c.state)} state")
         out, code = [], 0
         for step in interpret(list(request.cmd)):
             if step.echo is not None:
@@ -861,3 +857,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _state_name(state: int) -> str:
+    """A container state's CRI name (CONTAINER_RUNNING ...), for an error message."""
+    return str(api_pb2.ContainerState.Name(cast(Any, state)))

@@ -99,6 +99,10 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("aiohttp.access", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # The API client's libraries: a line per request (httpx) and per frame and header (HTTP/2);
+    # vnode logs what matters of a request itself (failures, failover).
+    for chatty in ("httpx", "httpcore", "h2", "hpack"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def main(argv: list[str] | None = None) -> int:

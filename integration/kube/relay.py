@@ -25,6 +25,7 @@ class Relay:
         self._open: set[asyncio.StreamWriter] = set()
         self._held: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self.relayed = 0  # connections relayed so far (a test of connection reuse counts them)
         self._thread.start()
         self._call(self._start())
 
@@ -49,6 +50,7 @@ class Relay:
             writer.close()
             return
         self._open.update((writer, up_writer))
+        self.relayed += 1
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

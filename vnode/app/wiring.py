@@ -35,7 +35,7 @@ from vnode.app.eventbus import EventBus, build_event_bus, event_bus_metrics
 from vnode.app.joined import Joined, build_joined
 from vnode.app.localapi import build_local_api
 from vnode.clients.kubeconfig import load_access
-from vnode.clients.masters import Masters
+from vnode.clients.masters import REQUEST_CONNECTIONS, Masters
 from vnode.config.settings import Settings
 from vnode.controllers.eventlog import EventLog
 from vnode.controllers.events import EventPoster
@@ -170,7 +170,13 @@ async def build(settings: Settings) -> Components:
     ssl_context = await tls_context(settings, host_ip)
     store = await Store.open(settings.store_path, map_size=settings.store.map_size)
     metrics = NodeMetrics()
-    masters = Masters(access, on_response=metrics.rest_request) if access is not None else None
+    # One client for requests and watches (over HTTPS one HTTP/2 connection); a plain http:// master
+    # gets HTTP/1.1, a connection per open watch, hence room for the object watches beside requests.
+    masters = (
+        Masters(access, limit=REQUEST_CONNECTIONS + MAX_WATCHES, on_response=metrics.rest_request)
+        if access is not None
+        else None
+    )
     token = (
         await asyncio.to_thread(ensure_token, settings.local_token_path)
         if settings.server.local_api_port
@@ -181,9 +187,7 @@ async def build(settings: Settings) -> Components:
         objects = None
         if access is not None and masters is not None:
             store.claim(access.identity(settings.node.name))
-            # Object watches get a client of their own: each holds a connection while it is open.
-            watches = Masters(access, limit=MAX_WATCHES)
-            objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=watches)
+            objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=masters)
         core = await _build_core(settings, store, host_ip, objects, metrics, guards.kubelet.kubelet)
     except BaseException:
         await store.close()

@@ -194,6 +194,7 @@ class EventPoster:
                     f"/api/v1/namespaces/{previous.namespace}/events/{previous.name}",
                     body=patch,
                     content_type="application/merge-patch+json",
+                    answer=False,
                 )
                 self.posts += 1
                 return
@@ -204,7 +205,9 @@ class EventPoster:
             return
         name = f"{event.name}.{secrets.token_hex(8)}"
         body = v1_event(event, self.node_name, name, count=count, first=first)
-        await self.masters.request("POST", f"/api/v1/namespaces/{event.namespace}/events", body=body)
+        await self.masters.request(
+            "POST", f"/api/v1/namespaces/{event.namespace}/events", body=body, answer=False
+        )
         self._posted[key] = _Posted(event.namespace, name, count, now)
         self.posts += 1
         if len(self._posted) > 4 * QUEUE_SIZE:  # forget the oldest aggregation keys

@@ -457,6 +457,7 @@ class NodeController:
             f"/api/v1/nodes/{self.identity.name}/status",
             body={"status": status},
             content_type="application/strategic-merge-patch+json",
+            answer=False,
         )
         for c in status["conditions"]:
             if self._last_conditions.get(c["type"]) != c["status"]:

@@ -7,10 +7,10 @@ the Node authorizer permits for objects the node's pods reference) keeps the cop
 refreshing the files costs the API server nothing. A watch resumes from its last resourceVersion
 when the server ends it (after a randomized 30-60 minutes, bookmarks keeping the version fresh),
 GETs the object again only on 410 Gone, and ends once no pod has asked for the object for
-``UNUSED_SECONDS``. Watches are HTTP/1.1 streams, a connection each, on a client of their own with
-at most ``MAX_WATCHES``; objects past that, missing objects, and objects whose watch is broken
-(no master answers) are fetched again once older than ``TTL_SECONDS`` (kubelet's "Cache"
-strategy), as all objects were before.
+``UNUSED_SECONDS``. At most ``MAX_WATCHES`` are open (over HTTPS they are streams of the node's
+one HTTP/2 connection; to a plain ``http://`` master, a connection each); objects past that,
+missing objects, and objects whose watch is broken (no master answers) are fetched again once
+older than ``TTL_SECONDS`` (kubelet's "Cache" strategy), as all objects were before.
 
 Every answer is also written to the store's ``objects`` table before the worker acts on it, but
 only when it changed (another UID or resourceVersion, or created or deleted), so a steady node
@@ -40,7 +40,7 @@ from vnode.store.layout import OBJECTS
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 15.0
-MAX_WATCHES = 64  # object watches per node, each an HTTP/1.1 connection to the active master
+MAX_WATCHES = 64  # object watches per node (streams of the node's one HTTP/2 connection)
 WATCH_SECONDS = (1800, 3600)  # a watch's timeoutSeconds, drawn from this range
 UNUSED_SECONDS = 300.0  # a watch for an object no worker asked about for this long ends
 MAX_BACKOFF = 30.0
@@ -70,8 +70,9 @@ class _Watch:
 
 
 class ObjectCache:
-    """See the module docstring; ``store=None`` keeps copies in memory only, ``watches=None``
-    (a client used only for object watches) falls back to fetching after ``TTL_SECONDS``."""
+    """See the module docstring; ``store=None`` keeps copies in memory only; ``watches`` is the
+    client the watches use (the request client itself, or one of their own that ``close``
+    releases), and None falls back to fetching after ``TTL_SECONDS``."""
 
     def __init__(
         self,
@@ -99,13 +100,13 @@ class ObjectCache:
         return watch is not None and watch.live
 
     async def close(self) -> None:
-        """End every watch (the node is stopping) and release the watch client."""
+        """End every watch (the node is stopping) and release a watch client of their own."""
         tasks = [w.task for w in self._watches.values() if w.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watches.clear()
-        if self.watcher is not None:
+        if self.watcher is not None and self.watcher is not self.masters:
             await self.watcher.close()
 
     async def get_object(self, kind: str, namespace: str, name: str) -> Obj | None:

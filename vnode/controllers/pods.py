@@ -276,6 +276,7 @@ class StatusWriter:
             f"/api/v1/namespaces/{namespace}/pods/{name}/status",
             body={"metadata": {"uid": uid}, "status": status},
             content_type="application/merge-patch+json",
+            answer=False,
         )
         self._written[uid] = status
         self.writes += 1
