@@ -15,8 +15,8 @@ import pytest
 from integration.mosquitto import Mosquitto
 from integration.mqttclients import Paho
 from integration.node import VnodeProcess, free_port, wait_for
-from vnode.mqtt.broker import Message
 from vnode.mqtt.client import OUTBOX, ExternalBus
+from vnode.mqtt.sessions import Message
 from vnode.store import Store
 
 

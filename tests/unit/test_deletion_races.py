@@ -32,10 +32,11 @@ from vnode.controllers.pods import SOURCE, StatusWriter
 from vnode.provider.types import ContainerObservation, ContainerState, SandboxObservation
 from vnode.runtime import labels, specs
 from vnode.runtime.backoff import Backoff
+from vnode.runtime.context import WorkerContext
 from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
-from vnode.runtime.worker import PodWorker, WorkerContext
+from vnode.runtime.worker import PodWorker
 from vnode.store import Put, Store
 from vnode.store.layout import PODS
 

@@ -13,6 +13,10 @@ process did not hand out (or one older than the last ``HISTORY`` changes) gets a
 Status and the client re-lists, as it does against an API server after compaction. Nodes and
 objects have no change feed: their watches send the current items and then stay quiet.
 
+This module holds the routes, the reads (list, get, pods/log, the session subresources) and the
+listener; the resource table and discovery are ``vnode.api.localresources``, the watches
+``vnode.api.localwatch``, the pod history they replay ``vnode.api.watchcache``.
+
 Security for now: HTTPS with the node's serving certificate, and one bearer token, random, kept
 in ``<root-dir>/local.token`` (0600) and written with the server and CA into
 ``<root-dir>/local.kubeconfig`` (0600, context ``vnode-local``). The generated serving certificate
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import platform
 import re
@@ -42,12 +45,14 @@ from aiohttp import web
 from vnode import errors
 from vnode.api.apistatus import ApiError, not_found, status_body
 from vnode.api.credentials import server_url, write_kubeconfig
+from vnode.api.localresources import RESOURCES, STREAM_SUBRESOURCES, Resource, resource_list
+from vnode.api.localwatch import LocalWatches
 from vnode.api.openapi import OpenApi
 from vnode.api.server import Listener, while_connected
 from vnode.api.stats import PATHS as STATS_PATHS
 from vnode.api.stats import StatsHandlers
 from vnode.api.streams import PORT_FORWARD, StreamHandlers
-from vnode.api.watchcache import LocalPods, PodHistory, filtered
+from vnode.api.watchcache import LocalPods, PodHistory
 from vnode.kube.selectors import EVENT_FIELDS, POD_FIELDS, Filter, parse_selector
 from vnode.kube.tables import table, wants_table
 from vnode.logs.options import parse_log_query
@@ -57,8 +62,6 @@ from vnode.provider.protocols import ObjectReader
 log = logging.getLogger(__name__)
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-# The pod subresources that open a session (POST for SPDY, GET for WebSocket), not writes.
-STREAM_SUBRESOURCES = ("exec", "attach", "portforward")
 _STREAM_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach|portforward)$")
 
 # -- this node --------------------------------------------------------------------------------
@@ -124,29 +127,6 @@ def minimal_node(
 # -- the application --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Resource:
-    plural: str
-    kind: str
-    namespaced: bool
-    short_names: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()  # "all": what ``kubectl get all`` lists
-
-
-RESOURCES = {
-    r.plural: r
-    for r in (
-        Resource("pods", "Pod", True, ("po",), ("all",)),
-        Resource("nodes", "Node", False, ("no",)),
-        Resource("configmaps", "ConfigMap", True, ("cm",)),
-        Resource("secrets", "Secret", True),
-        Resource("services", "Service", True, ("svc",), ("all",)),
-        Resource("events", "Event", True, ("ev",)),
-    )
-}
-READ_VERBS = ["get", "list", "watch"]
-
-
 class EmptyObjects:
     """An ``ObjectReader`` with nothing in it: the local API answers empty lists and 404s."""
 
@@ -189,14 +169,14 @@ class LocalApi:
     def __init__(self, sources: LocalSources) -> None:
         self.sources = sources
         self.history = PodHistory(sources.pods)
+        self.watches = LocalWatches(self.history, self._items, sources.watch_events)
         self.openapi = OpenApi(RESOURCES.values(), sources.version, sources.openapi)
         self.app = web.Application(middlewares=[self._guard])
         self.app.router.add_route("*", "/{path:.*}", self.dispatch)
-        self._closing = asyncio.Event()
         self.app.on_shutdown.append(self._close_streams)
 
     async def _close_streams(self, app: web.Application) -> None:
-        self._closing.set()
+        self.watches.close()
         self.history.close()
 
     @web.middleware
@@ -250,7 +230,7 @@ class LocalApi:
         if parts == ["apis"]:
             return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
         if parts == ["api", "v1"]:
-            return _json(self.resource_list())
+            return _json(resource_list(self.sources.streams is not None))
         if parts[:2] != ["api", "v1"]:
             raise ApiError(404, f"the server could not find the requested resource {request.path}")
         rest, namespace = parts[2:], None
@@ -284,20 +264,6 @@ class LocalApi:
         if node != self.sources.stats.node_name or path not in STATS_PATHS:
             raise ApiError(404, f"the server could not find the requested resource {request.path}")
         return await self.sources.stats.serve(request, path)
-
-    def resource_list(self) -> dict[str, Any]:
-        items: list[dict[str, Any]] = []
-        for r in RESOURCES.values():
-            items.append({"name": r.plural, "singularName": r.kind.lower(), "namespaced": r.namespaced,
-                          "kind": r.kind, "verbs": READ_VERBS, "shortNames": [*r.short_names],
-                          "categories": [*r.categories]})  # fmt: skip
-            if r.plural == "pods":
-                items.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
-                              "verbs": ["get"]})  # fmt: skip
-                if self.sources.streams is not None:
-                    items += [{"name": f"pods/{sub}", "singularName": "", "namespaced": True, "kind": "Pod",
-                               "verbs": ["create", "get"]} for sub in STREAM_SUBRESOURCES]  # fmt: skip
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": items}
 
     def _items(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], int]:
         if resource.plural == "pods":
@@ -336,7 +302,7 @@ class LocalApi:
             parse_selector(query.get("fieldSelector"), fields=fields),
         )
         if query.get("watch") in ("1", "true"):
-            return await self.watch(request, resource, wanted, as_table)
+            return await self.watches.watch(request, resource, wanted, as_table)
         items, rv = self._items(resource, namespace)
         items = [i for i in items if wanted.wants(i)]
         if as_table:
@@ -364,110 +330,6 @@ class LocalApi:
             if obj is not None:
                 return obj
         raise not_found(resource.plural, name)
-
-    async def watch(
-        self, request: web.Request, resource: Resource, wanted: Filter, as_table: bool
-    ) -> web.StreamResponse:
-        """JSON lines of watch events: the current items (or the changes since ``resourceVersion``),
-        then live pod changes until ``timeoutSeconds``, the client leaving, or shutdown."""
-        try:
-            timeout = float(request.query.get("timeoutSeconds") or 1800)
-        except ValueError:
-            raise ApiError(400, "timeoutSeconds: invalid value") from None
-        raw_rv = request.query.get("resourceVersion") or "0"
-        if not raw_rv.isdigit():
-            raise ApiError(400, f"invalid resourceVersion {raw_rv!r}")
-        if resource.plural == "events" and self.sources.watch_events is not None:
-            return await self.watch_events(request, resource, wanted, as_table, timeout)
-        watcher = self.history.subscribe() if resource.plural == "pods" else None
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        first = True
-
-        async def send(type_: str, obj: dict[str, Any]) -> None:
-            nonlocal first
-            if as_table and type_ != "ERROR":
-                obj = table(resource.kind, [obj], obj["metadata"].get("resourceVersion", ""),
-                            datetime.now(tz=UTC), columns=first)  # fmt: skip
-                first = False
-            await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
-
-        try:
-            await response.prepare(request)
-            start = int(raw_rv)
-            if start == 0 or watcher is None:
-                items, last = self._items(resource, wanted.namespace)
-                for item in items:
-                    if wanted.wants(item):
-                        await send("ADDED", item)
-            else:
-                replay = self.history.since(start)
-                if replay is None:
-                    expired = status_body(
-                        410, "Expired", f"too old resource version: {start} ({self.history.rv})"
-                    )
-                    await send("ERROR", expired)
-                    return response
-                last = start
-                for event in replay:
-                    if (seen := filtered(event, wanted)) is not None:
-                        await send(*seen)
-                    last = event.rv
-            async with asyncio.timeout(timeout):
-                if watcher is None:
-                    # no change feed: hold the stream until the end
-                    await while_connected(request, self._closing.wait())
-                    return response
-                while True:
-                    change = await while_connected(request, watcher.queue.get())
-                    if change is None or (watcher.closed and watcher.queue.empty()):
-                        break
-                    if change.rv <= last:
-                        continue
-                    last = change.rv
-                    if (seen := filtered(change, wanted)) is not None:
-                        await send(*seen)
-        except (TimeoutError, ConnectionResetError):
-            pass
-        finally:
-            if watcher is not None:
-                self.history.unsubscribe(watcher)
-        return response
-
-    async def watch_events(
-        self, request: web.Request, resource: Resource, wanted: Filter, as_table: bool, timeout: float
-    ) -> web.StreamResponse:
-        """The node's Events: those remembered, then each new one (ADDED) or repeat (MODIFIED, its
-        count grown), as ``kubectl get events -w`` shows them."""
-        assert self.sources.watch_events is not None
-        changed = asyncio.Event()
-        stop = self.sources.watch_events(changed.set)
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        sent: dict[str, int] = {}  # event name -> count sent
-        first = True
-        try:
-            await response.prepare(request)
-            async with asyncio.timeout(timeout):
-                while True:
-                    changed.clear()
-                    for event in self._items(resource, wanted.namespace)[0]:
-                        name, count = event["metadata"]["name"], int(event.get("count", 1))
-                        if not wanted.wants(event) or sent.get(name) == count:
-                            continue
-                        kind = "MODIFIED" if name in sent else "ADDED"
-                        sent[name] = count
-                        obj = event
-                        if as_table:
-                            obj = table(resource.kind, [event], "", datetime.now(tz=UTC), columns=first)
-                            first = False
-                        await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-                    await while_connected(request, _first_of(changed.wait(), self._closing.wait()))
-                    if self._closing.is_set():
-                        break
-        except (TimeoutError, ConnectionResetError):
-            pass
-        finally:
-            stop()
-        return response
 
     async def pod_stream(
         self, request: web.Request, sub: str, namespace: str, name: str
@@ -546,13 +408,3 @@ async def serve(
         raise errors.ConfigError("server.localAPIPort", f"writing {kubeconfig_path}: {exc}") from exc
     log.info("local read-only API serving on %s (kubeconfig %s)", url, kubeconfig_path)
     return server
-
-
-async def _first_of(*waits: Awaitable[Any]) -> None:
-    """Return when the first of ``waits`` is done; the others are cancelled."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -25,8 +25,9 @@ from vnode import __version__, errors
 from vnode.api import local
 from vnode.api.server import KubeletServer, Listener
 from vnode.app import rootlock
+from vnode.app.eventbus import mqtt_address
 from vnode.app.notify import notify
-from vnode.app.wiring import Components, build, mqtt_address, serving_cert_path
+from vnode.app.wiring import Components, build, serving_cert_path
 from vnode.config.settings import Settings
 from vnode.store import Put
 from vnode.store.layout import META, META_RUN, RunRecord

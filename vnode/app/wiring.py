@@ -1,8 +1,13 @@
-"""Builds the concrete objects from Settings: the only module that knows every adapter.
+"""Builds the concrete objects from Settings: the composition root, the only place that knows
+every adapter.
 
 The HTTP layer gets callables (``KubeletHandlers``), the pod manager gets the CRI client, the
-store and the volume manager; nothing else constructs any of them. Imports of optional, heavy
-packages (the API client, the MQTT broker) will happen here, and only for the modes that use them.
+store and the volume manager; nothing else constructs any of them. Every part is built once,
+given what it needs at construction, and ``Components`` is made from the finished parts. This
+module builds the core every node has (runtime, pod manager, pod sources, kubelet API, stats,
+pressure, metrics); the optional subsystems are wired in modules of their own: a joined node's
+controllers (``vnode.app.joined``), the local API (``vnode.app.localapi``), and the event bus
+with MQTT and the device twins (``vnode.app.eventbus``, the only importer of those modules).
 """
 
 from __future__ import annotations
@@ -12,30 +17,29 @@ import logging
 import ssl
 import stat
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from vnode import errors
-from vnode.aiokits import hostinfo
 from vnode.aiokits.hostinfo import primary_ipv4
 from vnode.api.credentials import ensure_token
-from vnode.api.local import EmptyObjects, LocalApi, LocalSources, minimal_node
+from vnode.api.local import LocalApi
 from vnode.api.server import KubeletHandlers
 from vnode.api.stats import StatsHandlers
 from vnode.api.streams import StreamHandlers, StreamLimits
 from vnode.app import access as node_access
+from vnode.app.eventbus import EventBus, build_event_bus, event_bus_metrics
+from vnode.app.joined import Joined, build_joined
+from vnode.app.localapi import build_local_api
 from vnode.clients.kubeconfig import load_access
 from vnode.clients.masters import Masters
 from vnode.config.settings import Settings
 from vnode.controllers.eventlog import EventLog
 from vnode.controllers.events import EventPoster
-from vnode.controllers.node import KUBELET_VERSION, NodeController, NodeIdentity
+from vnode.controllers.node import NodeController
 from vnode.controllers.objects import MAX_WATCHES, ObjectCache
 from vnode.controllers.openapi import OpenApiKeeper
 from vnode.controllers.pods import SOURCE as API_SOURCE
@@ -47,10 +51,10 @@ from vnode.provider.protocols import HealthCheck
 from vnode.runtime import specs
 from vnode.runtime.backoff import Backoff
 from vnode.runtime.cgroups import CgroupDriver
+from vnode.runtime.context import WorkerContext
 from vnode.runtime.cri import CriClient
 from vnode.runtime.pods import PodManager
 from vnode.runtime.volumes import VolumeManager
-from vnode.runtime.worker import WorkerContext
 from vnode.security import rotation
 from vnode.security.sealing import Sealer
 from vnode.security.tls import ensure_serving_pair, server_ssl_context
@@ -61,7 +65,7 @@ from vnode.stats.collector import StatsCollector
 from vnode.stats.reclaim import ImageReclaimer
 from vnode.store import Store
 
-if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
+if TYPE_CHECKING:  # imported at run time only when the event bus is enabled
     from vnode.devices.twins import DeviceTwins
     from vnode.devices.watch import DeviceWatch
     from vnode.mqtt.broker import Broker
@@ -70,9 +74,10 @@ if TYPE_CHECKING:  # imported at run time only when MQTT is enabled
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Components:
-    """Everything a running node is made of; ``close`` releases it in reverse order."""
+    """Everything a running node is made of, built whole by ``build``; ``close`` releases it in
+    reverse order."""
 
     settings: Settings
     store: Store
@@ -86,7 +91,7 @@ class Components:
     stats: StatsCollector
     metrics: NodeMetrics
     prober: Prober
-    pressure: node_pressure.PressureMonitor | None = None
+    pressure: node_pressure.PressureMonitor
     masters: Masters | None = None
     objects: ObjectCache | None = None
     node: NodeController | None = None
@@ -179,393 +184,159 @@ async def build(settings: Settings) -> Components:
             # Object watches get a client of their own: each holds a connection while it is open.
             watches = Masters(access, limit=MAX_WATCHES)
             objects = ObjectCache(masters, store, Sealer(settings.store_key_file), watches=watches)
-        components = await _build_with_store(
-            settings, store, host_ip, ssl_context, objects, metrics, guards.kubelet.kubelet
-        )
+        core = await _build_core(settings, store, host_ip, objects, metrics, guards.kubelet.kubelet)
     except BaseException:
         await store.close()
         raise
-    components.pressure = _pressure(settings, components)
+    # The pressure monitor's Node Events name the Node's UID once the node controller knows it;
+    # the controller is built after the monitor (it reports the monitor's conditions).
+    node: NodeController | None = None
+    pressure = _pressure(settings, core, node_uid=lambda: node.uid if node is not None else None)
+    joined = None
     if masters is not None:
-        components.masters = masters
-        components.objects = objects
-        components.node = _node_controller(settings, components, host_ip)
-        pods = components.pods
-        informer = components.informer = PodInformer(masters, settings.node.name, pods)
-        node = components.node
-        components.status_writer = StatusWriter(masters, pods, informer, node_uid=lambda: node.uid)
-        if objects is not None:
-            objects.add_listener(pods.object_changed)
-        poster = components.event_poster = EventPoster(masters, settings.node.name, store)
-        components.events.add_listener(poster.record)
-        components.rotator = _rotator(settings, components, masters, host_ip)
-        components.openapi = OpenApiKeeper(masters, store)
-    _readings(components)
-    if settings.event_bus.enable:
-        await _event_bus(settings, components)
+        joined = build_joined(
+            settings,
+            masters,
+            store=store,
+            cri=core.cri,
+            pods=core.pods,
+            events=core.events,
+            objects=objects,
+            pressure=pressure,
+            ssl_context=ssl_context,
+            host_ip=host_ip,
+        )
+        node = joined.node
+    bus = await build_event_bus(settings, store, masters) if settings.event_bus.enable else None
+    _readings(metrics, core.pods, store, joined, bus)
+    local_api = None
     if token is not None:
-        components.local_api = _local_api(settings, components, host_ip, token, guards.local.local)
-    return components
-
-
-def mqtt_address(server: str) -> tuple[str, int]:
-    """Host and port of an eventBus server URL (``tcp://host:port``, checked by the loader)."""
-    host, _, port = server.split("://", 1)[1].rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-async def _event_bus(settings: Settings, c: Components) -> None:
-    """The event bus of the configured mode and the device twins on it; MQTT's modules are
-    imported only here."""
-    from vnode.devices.twins import Bus, DeviceTwins, Reports
-    from vnode.devices.watch import DeviceWatch
-    from vnode.mqtt.client import ExternalBus, FanoutBus
-
-    bus = settings.event_bus
-    if bus.internal:
-        c.mqtt = await _mqtt_broker(settings, c.store)
-    if bus.external:
-        host, port = mqtt_address(bus.mqtt_server_external)
-        context = None
-        if bus.mqtt_server_external.startswith("ssl://"):
-            context = await asyncio.to_thread(
-                _mqtt_client_context,
-                bus.tls_mqtt_cert_file,
-                bus.tls_mqtt_private_key_file,
-                bus.tls_mqtt_ca_file,
-            )
-        c.mqtt_external = ExternalBus(
-            host,
-            port,
-            c.store,
-            sub_client_id=bus.mqtt_sub_client_id or f"hub-client-sub-{settings.node.name}",
-            pub_client_id=bus.mqtt_pub_client_id or f"hub-client-pub-{settings.node.name}",
-            credentials=(bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None,
-            ssl_context=context,
-        )
-    on: Bus
-    if c.mqtt is not None and c.mqtt_external is not None:
-        on = FanoutBus(c.mqtt, c.mqtt_external)
-    elif c.mqtt is not None:
-        on = c.mqtt
-    else:
-        assert c.mqtt_external is not None
-        on = c.mqtt_external
-    reports = Reports() if c.masters is not None else None
-    c.twins = DeviceTwins(
-        c.store, on, settings.node.name, qos=bus.mqtt_qos, retain=bus.mqtt_retain, reports=reports
-    )
-    if c.masters is not None and reports is not None:
-        c.device_watch = DeviceWatch(c.masters, c.twins, reports, settings.node.name)
-
-
-def _mqtt_client_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
-    """TLS to the external broker: its certificate checked against the CA file (or the system's),
-    with the client pair when configured."""
-    try:
-        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.ConfigError("eventBus.tlsMqttCAFile", f"cannot load {ca}: {exc}") from exc
-    if cert is not None and key is not None:
-        try:
-            context.load_cert_chain(str(cert), str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise errors.ConfigError(
-                "eventBus.tlsMqttCertFile", f"cannot load {cert} / {key}: {exc}"
-            ) from exc
-    return context
-
-
-async def _mqtt_broker(settings: Settings, store: Store) -> Broker:
-    """The internal broker; its module is imported only here, when MQTT is on."""
-    from vnode.mqtt.broker import Broker
-
-    bus = settings.event_bus
-    context = None
-    if bus.mqtt_server_internal.startswith("ssl://"):
-        assert bus.tls_mqtt_cert_file is not None and bus.tls_mqtt_private_key_file is not None
-        context = await asyncio.to_thread(
-            _mqtt_server_context, bus.tls_mqtt_cert_file, bus.tls_mqtt_private_key_file, bus.tls_mqtt_ca_file
-        )
-    credentials = (bus.mqtt_username, bus.mqtt_password) if bus.mqtt_username else None
-    return Broker(
-        queue_size=bus.mqtt_session_queue_size, credentials=credentials, ssl_context=context, store=store
-    )
-
-
-def _mqtt_server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:
-    """TLS for the internal broker; with a CA file, clients must present a certificate it signed."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.ConfigError("eventBus.tlsMqttCertFile", f"cannot load {cert} / {key}: {exc}") from exc
-    if ca is not None:
-        try:
-            context.load_verify_locations(str(ca))
-        except (OSError, ssl.SSLError) as exc:
-            raise errors.ConfigError("eventBus.tlsMqttCAFile", f"cannot load {ca}: {exc}") from exc
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _local_api(
-    settings: Settings,
-    c: Components,
-    host_ip: str,
-    token: str,
-    access: Callable[[web.Request], Awaitable[tuple[int, str] | None]],
-) -> LocalApi:
-    """The read-only local API: pods from the pod manager, the Node as the API last showed it
-    (or a minimal one built here), and the objects of the durable cache (none standalone)."""
-    started = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    def node() -> dict[str, Any]:
-        known = c.node.current if c.node is not None else None
-        if known is not None:
-            return known
-        labels = settings.node.labels
-        pressure = c.pressure.conditions() if c.pressure is not None else []
-        host = hostinfo.read_host(settings.root_dir)
-        info = {
-            "machineID": host.machine_id,
-            "systemUUID": host.system_uuid,
-            "bootID": host.boot_id,
-            "kernelVersion": host.kernel,
-            "osImage": host.os_image,
-            "containerRuntimeVersion": c.cri.runtime_version,
-        }
-        return minimal_node(
-            settings.node.name,
+        local_api = build_local_api(
+            settings,
             host_ip,
-            labels,
-            c.pods.runtime_error,
-            started,
-            KUBELET_VERSION,
-            pressure,
-            info,
-        )
-
-    objects = c.objects if c.objects is not None else EmptyObjects()
-    streams = c.kubelet_handlers.streams
-    return LocalApi(
-        LocalSources(
-            c.pods,
-            node,
-            objects,
             token,
-            KUBELET_VERSION,
-            streams,
-            stats=c.kubelet_handlers.stats,
-            access=access,
-            events=lambda: c.events.v1_events(settings.node.name),
-            watch_events=c.events.watch,
-            openapi=c.openapi.kept if c.openapi is not None else lambda: None,
+            guards.local.local,
+            pods=core.pods,
+            cri=core.cri,
+            events=core.events,
+            kubelet_handlers=core.kubelet_handlers,
+            pressure=pressure,
+            node_controller=node,
+            objects=objects,
+            openapi=joined.openapi if joined is not None else None,
         )
+    return Components(
+        settings=settings,
+        store=store,
+        cri=core.cri,
+        events=core.events,
+        pods=core.pods,
+        manifests=core.manifests,
+        ssl_context=ssl_context,
+        kubelet_handlers=core.kubelet_handlers,
+        healthz_handlers=core.healthz_handlers,
+        stats=core.stats,
+        metrics=metrics,
+        prober=core.prober,
+        pressure=pressure,
+        masters=masters,
+        objects=objects,
+        node=node,
+        informer=joined.informer if joined is not None else None,
+        status_writer=joined.status_writer if joined is not None else None,
+        event_poster=joined.event_poster if joined is not None else None,
+        local_api=local_api,
+        rotator=joined.rotator if joined is not None else None,
+        openapi=joined.openapi if joined is not None else None,
+        mqtt=bus.mqtt if bus is not None else None,
+        mqtt_external=bus.mqtt_external if bus is not None else None,
+        twins=bus.twins if bus is not None else None,
+        device_watch=bus.device_watch if bus is not None else None,
     )
 
 
-def _pressure(settings: Settings, c: Components) -> node_pressure.PressureMonitor:
+@dataclass(frozen=True)
+class _Core:
+    """What every node has, standalone or joined."""
+
+    cri: CriClient
+    events: EventLog
+    pods: PodManager
+    manifests: ManifestSource | None
+    kubelet_handlers: KubeletHandlers
+    healthz_handlers: KubeletHandlers
+    stats: StatsCollector
+    prober: Prober
+
+
+def _pressure(
+    settings: Settings, core: _Core, node_uid: Callable[[], str | None]
+) -> node_pressure.PressureMonitor:
     """The pressure monitor over the stats; a flip is a Node Event, as kubelet records it."""
     name = settings.node.name
+    pods = core.pods
 
     def flipped(reason: str) -> None:
-        uid = (c.node.uid if c.node is not None else None) or name
-        ref = {"kind": "Node", "metadata": {"name": name, "namespace": "default", "uid": uid}}
-        c.events.event(ref, "Normal", reason, f"Node {name} status is now: {reason}")
+        ref = {"kind": "Node", "metadata": {"name": name, "namespace": "default", "uid": node_uid() or name}}
+        core.events.event(ref, "Normal", reason, f"Node {name} status is now: {reason}")
 
     resources = settings.resources
     return node_pressure.PressureMonitor(
-        c.stats,
+        core.stats,
         resources.eviction_hard,
         transition_period=resources.eviction_pressure_transition_period,
         interval=resources.housekeeping_interval,
         record_event=flipped,
-        reclaim_disk=ImageReclaimer(c.cri).reclaim,
-        pods=lambda: [w.pod for w in c.pods.workers() if w.evicted is None and not w.deleting],
-        evict=c.pods.evict,
+        reclaim_disk=ImageReclaimer(core.cri).reclaim,
+        pods=lambda: [w.pod for w in pods.workers() if w.evicted is None and not w.deleting],
+        evict=pods.evict,
         soft=resources.eviction_soft,
         soft_grace=resources.eviction_soft_grace_period,
     )
 
 
-def _event_bus_metrics(c: Components) -> Iterable[Metric]:
-    """The broker's, the external clients' and the twins' counters (none with MQTT off)."""
-    if c.mqtt is not None:
-        s = c.mqtt.stats
-        yield GaugeMetricFamily(
-            "vnode_mqtt_clients_connected", "Clients connected to vnode's broker", value=c.mqtt.connected
-        )
-        for name, value, text in (
-            ("received", s.received, "PUBLISH packets received from clients"),
-            ("delivered", s.delivered, "PUBLISH packets written to clients"),
-            ("dropped", s.dropped, "Messages dropped from full session queues"),
-            ("malformed", s.malformed, "Connections closed for a malformed packet or protocol violation"),
-            ("expired", s.expired, "Connections closed by the keepalive"),
-            ("wills", s.wills, "Will messages published"),
-            ("refused_sys", s.refused_sys, "Client publishes to $SYS, acknowledged and dropped"),
-        ):
-            yield CounterMetricFamily(f"vnode_mqtt_{name}", text, value=value)
-    if c.mqtt_external is not None:
-        x = c.mqtt_external
-        yield GaugeMetricFamily(
-            "vnode_mqtt_external_connected",
-            "Both clients connected to the external broker",
-            value=int(x.connected),
-        )
-        yield GaugeMetricFamily(
-            "vnode_mqtt_external_outbox", "Messages waiting for the external broker", value=x.waiting
-        )
-        yield CounterMetricFamily(
-            "vnode_mqtt_external_dropped", "Messages dropped from a full outbox", value=x.stats.dropped
-        )
-    if c.twins is not None:
-        t = c.twins
-        yield GaugeMetricFamily(
-            "vnode_device_twins_devices", "Devices with twins on this node", value=len(t.devices)
-        )
-        yield CounterMetricFamily(
-            "vnode_device_twins_requests", "Device requests handled", value=t.stats.handled
-        )
-        yield CounterMetricFamily(
-            "vnode_device_twins_errors", "Error results published", value=t.stats.errors
-        )
-        yield CounterMetricFamily(
-            "vnode_device_twins_dropped", "Device messages dropped", value=t.stats.dropped
-        )
-        yield CounterMetricFamily(
-            "vnode_device_twins_uploads",
-            "Messages for KubeEdge's cloud, counted, not forwarded",
-            value=t.stats.uploads,
-        )
-
-
-def _readings(c: Components) -> None:
+def _readings(
+    metrics: NodeMetrics, pods: PodManager, store: Store, joined: Joined | None, bus: EventBus | None
+) -> None:
     """The scrape-time gauges of ``/metrics``, each read from the state's owner."""
 
     def running_pods() -> int:
-        return sum(1 for w in c.pods.workers() if (s := w.last_observed.sandbox) is not None and s.ready)
+        return sum(1 for w in pods.workers() if (s := w.last_observed.sandbox) is not None and s.ready)
 
     def containers_by_state() -> dict[str, int]:
-        states = Counter(
-            obs.state.value for w in c.pods.workers() for obs in w.last_observed.all_containers()
-        )
+        states = Counter(obs.state.value for w in pods.workers() for obs in w.last_observed.all_containers())
         return dict(states)
 
-    def link_online() -> bool | None:
-        return None if c.node is None else c.node.offline_since is None
-
-    def backlog() -> int | None:
-        return c.event_poster.backlog if c.event_poster is not None else None
-
-    c.metrics.add_readings(
+    node = joined.node if joined is not None else None
+    poster = joined.event_poster if joined is not None else None
+    metrics.add_readings(
         NodeReadings(
             running_pods=running_pods,
             containers_by_state=containers_by_state,
-            link_online=link_online,
-            offline_seconds=lambda: c.node.offline_seconds() if c.node is not None else 0.0,
-            store_info=c.store.info,
-            events_backlog=backlog,
-            extra=[lambda: _event_bus_metrics(c)],
+            link_online=lambda: None if node is None else node.offline_since is None,
+            offline_seconds=lambda: node.offline_seconds() if node is not None else 0.0,
+            store_info=store.info,
+            events_backlog=lambda: poster.backlog if poster is not None else None,
+            extra=[lambda: event_bus_metrics(bus)] if bus is not None else [],
         )
     )
-    starts = PodStartTracker(c.metrics.pod_started)
+    starts = PodStartTracker(metrics.pod_started)
 
     def status_changed(uid: str) -> None:
-        known = c.pods.status_of(uid)
+        known = pods.status_of(uid)
         starts.status(uid, known[1] if known is not None else None, datetime.now(tz=UTC))
 
-    c.pods.add_listener(status_changed)
+    pods.add_listener(status_changed)
 
 
-def _rotator(
-    settings: Settings, c: Components, masters: Masters, host_ip: str
-) -> rotation.CertificateRotator | None:
-    """Client rotation for a joined node's certificate, serving rotation unless files are configured."""
-    rotator = rotation.CertificateRotator(
-        masters,
-        settings.pki_dir,
-        settings.node.name,
-        c.events.event,
-        node_uid=lambda: c.node.uid if c.node is not None else None,
-    )
-    client_pem = settings.pki_dir / "kubelet-client-current.pem"
-    if settings.cluster.rotate_certificates and masters.access.ssl_context is not None:
-        if client_pem.exists():
-            rotator.rotate_client(masters.access.ssl_context)
-        else:
-            log.warning("--rotate-certificates: no %s (written by vnode join); not rotating", client_pem)
-    server = settings.server
-    if server.rotate_server_certificates and (
-        server.tls_cert_file is None or server.tls_private_key_file is None
-    ):
-        ips = sorted({host_ip, *(a for a in [server.address] if a not in ("0.0.0.0", "::"))})
-        rotator.rotate_serving(c.ssl_context, lambda: ([settings.node.name], ips))
-    return rotator if rotator.kinds else None
-
-
-def _node_controller(settings: Settings, c: Components, host_ip: str) -> NodeController:
-    identity = NodeIdentity(
-        name=settings.node.name,
-        ip=host_ip,
-        port=settings.server.port,
-        root_dir=settings.root_dir,
-        max_pods=settings.pods.max_pods,
-        labels=dict(settings.node.labels),
-        taints=list(settings.cluster.register_with_taints),
-    )
-
-    async def runtime_version() -> str:
-        version = await c.cri.version()
-        return f"{version.runtime_name}://{version.runtime_version}"
-
-    assert c.masters is not None
-    return NodeController(
-        c.masters,
-        identity,
-        runtime_version=runtime_version,
-        runtime_problem=lambda: c.pods.runtime_error,
-        report_frequency=settings.cluster.node_status_report_frequency,
-        on_deleted=settings.cluster.on_node_deleted,
-        store=c.store,
-        offline_summary=lambda since: offline_summary(c, since),
-        record_event=c.events.event,
-        store_problem=lambda: c.pods.store_problem,
-        pressure=c.pressure.conditions if c.pressure is not None else lambda: list(node_pressure.NO_PRESSURE),
-        allocatable=lambda capacity: node_pressure.allocatable(
-            capacity,
-            _reserved(settings.resources.kube_reserved, settings.resources.system_reserved),
-            settings.resources.eviction_hard,
-        ),
-    )
-
-
-def _reserved(*groups: dict[str, int]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for group in groups:
-        for name, amount in group.items():
-            total[name] = total.get(name, 0) + amount
-    return total
-
-
-def offline_summary(c: Components, since: datetime) -> str:
-    """What the node's Events say happened since ``since``, by reason, and what was dropped."""
-    reasons = Counter(e.reason for e in c.events.events if e.time >= since and e.kind == "Pod")
-    parts = [f"{reason} x{count}" for reason, count in sorted(reasons.items())]
-    dropped = c.event_poster.dropped if c.event_poster is not None else 0
-    return ", ".join(parts or ["no pod events"]) + (f"; {dropped} events dropped" if dropped else "")
-
-
-async def _build_with_store(
+async def _build_core(
     settings: Settings,
     store: Store,
     host_ip: str,
-    ssl_context: ssl.SSLContext,
     objects: ObjectCache | None,
     metrics: NodeMetrics,
     kubelet_guard: Any,
-) -> Components:
+) -> _Core:
     cri = CriClient(
         settings.runtime.endpoint, timeout=settings.runtime.request_timeout, on_call=metrics.runtime_call
     )
@@ -636,17 +407,13 @@ async def _build_with_store(
         guard=kubelet_guard,
     )
     healthz_handlers = KubeletHandlers(pods=pods, logs=None, health_checks=checks)
-    return Components(
-        settings=settings,
-        store=store,
+    return _Core(
         cri=cri,
         events=events,
         pods=pods,
         manifests=manifests,
-        ssl_context=ssl_context,
         kubelet_handlers=handlers,
         healthz_handlers=healthz_handlers,
         stats=stats,
-        metrics=metrics,
         prober=prober,
     )

@@ -20,12 +20,15 @@ subscription is granted QoS 1, so outgoing messages are at most QoS 1.
 Clients may publish to any ``$`` topic except ``$SYS/...`` (KubeEdge's devices use ``$hw/`` and
 ``$ke/``); a ``$SYS`` publish is acknowledged and dropped (counted), the client stays connected.
 vnode's own modules publish with ``publish`` and receive with ``listen``: in-process, no client.
+
+This module is the protocol: handshake, packets, routing and delivery. The sessions and retained
+messages and their saving in the store are ``vnode.mqtt.sessions``; a connection's socket side
+(batched writes, keepalive timer) is ``vnode.mqtt.connection``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
 import logging
@@ -33,28 +36,20 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from vnode import errors
 from vnode.mqtt import codec, topics
 from vnode.mqtt.codec import Ack, Bare, Connack, ConnackCode, Connect, Publish, Type
-from vnode.store import Delete, Put, Store, layout
+from vnode.mqtt.connection import Closed, Connection
+from vnode.mqtt.sessions import Message, Outgoing, Persistence, Session
+from vnode.store import Store
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # a connection must send CONNECT within this
 MAX_INFLIGHT = 20  # unacknowledged QoS 1 messages per session (mosquitto's default)
 WRITE_HIGH_WATER = 256 * 1024  # the sender waits for the socket below this before writing more
-SESSIONS, RETAINED = layout.MQTT_SESSIONS, layout.MQTT_RETAINED
 SAVE_INTERVAL = 1.0  # persistent sessions are saved this often (and when the broker closes)
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool = False
 
 
 @dataclass
@@ -71,108 +66,6 @@ class Stats:
 
 
 Listener = Callable[[Message], None]
-
-
-@dataclass
-class _Outgoing:
-    message: Message
-    qos: int
-    retain: bool = False  # set only for a retained message sent on subscribing (MQTT-3.3.1-8, -9)
-
-
-@dataclass
-class Session:
-    """A client's state; survives its connection when the client asked for a persistent session."""
-
-    client_id: str
-    clean: bool
-    subscriptions: dict[str, int] = field(default_factory=dict)
-    queue: deque[_Outgoing] = field(default_factory=deque)
-    inflight: dict[int, _Outgoing] = field(default_factory=dict)  # QoS 1 sent, awaiting PUBACK
-    incoming_qos2: set[int] = field(default_factory=set)  # QoS 2 received, awaiting PUBREL
-    next_id: int = 0
-    connection: _Connection | None = None
-
-    def packet_id(self) -> int:
-        for _ in range(65535):
-            self.next_id = self.next_id % 65535 + 1
-            if self.next_id not in self.inflight:
-                return self.next_id
-        raise RuntimeError("no free packet identifier")  # impossible: inflight is bounded
-
-
-class _Closed(Exception):
-    """This connection ends (the reason is logged where it is raised)."""
-
-
-class _Connection:
-    def __init__(self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.broker = broker
-        self.reader = reader
-        self.writer = writer
-        self.session: Session | None = None
-        self.will: codec.Will | None = None
-        self.keepalive = 0
-        self.wake = asyncio.Event()
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self.last_seen = self._loop.time()
-        self._watchdog: asyncio.TimerHandle | None = None
-
-    def write(self, data: bytes) -> None:
-        """Queue bytes for the socket; everything written in one loop iteration goes out in one
-        send (a burst of PUBACKs and deliveries costs one system call, not one each)."""
-        if self.writer.is_closing():
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
-        self._pending_size += len(data)
-
-    def flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_size = 0
-            if not self.writer.is_closing():
-                self.writer.write(data)
-
-    def buffered(self) -> int:
-        return self._pending_size + self.writer.transport.get_write_buffer_size()
-
-    async def drain(self) -> None:
-        self.flush()
-        await self.writer.drain()
-
-    def watch(self, limit: float) -> None:
-        """Close the connection once nothing has arrived for ``limit`` seconds (one timer per
-        connection, re-armed lazily, instead of a timeout around every read)."""
-        self._watchdog = self._loop.call_later(limit, self._check, limit)
-
-    def _check(self, limit: float) -> None:
-        idle = self._loop.time() - self.last_seen
-        if idle < limit:
-            self._watchdog = self._loop.call_later(limit - idle, self._check, limit)
-            return
-        self._watchdog = None
-        self.broker.stats.expired += 1
-        client_id = self.session.client_id if self.session is not None else self.peer
-        log.info("mqtt: %s silent past 1.5 x keepalive %ds", client_id, self.keepalive)
-        self.writer.transport.abort()
-
-    def unwatch(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    def close(self) -> None:
-        """End the connection from outside (a takeover, the broker stopping)."""
-        self.flush()
-        self.writer.close()
-        self.wake.set()
 
 
 class Broker:
@@ -194,77 +87,26 @@ class Broker:
         self.credentials = credentials
         self.ssl_context = ssl_context
         self.stats = Stats()
-        self.sessions: dict[str, Session] = {}
-        self.retained: dict[str, Message] = {}
+        self._saved = Persistence(store)
+        self.sessions, self.retained = self._saved.load()
         self._index: topics.FilterIndex[str] = topics.FilterIndex()
+        for session in self.sessions.values():
+            for topic_filter, qos in session.subscriptions.items():
+                self._index.add(topic_filter, session.client_id, qos)
         self._listeners: topics.Listeners[Message] = topics.Listeners()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
-        self.store = store
-        self._dirty: set[str] = set()  # persistent sessions changed since the last save
-        self._retained_dirty: set[str] = set()
-        self._unsaved = asyncio.Event()
-        if store is not None:
-            self._load(store)
 
-    # -- persistence ---------------------------------------------------------------------------
-
-    def _load(self, store: Store) -> None:
-        """Persistent sessions and retained messages as the last save left them. Messages that
-        were in flight are queued again (they go out with new packet identifiers)."""
-        for client_id, row in store.items(SESSIONS):
-            session = Session(client_id, clean=False)
-            for topic_filter, qos in row.get("subscriptions", {}).items():
-                session.subscriptions[topic_filter] = int(qos)
-                self._index.add(topic_filter, client_id, int(qos))
-            for topic, payload, qos, retain in row.get("queue", []):
-                session.queue.append(_Outgoing(Message(topic, base64.b64decode(payload), qos), qos, retain))
-            self.sessions[client_id] = session
-        for topic, row in store.items(RETAINED):
-            self.retained[topic] = Message(topic, base64.b64decode(row["payload"]), row["qos"], True)
-        if self.sessions or self.retained:
-            log.info(
-                "mqtt: %d session(s), %d retained message(s) from the store",
-                len(self.sessions),
-                len(self.retained),
-            )
+    # -- persistence (vnode.mqtt.sessions) -----------------------------------------------------
 
     def _changed(self, session: Session) -> None:
-        if not session.clean and self.store is not None:
-            self._dirty.add(session.client_id)
-            self._unsaved.set()
+        if not session.clean:
+            self._saved.session_changed(session.client_id)
 
     async def save(self) -> None:
         """Write the changed persistent sessions and retained messages (one transaction)."""
-        if self.store is None or not (self._dirty or self._retained_dirty):
-            return
-        ops: list[Put | Delete] = []
-        for client_id in self._dirty:
-            session = self.sessions.get(client_id)
-            if session is None or session.clean:
-                ops.append(Delete(SESSIONS, client_id))
-                continue
-            pending = [session.inflight[pid] for pid in sorted(session.inflight)] + list(session.queue)
-            queue = [
-                [o.message.topic, base64.b64encode(o.message.payload).decode(), o.qos, o.retain]
-                for o in pending
-                if o.qos
-            ]
-            ops.append(Put(SESSIONS, client_id, {"subscriptions": session.subscriptions, "queue": queue}))
-        for topic in self._retained_dirty:
-            message = self.retained.get(topic)
-            if message is None:
-                ops.append(Delete(RETAINED, topic))
-            else:
-                value = {"payload": base64.b64encode(message.payload).decode(), "qos": message.qos}
-                ops.append(Put(RETAINED, topic, value))
-        self._dirty.clear()
-        self._retained_dirty.clear()
-        try:
-            await self.store.write(ops)
-        except errors.StoreError as exc:
-            log.warning("mqtt: sessions not saved: %s", exc)
+        await self._saved.save(self.sessions, self.retained)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -298,9 +140,9 @@ class Broker:
         cancelled (the node's task group owns this), then close (which saves once more)."""
         try:
             while True:
-                await self._unsaved.wait()
+                await self._saved.unsaved.wait()
                 await asyncio.sleep(SAVE_INTERVAL)  # what changes meanwhile goes in the same save
-                self._unsaved.clear()
+                self._saved.unsaved.clear()
                 await self.save()
         finally:
             await self.close()
@@ -330,9 +172,7 @@ class Broker:
                 self.retained[message.topic] = message
             else:
                 self.retained.pop(message.topic, None)  # MQTT-3.3.1-10, -11
-            if self.store is not None:
-                self._retained_dirty.add(message.topic)
-                self._unsaved.set()
+            self._saved.retained_changed(message.topic)
         best: dict[str, int] = {}
         for client_id, qos in self._index.match(message.topic):
             if qos >= best.get(client_id, -1):
@@ -340,10 +180,10 @@ class Broker:
         for client_id, qos in best.items():
             session = self.sessions.get(client_id)
             if session is not None:
-                self._enqueue(session, _Outgoing(message, min(qos, message.qos)))
+                self._enqueue(session, Outgoing(message, min(qos, message.qos)))
         self._listeners.deliver(message.topic, message)
 
-    def _enqueue(self, session: Session, out: _Outgoing) -> None:
+    def _enqueue(self, session: Session, out: Outgoing) -> None:
         conn = session.connection
         if conn is None and out.qos == 0:
             return  # an offline persistent session keeps QoS 1 messages only (as mosquitto does)
@@ -372,7 +212,7 @@ class Broker:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        conn = _Connection(self, reader, writer)
+        conn = Connection(reader, writer, expired=self._expired)
         sender: asyncio.Task[None] | None = None
         graceful = False
         try:
@@ -383,7 +223,7 @@ class Broker:
                 self._send_loop(conn, session), name=f"mqtt-send-{session.client_id}"
             )
             graceful = await self._read_loop(conn, session)
-        except (ConnectionError, asyncio.IncompleteReadError, _Closed, ssl.SSLError, TimeoutError):
+        except (ConnectionError, asyncio.IncompleteReadError, Closed, ssl.SSLError, TimeoutError):
             pass
         except codec.MalformedPacket as exc:
             self.stats.malformed += 1
@@ -407,7 +247,7 @@ class Broker:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _handshake(self, conn: _Connection) -> Session | None:
+    async def _handshake(self, conn: Connection) -> Session | None:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 packet = await codec.read_packet(conn.reader, self.max_packet_size)
@@ -463,7 +303,7 @@ class Broker:
                 return ConnackCode.BAD_CREDENTIALS
         return ConnackCode.ACCEPTED
 
-    async def _read_loop(self, conn: _Connection, session: Session) -> bool:
+    async def _read_loop(self, conn: Connection, session: Session) -> bool:
         """Serve packets until DISCONNECT (True) or the connection ends (an exception)."""
         if conn.keepalive:
             conn.watch(conn.keepalive * 1.5)
@@ -476,7 +316,7 @@ class Broker:
             packet = await codec.read_packet(conn.reader, self.max_packet_size)
             conn.last_seen = loop.time()
             if conn.session is not session:
-                raise _Closed()  # taken over by a new connection with the same client id
+                raise Closed()  # taken over by a new connection with the same client id
             if isinstance(packet, Publish):
                 self._received(conn, session, packet)
             elif isinstance(packet, Ack):
@@ -498,7 +338,7 @@ class Broker:
             if conn.buffered() > WRITE_HIGH_WATER:
                 await conn.drain()
 
-    def _received(self, conn: _Connection, session: Session, packet: Publish) -> None:
+    def _received(self, conn: Connection, session: Session, packet: Publish) -> None:
         self.stats.received += 1
         assert packet.qos == 0 or packet.packet_id is not None
         if packet.qos == 2:
@@ -518,7 +358,7 @@ class Broker:
             return
         self._route(Message(packet.topic, packet.payload, min(packet.qos, 1), packet.retain))
 
-    def _acked(self, conn: _Connection, session: Session, packet: Ack) -> None:
+    def _acked(self, conn: Connection, session: Session, packet: Ack) -> None:
         if packet.type is Type.PUBACK:
             if session.inflight.pop(packet.packet_id, None) is not None:
                 self._changed(session)
@@ -531,7 +371,7 @@ class Broker:
         else:
             raise codec.MalformedPacket(f"a client may not send {packet.type.name}")
 
-    def _subscribe(self, conn: _Connection, session: Session, packet: codec.Subscribe) -> None:
+    def _subscribe(self, conn: Connection, session: Session, packet: codec.Subscribe) -> None:
         codes = []
         granted: list[tuple[str, int]] = []
         for topic_filter, qos in packet.topics:
@@ -552,9 +392,9 @@ class Broker:
         for topic_filter, qos in granted:
             for message in list(self.retained.values()):
                 if topics.matches(topic_filter, message.topic):
-                    self._enqueue(session, _Outgoing(message, min(qos, message.qos), retain=True))
+                    self._enqueue(session, Outgoing(message, min(qos, message.qos), retain=True))
 
-    async def _send_loop(self, conn: _Connection, session: Session) -> None:
+    async def _send_loop(self, conn: Connection, session: Session) -> None:
         """Write the session's queue while the in-flight window allows; waits for the socket."""
         writer = conn.writer
         while not writer.is_closing():
@@ -570,7 +410,7 @@ class Broker:
                 if conn.buffered() > WRITE_HIGH_WATER:
                     await conn.drain()
 
-    def _write(self, conn: _Connection, session: Session, out: _Outgoing) -> None:
+    def _write(self, conn: Connection, session: Session, out: Outgoing) -> None:
         m = out.message
         pid = None
         if out.qos:
@@ -579,7 +419,7 @@ class Broker:
         conn.write(codec.encode_publish(m.topic, m.payload, out.qos, out.retain, False, pid))
         self.stats.delivered += 1
 
-    def _disconnected(self, conn: _Connection, graceful: bool) -> None:
+    def _disconnected(self, conn: Connection, graceful: bool) -> None:
         """A connection ended: its will unless it sent DISCONNECT (a takeover counts as a drop,
         MQTT-3.1.4-2), then its session is dropped or, if persistent, kept for its return."""
         will, conn.will = conn.will, None
@@ -596,10 +436,11 @@ class Broker:
             # Unsent QoS 0 messages go; QoS 1 ones stay for the client's return.
             session.queue = deque(o for o in session.queue if o.qos)
 
+    def _expired(self) -> None:
+        self.stats.expired += 1
+
     def _drop_session(self, session: Session) -> None:
-        if self.store is not None:
-            self._dirty.add(session.client_id)  # deleted at the next save
-            self._unsaved.set()
+        self._saved.session_changed(session.client_id)  # deleted at the next save
         for f in session.subscriptions:
             self._index.remove(f, session.client_id)
         session.subscriptions.clear()

@@ -26,7 +26,7 @@ from typing import Any
 
 from vnode import errors
 from vnode.mqtt import codec, topics
-from vnode.mqtt.broker import Message
+from vnode.mqtt.sessions import Message
 from vnode.store import Delete, Put, Store, layout
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from vnode.probes.manager import Kill, ProbeEvent
 from vnode.provider.protocols import LogTarget, StreamOptions
 from vnode.provider.types import ContainerState
 from vnode.runtime import apiobjects, labels
+from vnode.runtime.context import WorkerContext
 from vnode.runtime.observation import fingerprint
-from vnode.runtime.worker import PodWorker, WorkerContext
+from vnode.runtime.worker import PodWorker
 from vnode.store import Delete, Put, Store
 from vnode.store.layout import PODS, PODSTATE, PodState
 

@@ -9,7 +9,8 @@ does nothing to them.
 
 Workers for different pods run in parallel; one worker never runs two syncs at once. The pod
 manager (``vnode.runtime.pods``) owns the workers, feeds them spec changes and wakes them when the
-relist sees their containers change.
+relist sees their containers change. Starting containers (and when to wait instead) is the
+starter's (``vnode.runtime.starts``); stopping them and removing a pod is ``vnode.runtime.teardown``.
 """
 
 from __future__ import annotations
@@ -18,71 +19,30 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from vnode import errors
-from vnode.kube import images
 from vnode.kube.restarts import should_restart
-from vnode.probes.manager import Kill, Prober
-from vnode.provider.protocols import EventSink, ObjectSource
-from vnode.provider.types import (
-    ContainerObservation,
-    ContainerState,
-    PodObservation,
-    ProbeState,
-    SandboxObservation,
-    Waiting,
-)
+from vnode.probes.manager import Kill
+from vnode.provider.types import ContainerObservation, ContainerState, PodObservation, ProbeState
 from vnode.runtime import apiobjects, labels, specs
-from vnode.runtime.backoff import Backoff
-from vnode.runtime.cgroups import CgroupDriver, pod_cgroup_parent
-from vnode.runtime.cri import CriClient
+from vnode.runtime.context import WorkerContext
 from vnode.runtime.observation import Observed, Observer
 from vnode.runtime.podfiles import PodFiles, has_api_volumes
 from vnode.runtime.probing import probe_states
+from vnode.runtime.starts import Progress, Starter, pod_name
 from vnode.runtime.status import compute_pod_status
+from vnode.runtime.teardown import collect_sandboxes, kill_pod, stop_container
 from vnode.runtime.validation import validate_pod
-from vnode.runtime.volumes import VolumeManager
 from vnode.store.layout import PodState, SyncProblem
 
 log = logging.getLogger(__name__)
 
-MIN_GRACE_SECONDS = 2  # kubelet's minimumGracePeriodInSeconds
-DEFAULT_GRACE_SECONDS = 30
-KEEP_INSTANCES = 2  # per container name: the current one and the one lastState reports
 RESYNC_SECONDS = 60.0  # kubelet's syncFrequency: a worker re-checks its pod at least this often
 OBJECT_RESYNC_SECONDS = 20.0  # pods using unwatched configMaps/secrets: how often their files are refreshed
 SYNC_KEY = "<sync>"  # the crash back-off's key for a pod whose syncs fail
 RETRY_SECONDS = 5.0  # after a runtime error that has no back-off of its own
-
-
-def utcnow() -> datetime:
-    return datetime.now(tz=UTC)
-
-
-@dataclass
-class WorkerContext:
-    """What every worker shares: the runtime, the node's identity and the collaborators."""
-
-    cri: CriClient
-    volumes: VolumeManager
-    events: EventSink
-    node_name: str
-    host_ip: str
-    logs_dir: Path
-    dns: specs.DNSSettings
-    crash_backoff: Backoff
-    image_backoff: Backoff
-    now: Callable[[], datetime] = utcnow
-    # The configMaps and secrets pods refer to; None on a standalone node.
-    objects: ObjectSource | None = None
-    # Gives every sandbox its pod cgroup (vnode.runtime.cgroups); None leaves the runtime's default.
-    cgroups: CgroupDriver | None = None
-    # Runs the containers' probes (vnode.probes); None: no probes run (benchmarks of the rest).
-    prober: Prober | None = None
 
 
 class PodWorker:
@@ -104,8 +64,10 @@ class PodWorker:
         self.pod = pod
         self.uid: str = pod["metadata"]["uid"]
         saved: dict[str, Any] = dict(state) if state is not None else {}  # a record may be partial
-        self.attempts: dict[str, int] = dict(saved.get("attempts", {}))
-        self.sandbox_attempt: int = int(saved.get("sandboxAttempt", -1))
+        # The attempt numbers and waiting reasons, owned by the starter, persisted and published here.
+        self.progress = Progress(
+            attempts=dict(saved.get("attempts", {})), sandbox_attempt=int(saved.get("sandboxAttempt", -1))
+        )
         self.status: dict[str, Any] | None = saved.get("status")
         self.terminal: bool = bool(saved.get("terminal", False))
         self.evicted: str | None = saved.get("evicted")  # the eviction's message, once evicted
@@ -113,15 +75,16 @@ class PodWorker:
         self.deleting = False
         self.done = asyncio.Event()  # set once a deleting pod has been cleaned up
         self.synced = asyncio.Event()  # set after the first completed sync
-        self._waiting: dict[str, Waiting] = {}
         self._rejection: str | None = None
         self._observer = Observer(ctx.cri, ctx.volumes, self.uid, ctx.node_name)
-        self._handled: set[str] = set()  # containers this process created or took over
         self._kills: dict[str, Kill] = {}  # container name -> a probe's kill not yet done
         self._wake = asyncio.Event()
         self._next_wake: float | None = None
         self._fingerprint: frozenset[tuple[str, str]] = frozenset()
         self._files = PodFiles(ctx.objects, ctx.node_name, ctx.host_ip)
+        self._starter = Starter(
+            ctx, self.uid, self._files, self.progress, schedule=self._schedule, persist=self._persist
+        )
         self.last_observed = Observed()
         for name, entry in (saved.get("backoff") or {}).items():
             ctx.crash_backoff.restore(f"{self.uid}/{name}", entry)
@@ -130,7 +93,7 @@ class PodWorker:
 
     @property
     def name(self) -> str:
-        return f"{self.pod['metadata'].get('namespace', 'default')}/{self.pod['metadata']['name']}"
+        return pod_name(self.pod)
 
     def update(self, pod: dict[str, Any]) -> None:
         """A new version of the same pod (same UID)."""
@@ -225,7 +188,7 @@ class PodWorker:
         # exited before it must still wake the worker at the next relist (it did not decide on it).
         self._fingerprint = observed.fingerprint
         if self.deleting:
-            await self._kill_pod(observed, remove=True)
+            await kill_pod(self.ctx, self.pod, self.uid, observed, remove=True)
             await asyncio.to_thread(self.ctx.volumes.cleanup, self.uid)
             self._forget_backoff()
             self.last_observed = Observed()
@@ -241,9 +204,9 @@ class PodWorker:
                 observed = await self.observe()
             elif observed.sandbox is not None and observed.sandbox.ready:
                 await self._refresh_api_volumes()
-                await self._collect_sandboxes(observed)
+                await collect_sandboxes(self.ctx, self.pod, observed)
         if self.terminal and observed.sandbox is not None and observed.sandbox.ready:
-            await self._kill_pod(observed, remove=False)
+            await kill_pod(self.ctx, self.pod, self.uid, observed, remove=False)
             observed = await self.observe()
         self.last_observed = observed
         await self._publish(observed)
@@ -271,8 +234,8 @@ class PodWorker:
             acted = True
             if sandbox is not None:
                 log.info("pod %s: sandbox %s is not ready; recreating the pod", self.name, sandbox.id[:12])
-                await self._kill_pod(observed, remove=False)
-            sandbox = await self._create_sandbox(observed)
+                await kill_pod(self.ctx, self.pod, self.uid, observed, remove=False)
+            sandbox = await self._starter.create_sandbox(self.pod, observed)
             if sandbox is None:
                 return False
             # Go on in this pass: the new sandbox has no containers, the older instances still
@@ -297,7 +260,9 @@ class PodWorker:
                 if policy == "Never" and not sidecar:
                     self.terminal = True
                     return acted
-            return await self._start_or_back_off(container, labels.TYPE_INIT, observed, sandbox) or acted
+            kind = labels.TYPE_INIT
+            started = await self._starter.start_or_back_off(self.pod, container, kind, observed, sandbox)
+            return started or acted
 
         for container in spec.get("containers") or []:
             name = container["name"]
@@ -307,20 +272,20 @@ class PodWorker:
             if current is not None and current.state == ContainerState.RUNNING:
                 if current.spec_hash and current.spec_hash != specs.container_hash(container):
                     log.info("pod %s: container %s spec changed; restarting it", self.name, name)
-                    await self._stop_container(current)
+                    await stop_container(self.ctx, self.pod, current)
                     acted = True
-                    self._waiting.pop(name, None)
+                    self.progress.waiting.pop(name, None)
                 continue
             if (
                 current is not None
                 and current.state == ContainerState.EXITED
                 and not should_restart(policy, current.exit_code)
             ):
-                self._waiting.pop(name, None)
+                self.progress.waiting.pop(name, None)
                 continue
-            acted = (
-                await self._start_or_back_off(container, labels.TYPE_CONTAINER, observed, sandbox) or acted
-            )
+            kind = labels.TYPE_CONTAINER
+            started = await self._starter.start_or_back_off(self.pod, container, kind, observed, sandbox)
+            acted = started or acted
 
         if self._all_done(observed):
             self.terminal = True
@@ -337,204 +302,6 @@ class PodWorker:
                 return False
             if should_restart(policy, current.exit_code):
                 return False
-        return True
-
-    async def _create_sandbox(self, observed: Observed) -> SandboxObservation | None:
-        """Run a new sandbox for the pod; None (with a waiting reason and a retry) if that failed.
-
-        Its attempt follows the newest the runtime has, as kubelet numbers them, not only the one
-        this worker remembers: a sandbox whose creation a SIGKILL cut short still holds the name
-        of its attempt in the runtime, and reusing that number fails ("name is reserved") forever.
-        """
-        ctx = self.ctx
-        key = f"{self.uid}/<sandbox>"
-        remaining = ctx.crash_backoff.remaining(key, None, ctx.now())
-        if remaining > 0 and self.sandbox_attempt >= 0:
-            self._schedule(remaining)
-            return None
-        attempt = max([self.sandbox_attempt, *(s.attempt for s in observed.sandboxes)]) + 1
-        try:
-            files = await self._files.volume_files(self.pod, await self._files.objects(self.pod), None)
-            await asyncio.to_thread(ctx.volumes.prepare, self.pod, files)
-        except errors.VnodeError as exc:
-            self._set_all_waiting("ContainerCreating", str(exc))
-            ctx.events.event(self.pod, "Warning", "FailedMount", str(exc))
-            self._schedule(ctx.crash_backoff.next_delay(key, ctx.now()))
-            return None
-        log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
-        await asyncio.to_thread(_make_dirs, log_dir)
-        config = await self._sandbox_config(attempt)
-        try:
-            sandbox_id = await ctx.cri.run_pod_sandbox(config)
-        except (errors.RuntimeFailure, errors.NotFound) as exc:
-            message = f"Failed to create pod sandbox: {exc}"
-            self._set_all_waiting("ContainerCreating", message)
-            ctx.events.event(self.pod, "Warning", "FailedCreatePodSandBox", message)
-            self._schedule(ctx.crash_backoff.next_delay(key, ctx.now()))
-            return None
-        log.info("pod %s: sandbox %s started (attempt %d)", self.name, sandbox_id[:12], attempt)
-        self.sandbox_attempt = attempt
-        ctx.crash_backoff.reset(key)
-        self._waiting.clear()
-        _, status = await asyncio.gather(self._persist(), ctx.cri.pod_sandbox_status(sandbox_id))
-        return status
-
-    async def _sandbox_config(self, attempt: int) -> Any:
-        """The sandbox's config as created: node label, and the pod cgroup under its QoS class."""
-        ctx = self.ctx
-        log_dir = specs.pod_log_dir(ctx.logs_dir, self.pod)
-        config = specs.sandbox_config(self.pod, log_dir=log_dir, attempt=attempt, dns=ctx.dns)
-        config.labels[labels.NODE_LABEL] = ctx.node_name
-        if ctx.cgroups is not None:
-            config.linux.cgroup_parent = pod_cgroup_parent(self.pod, await ctx.cgroups.get())
-        return config
-
-    async def _start_or_back_off(
-        self, container: dict[str, Any], kind: str, observed: Observed, sandbox: SandboxObservation
-    ) -> bool:
-        """Start a new instance of ``container`` unless its crash-loop back-off says wait."""
-        ctx = self.ctx
-        name = container["name"]
-        key = f"{self.uid}/{name}"
-        instances = observed.containers.get(name, [])
-        previous = instances[0] if instances else None
-        if previous is not None and self._start_cut_short(previous, observed):
-            return await self._take_over(previous, container, kind, observed, sandbox)
-        if previous is not None and previous.state == ContainerState.EXITED and previous.finished_at:
-            remaining = ctx.crash_backoff.remaining(key, previous.finished_at, ctx.now())
-            if remaining > 0:
-                delay = ctx.crash_backoff.current_delay(key)
-                message = (
-                    f"back-off {_go_duration(delay)} restarting failed container={name} "
-                    f"pod={self.pod['metadata']['name']}_{self.pod['metadata'].get('namespace', 'default')}"
-                    f"({self.uid})"
-                )
-                if self._waiting.get(name) != Waiting("CrashLoopBackOff", message):
-                    ctx.events.event(
-                        self.pod, "Warning", "BackOff", f"Back-off restarting failed container {name}"
-                    )
-                self._waiting[name] = Waiting("CrashLoopBackOff", message)
-                self._schedule(remaining)
-                return False
-        started = await self._start_container(container, kind, observed, sandbox)
-        if previous is not None:
-            ctx.crash_backoff.next_delay(key, ctx.now())
-            await self._persist()
-        await self._prune(name, observed)
-        return started
-
-    def _start_cut_short(self, instance: ContainerObservation, observed: Observed) -> bool:
-        """Whether ``instance`` is one an earlier vnode process created and never saw started: the
-        newest of its name in the current sandbox, never run, and not handled by this process."""
-        return (
-            instance is observed.current(instance.name)
-            and instance.started_at is None
-            and instance.state in (ContainerState.CREATED, ContainerState.EXITED)
-            and instance.id not in self._handled
-        )
-
-    async def _take_over(
-        self,
-        instance: ContainerObservation,
-        container: dict[str, Any],
-        kind: str,
-        observed: Observed,
-        sandbox: SandboxObservation,
-    ) -> bool:
-        """Finish a start that vnode's own end cut short, without counting a restart.
-
-        A container still CREATED is started: it is the same instance, so the application starts
-        once. One the runtime already marked exited (containerd fails the start when the caller
-        goes: ``StartError``, ``context canceled``) never ran: it is removed and a new one is
-        created under the same attempt number, so restartCount says what really happened.
-        """
-        name = instance.name
-        if instance.state == ContainerState.CREATED:
-            try:
-                await self.ctx.cri.start_container(instance.id)
-            except errors.NotFound:
-                pass
-            else:
-                self._handled.add(instance.id)
-                log.info("pod %s: started container %s left created by an earlier run", self.name, name)
-                self.attempts[name] = instance.attempt
-                self._waiting.pop(name, None)
-                self.ctx.events.event(self.pod, "Normal", "Started", f"Started container {name}")
-                return True
-        # Raises while the runtime is still starting it: the sync is retried with back-off.
-        await _ignore_missing(self.ctx.cri.remove_container(instance.id))
-        self._handled.add(instance.id)
-        log.info("pod %s: replacing container %s, whose start an earlier run cut short", self.name, name)
-        remaining = replace(observed, containers={**observed.containers, name: observed.containers[name][1:]})
-        return await self._start_container(container, kind, remaining, sandbox, attempt=instance.attempt)
-
-    async def _start_container(
-        self,
-        container: dict[str, Any],
-        kind: str,
-        observed: Observed,
-        sandbox: SandboxObservation,
-        attempt: int | None = None,
-    ) -> bool:
-        ctx = self.ctx
-        name = container["name"]
-        image_ref = await self._ensure_image(container)
-        if image_ref is None:
-            return False
-        pod_ip = sandbox.ip or ctx.host_ip
-        env_ctx = specs.EnvContext(
-            pod=self.pod,
-            node_name=ctx.node_name,
-            pod_ip=pod_ip,
-            host_ip=ctx.host_ip,
-            pod_ips=[pod_ip, *sandbox.additional_ips],
-        )
-        if attempt is None:
-            attempt = self._next_attempt(name, observed)
-        try:
-            objects = await self._files.objects(self.pod)
-            env = specs.resolve_env(container, env_ctx, objects)
-            files = await self._files.volume_files(self.pod, objects, sandbox)
-            volume_paths, term_log = await asyncio.to_thread(
-                self._prepare_host_files, container, attempt, files
-            )
-            mounts = specs.volume_mounts(container, volume_paths)
-        except errors.VnodeError as exc:
-            self._fail_waiting(container, "CreateContainerConfigError", str(exc), "Failed")
-            return False
-        config = specs.container_config(
-            self.pod,
-            container,
-            kind=kind,  # type: ignore[arg-type]
-            restart_count=attempt,
-            image_ref=image_ref,
-            env=env,
-            mounts=mounts,
-            termination_log_host_path=term_log,
-        )
-        config.labels[labels.NODE_LABEL] = ctx.node_name
-        sandbox_config = await self._sandbox_config(sandbox.attempt)
-        try:
-            container_id = await ctx.cri.create_container(sandbox.id, config, sandbox_config)
-        except (errors.RuntimeFailure, errors.NotFound) as exc:
-            self._fail_waiting(container, "CreateContainerError", str(exc), "Failed")
-            return False
-        self.attempts[name] = attempt
-        self._handled.add(container_id)
-        ctx.events.event(self.pod, "Normal", "Created", f"Created container {name}")
-        try:
-            # The attempt number is also on the container's labels: persisting it need not
-            # delay the start.
-            await asyncio.gather(self._persist(), ctx.cri.start_container(container_id))
-        except (errors.RuntimeFailure, errors.NotFound) as exc:
-            # containerd records the instance as exited (StartError); the back-off takes over.
-            self._waiting[name] = Waiting("RunContainerError", str(exc))
-            ctx.events.event(self.pod, "Warning", "Failed", f"Error: {exc}")
-            self._schedule(1.0)
-            return True
-        self._waiting.pop(name, None)
-        ctx.events.event(self.pod, "Normal", "Started", f"Started container {name}")
-        log.info("pod %s: container %s started (%s, attempt %d)", self.name, name, container_id[:12], attempt)
         return True
 
     async def _refresh_api_volumes(self) -> None:
@@ -556,84 +323,6 @@ class PodWorker:
         if files:
             await asyncio.to_thread(self.ctx.volumes.prepare, self.pod, files)
 
-    def _prepare_host_files(
-        self, container: dict[str, Any], attempt: int, files: dict[str, dict[str, tuple[bytes, int]]] | None
-    ) -> tuple[dict[str, Path], Path]:
-        """Volumes, the termination-log file and the log directory, in one trip to a thread."""
-        volumes = self.ctx.volumes
-        paths = volumes.prepare(self.pod, files)
-        term_log = volumes.termination_log_path(self.pod, container, attempt)
-        _make_dirs(specs.pod_log_dir(self.ctx.logs_dir, self.pod) / container["name"])
-        return paths, term_log
-
-    def _next_attempt(self, name: str, observed: Observed) -> int:
-        instances = observed.containers.get(name, [])
-        last = max([self.attempts.get(name, -1), *(c.attempt for c in instances)])
-        return last + 1
-
-    async def _ensure_image(self, container: dict[str, Any]) -> str | None:
-        """The image ID to run, pulling per imagePullPolicy; None (and a waiting reason) if not."""
-        ctx = self.ctx
-        name = container["name"]
-        try:
-            image = images.normalize_image(container.get("image", ""))
-        except errors.InvalidInput as exc:
-            self._fail_waiting(container, "InvalidImageName", str(exc), "InspectFailed")
-            return None
-        present = await ctx.cri.image_ref(image)
-        decision = images.image_pull_needed(container, present is not None)
-        if decision is None:
-            message = f'Container image "{image}" is not present with pull policy of Never'
-            self._fail_waiting(container, "ErrImageNeverPull", message, "ErrImageNeverPull")
-            return None
-        if not decision:
-            return present
-        key = f"{self.uid}/image:{image}"
-        remaining = ctx.image_backoff.remaining(key, None, ctx.now())
-        if (
-            remaining > 0
-            and name in self._waiting
-            and self._waiting[name].reason
-            in (
-                "ErrImagePull",
-                "ImagePullBackOff",
-            )
-        ):
-            message = f'Back-off pulling image "{image}"'
-            self._waiting[name] = Waiting("ImagePullBackOff", message)
-            self._schedule(remaining)
-            return None
-        ctx.events.event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
-        try:
-            objects = await self._files.objects(self.pod)
-            auth = apiobjects.pull_auth(self.pod, image, objects) if objects is not None else None
-            ref = await ctx.cri.pull_image(image, auth)
-        except (errors.RuntimeFailure, errors.NotFound) as exc:
-            message = f'Failed to pull image "{image}": {exc}'
-            self._waiting[name] = Waiting("ErrImagePull", message)
-            ctx.events.event(self.pod, "Warning", "Failed", message)
-            ctx.image_backoff.next_delay(key, ctx.now())
-            # Sync again soon: that pass reports ImagePullBackOff and waits out the delay.
-            self._schedule(1.0)
-            return None
-        ctx.image_backoff.reset(key)
-        ctx.events.event(self.pod, "Normal", "Pulled", f'Successfully pulled image "{image}"')
-        return ref
-
-    def _fail_waiting(self, container: dict[str, Any], reason: str, message: str, event_reason: str) -> None:
-        name = container["name"]
-        if self._waiting.get(name) != Waiting(reason, message):
-            self.ctx.events.event(self.pod, "Warning", event_reason, f"Error: {message}")
-            log.warning("pod %s: container %s: %s: %s", self.name, name, reason, message)
-        self._waiting[name] = Waiting(reason, message)
-        key = f"{self.uid}/{name}"
-        self._schedule(self.ctx.crash_backoff.next_delay(key, self.ctx.now()))
-
-    def _set_all_waiting(self, reason: str, message: str) -> None:
-        spec = self.pod.get("spec", {})
-        for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-            self._waiting[c["name"]] = Waiting(reason, message)
-
     async def _probe_kill(self, name: str, current: ContainerObservation | None) -> bool:
         """Stop ``current`` if a probe asked for it (the kill names the instance it judged)."""
         kill = self._kills.pop(name, None)
@@ -641,63 +330,8 @@ class PodWorker:
             return False
         if current.state != ContainerState.RUNNING:
             return False
-        await self._stop_container(current, grace=kill.grace, message=kill.message)
+        await stop_container(self.ctx, self.pod, current, grace=kill.grace, message=kill.message)
         return True
-
-    async def _stop_container(
-        self, container: ContainerObservation, *, grace: int | None = None, message: str = ""
-    ) -> None:
-        # Recorded when the stop begins: for the whole grace period it says what is going on.
-        grace = self.grace_seconds() if grace is None else grace
-        message = message or f"Stopping container {container.name} (grace period {grace}s)"
-        self.ctx.events.event(self.pod, "Normal", "Killing", message)
-        with contextlib.suppress(errors.NotFound):
-            await self.ctx.cri.stop_container(container.id, grace)
-
-    async def _prune(self, name: str, observed: Observed) -> None:
-        """Remove exited instances beyond the ones status and ``previous`` logs still need."""
-        for old in observed.containers.get(name, [])[KEEP_INSTANCES - 1 :]:
-            if old.state == ContainerState.EXITED:
-                await _ignore_missing(self.ctx.cri.remove_container(old.id))
-
-    async def _collect_sandboxes(self, observed: Observed) -> None:
-        """Remove the pod's older sandboxes once they are stopped and hold no container, as
-        kubelet's garbage collector does (a sandbox recreated after a crash or a SIGKILL of vnode
-        would otherwise stay in the runtime for the pod's whole life)."""
-        holding = set(observed.sandbox_of.values())
-        for old in observed.sandboxes[1:]:
-            if not old.ready and old.id not in holding:
-                await _ignore_missing(self.ctx.cri.remove_pod_sandbox(old.id))
-                log.info("pod %s: removed old sandbox %s", self.name, old.id[:12])
-
-    async def _kill_pod(self, observed: Observed, *, remove: bool) -> None:
-        """Stop every running container (in parallel, with the grace period), then the sandboxes."""
-        running = [
-            c
-            for c in observed.all_containers()
-            if c.state in (ContainerState.RUNNING, ContainerState.CREATED)
-        ]
-        if running:
-            await asyncio.gather(*(self._stop_container(c) for c in running))
-        for sandbox in observed.sandboxes:
-            await _ignore_missing(self.ctx.cri.stop_pod_sandbox(sandbox.id))
-        if remove:
-            for c in observed.all_containers():
-                await _ignore_missing(self.ctx.cri.remove_container(c.id))
-            for sandbox in observed.sandboxes:
-                await _ignore_missing(self.ctx.cri.remove_pod_sandbox(sandbox.id))
-            if self.ctx.cgroups is not None:
-                await self.ctx.cgroups.remove(self.uid)
-
-    def grace_seconds(self) -> int:
-        meta, spec = self.pod.get("metadata", {}), self.pod.get("spec", {})
-        grace = meta.get("deletionGracePeriodSeconds")
-        if grace is None:
-            grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
-        try:
-            return max(MIN_GRACE_SECONDS, int(grace))
-        except (TypeError, ValueError):
-            return DEFAULT_GRACE_SECONDS
 
     def _forget_backoff(self) -> None:
         self.ctx.crash_backoff.forget(f"{self.uid}/")
@@ -716,7 +350,7 @@ class PodWorker:
             obs = PodObservation(
                 sandbox=sandbox,
                 containers=observed.containers,
-                waiting=dict(self._waiting),
+                waiting=dict(self.progress.waiting),
                 host_ip=ctx.host_ip,
                 terminal=self.terminal,
                 probes=self._probe_states(observed, sandbox.ip if sandbox is not None else ""),
@@ -757,14 +391,14 @@ class PodWorker:
     def state(self) -> PodState:
         """What survives a restart of vnode (kept in the store's ``podstate`` table)."""
         backoff = {}
-        for name in self.attempts:
+        for name in self.progress.attempts:
             key = f"{self.uid}/{name}"
             entry = self.ctx.crash_backoff.to_state(key)
             if entry is not None:
                 backoff[name] = entry
         state = PodState(
-            attempts=self.attempts,
-            sandboxAttempt=self.sandbox_attempt,
+            attempts=self.progress.attempts,
+            sandboxAttempt=self.progress.sandbox_attempt,
             status=self.status,
             terminal=self.terminal,
             backoff=backoff,
@@ -781,19 +415,3 @@ class PodWorker:
     async def persist_now(self) -> None:
         """Write the state at once (an eviction must survive a restart before the next sync)."""
         await self._persist()
-
-
-def _make_dirs(path: Path) -> None:
-    path.mkdir(mode=0o755, parents=True, exist_ok=True)
-
-
-async def _ignore_missing(call: Awaitable[None]) -> None:
-    with contextlib.suppress(errors.NotFound):
-        await call
-
-
-def _go_duration(seconds: float) -> str:
-    """Seconds as Go prints a time.Duration (``10s``, ``2m40s``, ``5m0s``), as kubelet's messages do."""
-    total = int(seconds)
-    minutes, secs = divmod(total, 60)
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
