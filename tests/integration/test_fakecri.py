@@ -55,6 +55,9 @@ IGNORED = {
     "MemoryUsage.available_bytes",
     "MemoryUsage.page_faults",
     "MemoryUsage.major_page_faults",
+    # containerd stamps the writable layer's usage only once its background collection of snapshot
+    # usage has run (present in one run, absent in the next); vnode reads the bytes and inodes only
+    "FilesystemUsage.timestamp",
 }
 
 
