@@ -372,9 +372,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="100,300,1000")
-    parser.add_argument(
-        "--idle", type=float, default=300.0, help="idle CPU window in seconds"
-    )
+    parser.add_argument("--idle", type=float, default=300.0, help="idle CPU window in seconds")
     parser.add_argument(
         "--profile", type=Path, help="record py-spy profiles of each phase into this directory"
     )
