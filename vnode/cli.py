@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import re
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from vnode import __version__, errors
 from vnode.config.help import HELP, SECTIONS
 from vnode.config.loader import FIELDS, load_settings
 from vnode.config.settings import Settings
-
-if TYPE_CHECKING:
-    from vnode.store import Store
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -42,8 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     from vnode.security import certs  # its heavy imports happen only when it runs
 
     certs.add_parser(commands)
-    status = commands.add_parser("status", help="show what the node's store holds")
+    status = commands.add_parser(
+        "status", help="summarize the node (from its root dir; with vnode running or stopped)"
+    )
     status.add_argument("--root-dir", type=Path, default=Settings().root_dir)
+    status.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="json: one document (see README)"
+    )
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vnode {__version__}")
         return 0
     if args.command == "status":
-        return _status(args.root_dir)
+        return _status(args.root_dir, args.output)
     if args.command == "certs":
         from vnode.security import certs
 
@@ -133,77 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     return run(settings)
 
 
-def _event_bus_status(store: Store) -> None:
-    """MQTT's state in the store: persistent sessions, retained messages, the external broker's
-    outbox, and the devices with their state and twins."""
-    from vnode.store import layout
+def _status(root_dir: Path, output: str) -> int:
+    """``vnode status``: see ``vnode.app.status``; exit 1 when the root dir has no store."""
+    from vnode.app import status
 
-    sessions, retained = len(store.items(layout.MQTT_SESSIONS)), len(store.items(layout.MQTT_RETAINED))
-    outbox = len(store.items(layout.MQTT_OUTBOX))
-    if sessions or retained or outbox:
-        print(
-            f"mqtt: {sessions} persistent session(s), {retained} retained message(s), "
-            f"{outbox} waiting for the external broker"
-        )
-    for device_id, device in store.items(layout.DEVICE_TWINS):
-        twins = ", ".join(
-            f"{key}={(t.get('actual') or {}).get('value', '-')}/{(t.get('expected') or {}).get('value', '-')}"
-            for key, t in sorted((device.get("twin") or {}).items())
-        )
-        print(
-            f"device {device_id}\t{device.get('state') or 'unknown'}\t{twins or 'no twins'} (actual/expected)"
-        )
-
-
-def _status(root_dir: Path) -> int:
-    """What the store says: its size, whose cache it is, the link to the control plane, the
-    objects kept for offline use, and the pods with their last phase. Runs beside a live node."""
-    from vnode.store import Store, layout
-
-    path = root_dir / "store"
-    if not (path / "data.mdb").exists():
-        print(f"no store at {path}")
-        return 1
     try:
-        store = Store.open_sync(path)
+        facts = status.gather(root_dir)
     except errors.StoreError as exc:
         print(f"vnode: {exc}", file=sys.stderr)
         return 1
-    try:
-        states: dict[str, layout.PodState] = dict(store.items(layout.PODSTATE))
-        info = store.info()
-        print(f"store {path}: {info['used']} of {info['map_size']} bytes used")
-        owner: layout.Owner | None = store.get(layout.META, "owner")
-        if owner:
-            print(f"cache of node {owner.get('node')} in the cluster with CA sha256:{owner.get('caHash')}")
-        link: layout.LinkState = store.get(layout.LINK, layout.LINK_STATE) or layout.LinkState()
-        if link.get("offlineSince"):
-            print(f"control plane: unreachable, running offline since {link['offlineSince']}")
-        elif link.get("activeMaster"):
-            print(f"control plane: reachable at the last heartbeat, through {link['activeMaster']}")
-        waiting = [key for key, _ in store.items(layout.EVENTS) if key != layout.EVENTS_DROPPED]
-        dropped = store.get(layout.EVENTS, layout.EVENTS_DROPPED) or 0
-        if waiting or dropped:
-            print(f"events waiting to be posted: {len(waiting)} ({dropped} dropped)")
-        from vnode.security.certs import status_lines
-
-        for line in status_lines(root_dir):
-            print(line)
-        _event_bus_status(store)
-        kinds = Counter(key.split("/", 1)[0] for key, _ in store.items(layout.OBJECTS))
-        if kinds:
-            print("offline cache: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
-        pods: list[tuple[str, layout.PodRecord]] = list(store.items(layout.PODS))
-        for uid, record in pods:
-            meta = record["pod"]["metadata"]
-            state = states.get(uid)
-            status = state.get("status") if state is not None else None
-            phase = (status or {}).get("phase", "Pending")
-            line = f"{meta.get('namespace', 'default')}/{meta['name']}\t{phase}\t{record['source']}"
-            problem = state.get("problem") if state is not None else None
-            if problem:
-                line += f"\tsync failing since {problem['since']}: {problem['message']}"
-            print(line)
-    finally:
-        store.close_sync()
+    if output == "json":
+        print(json.dumps(facts, indent=2))
+    else:
+        print(status.render(facts), end="")
     return 0
